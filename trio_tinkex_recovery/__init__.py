@@ -1,0 +1,95 @@
+"""Watch Tinker training runs from Trio and restart corrupted ones.
+
+Start with `open_monitor` and a `Policy` (recovery is opt-in)::
+
+    async with open_monitor(policy=Policy(enabled=True), service=service) as monitor:
+        await monitor.monitor_run("run-1")
+"""
+
+from ._config import Config as Config
+from ._errors import AlreadyPendingError as AlreadyPendingError
+from ._errors import APIConnectionError as APIConnectionError
+from ._errors import APIStatusError as APIStatusError
+from ._errors import APITimeoutError as APITimeoutError
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import BadRequestError as BadRequestError
+from ._errors import CheckpointUnavailableError as CheckpointUnavailableError
+from ._errors import ConflictError as ConflictError
+from ._errors import InternalServerError as InternalServerError
+from ._errors import NoCheckpointError as NoCheckpointError
+from ._errors import NotFoundError as NotFoundError
+from ._errors import PermissionDeniedError as PermissionDeniedError
+from ._errors import RateLimitError as RateLimitError
+from ._errors import RecoveryDisabledError as RecoveryDisabledError
+from ._errors import RecoveryError as RecoveryError
+from ._errors import RequestFailedError as RequestFailedError
+from ._errors import ResponseValidationError as ResponseValidationError
+from ._errors import TinkerAPIError as TinkerAPIError
+from ._errors import TinkexRecoveryError as TinkexRecoveryError
+from ._errors import UnprocessableEntityError as UnprocessableEntityError
+from ._errors import UnsupportedStrategyError as UnsupportedStrategyError
+from ._executor import Executor as Executor
+from ._executor import RecoveryPhase as RecoveryPhase
+from ._executor import RecoveryState as RecoveryState
+from ._executor import open_executor as open_executor
+from ._monitor import Monitor as Monitor
+from ._monitor import open_monitor as open_monitor
+from ._policy import Best as Best
+from ._policy import CheckpointStrategy as CheckpointStrategy
+from ._policy import Latest as Latest
+from ._policy import Policy as Policy
+from ._policy import Specific as Specific
+from ._protocols import RestClientProtocol as RestClientProtocol
+from ._protocols import ServiceProtocol as ServiceProtocol
+from ._telemetry import EVENT_NAMES as EVENT_NAMES
+from ._telemetry import Statistics as Statistics
+from ._telemetry import TelemetryEvent as TelemetryEvent
+from ._types import Checkpoint as Checkpoint
+from ._types import TrainingRun as TrainingRun
+from ._types import WeightsInfo as WeightsInfo
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "EVENT_NAMES",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AlreadyPendingError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Best",
+    "Checkpoint",
+    "CheckpointStrategy",
+    "CheckpointUnavailableError",
+    "Config",
+    "ConflictError",
+    "Executor",
+    "InternalServerError",
+    "Latest",
+    "Monitor",
+    "NoCheckpointError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Policy",
+    "RateLimitError",
+    "RecoveryDisabledError",
+    "RecoveryError",
+    "RecoveryPhase",
+    "RecoveryState",
+    "RequestFailedError",
+    "ResponseValidationError",
+    "RestClientProtocol",
+    "ServiceProtocol",
+    "Specific",
+    "Statistics",
+    "TelemetryEvent",
+    "TinkerAPIError",
+    "TinkexRecoveryError",
+    "TrainingRun",
+    "UnprocessableEntityError",
+    "UnsupportedStrategyError",
+    "WeightsInfo",
+    "open_executor",
+    "open_monitor",
+]

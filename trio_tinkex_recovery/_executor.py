@@ -1,0 +1,577 @@
+"""The executor: one task that restarts corrupted runs from checkpoints.
+
+Hand-offs arrive on a memory channel and are served in arrival order by a
+single task, which holds a `trio.CapacityLimiter` slot for each attempt so at
+most ``max_concurrent`` attempts run at once.  Each run's progress lives in
+one `RecoveryState` record, replaced on every transition.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+
+import attrs
+import trio
+
+from ._errors import (
+    AlreadyPendingError,
+    CheckpointUnavailableError,
+    NoCheckpointError,
+    RecoveryDisabledError,
+    UnsupportedStrategyError,
+    is_retryable,
+)
+from ._policy import Best, Latest, Policy, Specific
+from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._types import Checkpoint, validate_run_id
+
+if TYPE_CHECKING:
+    from ._config import Config
+    from ._protocols import RestClientProtocol, ServiceProtocol
+    from ._types import TrainingRun
+
+__all__ = ["Executor", "RecoveryPhase", "RecoveryState", "open_executor"]
+
+logger = logging.getLogger("trio_tinkex_recovery")
+
+RecoveryPhase: TypeAlias = Literal[
+    "queued", "attempting", "waiting", "done", "exhausted"
+]
+_PENDING: Final = frozenset({"queued", "attempting", "waiting"})
+
+#: Called as ``follow(new_run_id, service, metadata)`` to watch a recovered run.
+FollowHook: TypeAlias = Callable[[str, Any, Mapping[str, Any]], Awaitable[None]]
+
+
+@attrs.frozen
+class RecoveryState:
+    """Where one run's recovery stands.  One record per run, replaced whole."""
+
+    #: The run being recovered.
+    run_id: str
+    #: ``queued``, ``attempting``, ``waiting`` (to retry), ``done`` or ``exhausted``.
+    phase: RecoveryPhase
+    #: Attempts started so far.
+    attempt: int = 0
+    #: The checkpoint tried last (``tinker://`` path).
+    checkpoint: str | None = None
+    #: When the next attempt starts (Trio time), while ``waiting``.
+    retry_at: float | None = None
+    #: The run the recovery created, once ``done``.
+    new_run_id: str | None = None
+    #: The last failure, as ``Type: message``.
+    error: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the recovery is queued, attempting or waiting to retry."""
+        return self.phase in _PENDING
+
+
+@attrs.define(eq=False)
+class _Request:
+    run_id: str
+    service: ServiceProtocol
+    policy: Policy
+    metadata: Mapping[str, Any]
+    last_checkpoint: Checkpoint | None
+    run: TrainingRun | None
+    rest: RestClientProtocol | None
+    follow: FollowHook | None
+    config: Config | None = None
+
+    def event_metadata(self, **extra: Any) -> dict[str, Any]:
+        return {
+            **self.metadata,
+            "strategy": str(self.policy.checkpoint_strategy),
+            **extra,
+        }
+
+
+class Executor:
+    """Runs recoveries; made by `open_executor`, not constructed directly.
+
+    Use `recover` to hand over a corrupted run, `subscribe` for events,
+    `statistics` for counters and `recovery_state` for one run's record.
+    """
+
+    def __init__(
+        self,
+        *,
+        rest: RestClientProtocol | None,
+        service: ServiceProtocol | None,
+        max_concurrent: int,
+        telemetry: Telemetry,
+        rng: random.Random,
+        _private: object = None,
+    ) -> None:
+        if _private is not _TOKEN:
+            raise TypeError("Executor has no public constructor; use open_executor()")
+        self._rest = rest
+        self._service = service
+        self._limiter = trio.CapacityLimiter(max_concurrent)
+        self._telemetry = telemetry
+        self._rng = rng
+        self._states: dict[str, RecoveryState] = {}
+        self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Executor max_concurrent={self._limiter.total_tokens} "
+            f"in_progress={self._in_progress()}>"
+        )
+
+    # -- public API --------------------------------------------------------
+
+    async def recover(
+        self,
+        run_id: str,
+        service: ServiceProtocol | None,
+        policy: Policy,
+        *,
+        config: Config | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        last_checkpoint: Checkpoint | str | None = None,
+        run: TrainingRun | None = None,
+    ) -> None:
+        """Queue a recovery of ``run_id`` and return at once.
+
+        Args:
+            run_id: The corrupted run.
+            service: Creates the new training client; ``None`` for the
+                executor's default service.
+            policy: How to recover; must be enabled.
+            config: Recorded with the recovery; not otherwise used here.
+            metadata: User metadata, merged into every event; its
+                ``training_client`` (or ``training_pid``) entry is passed to
+                ``on_recovery`` as the old client.
+            last_checkpoint: The run's newest checkpoint, when known
+                (a `Checkpoint` or a ``tinker://`` path).
+            run: The run as last polled, when known.
+
+        Raises:
+            RecoveryDisabledError: ``policy.enabled`` is false.
+            AlreadyPendingError: The run is queued, attempting or waiting.
+            ValueError: A bad run id, checkpoint path, or no service at all.
+        """
+        await trio.lowlevel.checkpoint()
+        if isinstance(last_checkpoint, str):
+            last_checkpoint = Checkpoint.from_path(last_checkpoint)
+        self._submit(
+            run_id,
+            service,
+            policy,
+            config=config,
+            metadata=metadata,
+            last_checkpoint=last_checkpoint,
+            run=run,
+        )
+
+    def recovery_state(self, run_id: str) -> RecoveryState | None:
+        """The run's recovery record, or ``None`` if it was never handed over."""
+        return self._states.get(run_id)
+
+    @property
+    def recoveries(self) -> Mapping[str, RecoveryState]:
+        """Every run's recovery record (a snapshot)."""
+        return dict(self._states)
+
+    def statistics(self) -> Statistics:
+        """Counters of attempts, outcomes and dropped events."""
+        counts = self._telemetry.counts
+        return Statistics(
+            attempts=counts["started"],
+            completed=counts["completed"],
+            failed=counts["failed"],
+            exhausted=counts["exhausted"],
+            in_progress=self._in_progress(),
+            dropped_events=self._telemetry.dropped,
+        )
+
+    def subscribe(
+        self, max_buffer: int = 1024
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[TelemetryEvent]]:
+        """Receive this executor's events while the ``async with`` block runs.
+
+        The buffer holds ``max_buffer`` events; past that, events are dropped
+        and counted rather than slowing the executor down.
+        """
+        return self._telemetry.subscribe(max_buffer)
+
+    # -- hand-off ------------------------------------------------------------
+
+    def _in_progress(self) -> int:
+        return sum(state.pending for state in self._states.values())
+
+    def _submit(
+        self,
+        run_id: str,
+        service: ServiceProtocol | None,
+        policy: Policy,
+        *,
+        config: Config | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        last_checkpoint: Checkpoint | None = None,
+        run: TrainingRun | None = None,
+        rest: RestClientProtocol | None = None,
+        follow: FollowHook | None = None,
+    ) -> None:
+        """Queue a recovery; synchronous, so a caller cannot be cancelled midway."""
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a Policy, got {policy!r}")
+        if not policy.enabled:
+            raise RecoveryDisabledError(
+                "recovery is disabled; pass Policy(enabled=True) to opt in"
+            )
+        validate_run_id(run_id)
+        service = service if service is not None else self._service
+        if service is None:
+            raise ValueError(
+                f"no service to recover run {run_id!r} with: pass one to "
+                "recover() or open_executor(service=...)"
+            )
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping, got {metadata!r}")
+        state = self._states.get(run_id)
+        if state is not None and state.pending:
+            raise AlreadyPendingError(run_id)
+        request = _Request(
+            run_id=run_id,
+            service=service,
+            policy=policy,
+            metadata=dict(metadata or {}),
+            last_checkpoint=last_checkpoint,
+            run=run,
+            rest=rest,
+            follow=follow,
+            config=config,
+        )
+        # An unbounded buffer: send_nowait only fails once the executor is gone.
+        self._send.send_nowait(request)
+        self._states[run_id] = RecoveryState(run_id=run_id, phase="queued")
+
+    def _set(self, run_id: str, **changes: Any) -> RecoveryState:
+        state = attrs.evolve(self._states[run_id], **changes)
+        self._states[run_id] = state
+        return state
+
+    # -- the executor task -------------------------------------------------
+
+    async def _run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve hand-offs in arrival order until cancelled."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async with self._receive:
+                async for request in self._receive:
+                    # Take the slot here, in arrival order; the run's task
+                    # gives it back when its attempt ends.
+                    await self._limiter.acquire_on_behalf_of(request)
+                    nursery.start_soon(self._recover, request)
+
+    async def _recover(self, request: _Request) -> None:
+        run_id = request.run_id
+        holding = True
+        try:
+            failures = 0
+            while True:
+                attempt = failures + 1
+                try:
+                    client, checkpoint = await self._attempt(request, attempt)
+                except Exception as exc:
+                    self._limiter.release_on_behalf_of(request)
+                    holding = False
+                    failures += 1
+                    if not await self._after_failure(request, attempt, exc):
+                        return
+                    await self._limiter.acquire_on_behalf_of(request)
+                    holding = True
+                    continue
+                self._limiter.release_on_behalf_of(request)
+                holding = False
+                await self._complete(request, attempt, client, checkpoint)
+                return
+        finally:
+            if holding:
+                self._limiter.release_on_behalf_of(request)
+            state = self._states.get(run_id)
+            if state is not None and state.pending:
+                # Cancelled mid-way (the executor is closing): not pending any more.
+                self._set(run_id, phase="exhausted", retry_at=None, error="Cancelled")
+
+    async def _after_failure(
+        self, request: _Request, attempt: int, exc: Exception
+    ) -> bool:
+        """Record a failed attempt; wait out the backoff if another may follow.
+
+        Returns:
+            Whether to attempt again.
+        """
+        policy = request.policy
+        run_id = request.run_id
+        error_text = _describe_error(exc)
+        self._set(run_id, error=error_text)
+        self._telemetry.emit(
+            "failed",
+            run_id,
+            request.event_metadata(
+                attempt=attempt,
+                error=exc,
+                checkpoint=self._states[run_id].checkpoint,
+            ),
+            attempt=attempt,
+        )
+        if attempt >= policy.max_attempts or not is_retryable(exc):
+            self._set(run_id, phase="exhausted", retry_at=None)
+            self._telemetry.emit(
+                "exhausted",
+                run_id,
+                request.event_metadata(attempt=attempt, error=exc),
+                attempt=attempt,
+            )
+            if policy.on_failure is not None:
+                await _call_back("on_failure", policy.on_failure, run_id, exc)
+            return False
+        delay = self._jittered(policy.backoff_delay(attempt), policy.jitter)
+        retry_at = trio.current_time() + delay
+        self._set(run_id, phase="waiting", retry_at=retry_at)
+        await trio.sleep_until(retry_at)
+        return True
+
+    async def _attempt(self, request: _Request, attempt: int) -> tuple[Any, Checkpoint]:
+        """One attempt: select a checkpoint, restore it, falling back on older ones."""
+        run_id = request.run_id
+        policy = request.policy
+        self._set(run_id, phase="attempting", attempt=attempt, retry_at=None)
+        self._telemetry.emit(
+            "started", run_id, request.event_metadata(attempt=attempt), attempt=attempt
+        )
+        tried: list[str] = []
+        last_error: CheckpointUnavailableError | None = None
+        async for checkpoint in self._candidates(request, tried):
+            tried.append(checkpoint.tinker_path)
+            self._set(run_id, checkpoint=checkpoint.tinker_path)
+            self._telemetry.emit(
+                "checkpoint_selected",
+                run_id,
+                request.event_metadata(
+                    attempt=attempt, checkpoint=checkpoint.tinker_path
+                ),
+                attempt=attempt,
+            )
+            service = request.service
+            try:
+                if policy.restore_optimizer:
+                    client = (
+                        await service.create_training_client_from_state_with_optimizer(
+                            checkpoint.tinker_path
+                        )
+                    )
+                else:
+                    client = await service.create_training_client_from_state(
+                        checkpoint.tinker_path
+                    )
+            except CheckpointUnavailableError as exc:
+                if not policy.fallback:
+                    raise
+                logger.warning(
+                    "recovery of run %s: checkpoint %s unavailable (%s); "
+                    "trying an older one",
+                    run_id,
+                    checkpoint.tinker_path,
+                    exc,
+                )
+                last_error = exc
+                continue
+            self._telemetry.emit(
+                "client_created",
+                run_id,
+                request.event_metadata(
+                    attempt=attempt, checkpoint=checkpoint.tinker_path, client=client
+                ),
+                attempt=attempt,
+            )
+            return client, checkpoint
+        if last_error is not None:
+            raise last_error
+        raise NoCheckpointError(f"run {run_id!r} has no checkpoint to restore from")
+
+    async def _candidates(
+        self, request: _Request, tried: list[str]
+    ) -> AsyncIterator[Checkpoint]:
+        """Checkpoints to try, best first; older ones only when fallback needs them."""
+        strategy = request.policy.checkpoint_strategy
+        if isinstance(strategy, Specific):
+            yield Checkpoint.from_path(strategy.path)
+            return
+        if isinstance(strategy, Latest):
+            first = request.last_checkpoint
+            if first is None:
+                run = request.run or await self._rest_for(request).get_training_run(
+                    request.run_id
+                )
+                first = run.last_checkpoint
+            if first is not None and not first.is_expired():
+                yield first
+            ranked = _newest_first(await self._list(request))
+        elif isinstance(strategy, Best):
+            ranked = _best_first(await self._list(request), strategy)
+            if not ranked:
+                raise NoCheckpointError(
+                    f"run {request.run_id!r} has no checkpoint with a usable "
+                    f"{'key' if strategy.key else repr(strategy.metric)} value"
+                )
+        else:  # pragma: no cover - Policy validates the strategy's type.
+            raise UnsupportedStrategyError(f"unsupported strategy {strategy!r}")
+        for checkpoint in ranked:
+            if checkpoint.tinker_path not in tried:
+                yield checkpoint
+
+    async def _list(self, request: _Request) -> list[Checkpoint]:
+        checkpoints = await self._rest_for(request).list_checkpoints(request.run_id)
+        return [
+            c
+            for c in checkpoints
+            if c.checkpoint_type == "training" and not c.is_expired()
+        ]
+
+    def _rest_for(self, request: _Request) -> RestClientProtocol:
+        if self._rest is not None:
+            return self._rest
+        if request.rest is None:
+            request.rest = request.service.create_rest_client()
+        return request.rest
+
+    async def _complete(
+        self, request: _Request, attempt: int, client: Any, checkpoint: Checkpoint
+    ) -> None:
+        run_id = request.run_id
+        policy = request.policy
+        new_run_id = getattr(client, "model_id", None)
+        if not isinstance(new_run_id, str):
+            new_run_id = None
+        self._set(run_id, phase="done", new_run_id=new_run_id, error=None)
+        self._telemetry.emit(
+            "completed",
+            run_id,
+            request.event_metadata(
+                attempt=attempt,
+                checkpoint=checkpoint.tinker_path,
+                client=client,
+                new_run_id=new_run_id,
+            ),
+            attempt=attempt,
+        )
+        if policy.on_recovery is not None:
+            old = request.metadata.get(
+                "training_client", request.metadata.get("training_pid")
+            )
+            await _call_back("on_recovery", policy.on_recovery, old, client, checkpoint)
+        if policy.follow_recovered and request.follow is not None and new_run_id:
+            metadata = {**request.metadata, "training_client": client}
+            metadata.pop("training_pid", None)
+            try:
+                await request.follow(new_run_id, request.service, metadata)
+            except Exception:
+                logger.exception(
+                    "could not follow run %s recovered from %s", new_run_id, run_id
+                )
+
+    def _jittered(self, delay: float, jitter: float) -> float:
+        if jitter == 0 or delay == 0:
+            return delay
+        return delay * self._rng.uniform(1 - jitter, 1 + jitter)
+
+
+_TOKEN: Final = object()
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _newest_first(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
+    # Checkpoints without a time sort last; ties keep the server's order.
+    return sorted(
+        checkpoints,
+        key=lambda c: c.time.timestamp() if c.time is not None else -math.inf,
+        reverse=True,
+    )
+
+
+def _best_first(checkpoints: list[Checkpoint], strategy: Best) -> list[Checkpoint]:
+    scored = [(strategy.score(c), c) for c in _newest_first(checkpoints)]
+    usable = [(score, c) for score, c in scored if score is not None]
+    # sorted() is stable: among equal scores the newest stays first.
+    usable.sort(key=lambda pair: pair[0] if strategy.mode == "min" else -pair[0])
+    return [c for _, c in usable]
+
+
+async def _call_back(name: str, callback: Callable[..., Any], *args: Any) -> None:
+    """Run a user callback, sync or async; its errors are logged, never raised."""
+    try:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("%s callback raised; ignored", name)
+
+
+@asynccontextmanager
+async def open_executor(
+    *,
+    rest: RestClientProtocol | None = None,
+    service: ServiceProtocol | None = None,
+    max_concurrent: int = 1,
+) -> AsyncIterator[Executor]:
+    """Run an executor for the duration of the ``async with`` block.
+
+    Args:
+        rest: Reads runs and checkpoints for every recovery; by default each
+            recovery uses its service's ``create_rest_client()``.
+        service: The default service for `Executor.recover` calls that pass
+            ``None``.
+        max_concurrent: How many attempts may run at once (≥ 1).
+
+    Leaving the block cancels recoveries still in progress; their records
+    end as ``exhausted`` with ``error="Cancelled"``.
+    """
+    executor = _new_executor(
+        rest=rest, service=service, max_concurrent=max_concurrent, telemetry=Telemetry()
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(executor._run)
+        try:
+            yield executor
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _new_executor(
+    *,
+    rest: RestClientProtocol | None,
+    service: ServiceProtocol | None,
+    max_concurrent: int,
+    telemetry: Telemetry,
+    rng: random.Random | None = None,
+) -> Executor:
+    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int):
+        raise TypeError(f"max_concurrent must be an int, got {max_concurrent!r}")
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
+    return Executor(
+        rest=rest,
+        service=service,
+        max_concurrent=max_concurrent,
+        telemetry=telemetry,
+        rng=rng or random.Random(),
+        _private=_TOKEN,
+    )

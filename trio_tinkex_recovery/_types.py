@@ -1,0 +1,276 @@
+"""Tinker's data, as it travels on the wire.
+
+``TrainingRun``, ``Checkpoint`` and ``WeightsInfo`` keep the wire's field
+names.  ``from_json`` is lenient about what it does not know (extra fields
+are ignored) but never silent about what it needs: a missing or mistyped
+field raises `ResponseValidationError` naming the field by its JSON path.
+All conversion goes through one private cattrs converter built here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+import attrs
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from ._errors import ResponseValidationError
+
+__all__ = ["Checkpoint", "TrainingRun", "WeightsInfo"]
+
+_T = TypeVar("_T")
+
+_TINKER_PATH = re.compile(
+    r"^tinker://(?P<run>[^/\s?#%\\]+)/(?P<kind>weights|sampler_weights)/(?P<name>[^/\s?#%\\]+)$"
+)
+
+
+def _strict(kind: type[_T]) -> Callable[[Any, type[_T]], _T]:
+    """A structure hook that accepts only values already of ``kind``.
+
+    cattrs' default for primitives calls ``kind(value)``, which would turn
+    ``"false"`` into ``True`` and ``12`` into ``"12"``: silent, so not ours.
+    """
+
+    def structure(value: Any, _: type[_T]) -> _T:
+        # bool is an int subclass: never accept it where a number is meant.
+        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return cast("_T", float(value))
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+
+    return structure
+
+
+def _structure_datetime(value: Any, _: type[dt.datetime]) -> dt.datetime:
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 string, got {type(value).__name__}")
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = make_converter()
+    for kind in (str, int, float, bool):
+        converter.register_structure_hook(kind, _strict(kind))
+    converter.register_structure_hook(dt.datetime, _structure_datetime)
+    converter.register_unstructure_hook(dt.datetime, lambda value: value.isoformat())
+    return converter
+
+
+_converter = _make_converter()
+
+
+def _structure(obj: object, cls: type[_T]) -> _T:
+    if not isinstance(obj, Mapping):
+        raise ResponseValidationError(
+            f"{cls.__name__}: expected a JSON object, got {type(obj).__name__}"
+        )
+    try:
+        return _converter.structure(obj, cls)
+    except Exception as exc:  # cattrs raises ExceptionGroups; flatten them.
+        problems = cattrs.transform_error(exc, path=cls.__name__)
+        raise ResponseValidationError(
+            f"malformed {cls.__name__}: " + "; ".join(problems)
+        ) from exc
+
+
+@attrs.frozen
+class Checkpoint:
+    """A saved checkpoint of a training run."""
+
+    #: The checkpoint's id within its run, e.g. ``"weights/ckpt-0005"``.
+    checkpoint_id: str
+    #: ``"training"`` (weights and optimizer state) or ``"sampler"``.
+    checkpoint_type: str
+    #: When it was saved; ``None`` when only the path is known.
+    time: dt.datetime | None
+    #: Where it lives: ``tinker://{run}/weights/{name}``.
+    tinker_path: str
+    #: Its size, when the service reports it.
+    size_bytes: int | None = None
+    #: Whether it is public.
+    public: bool = False
+    #: When the service will delete it, if it ever will.
+    expires_at: dt.datetime | None = None
+    #: Free-form metadata, e.g. ``{"loss": "0.12"}`` for `Best`.
+    user_metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, obj: object) -> Checkpoint:
+        """Build a checkpoint from its wire JSON (a decoded object).
+
+        Raises:
+            ResponseValidationError: A required field is missing or mistyped.
+        """
+        return _structure(obj, cls)
+
+    @classmethod
+    def from_path(cls, tinker_path: str) -> Checkpoint:
+        """A checkpoint known only by its ``tinker://`` path.
+
+        Raises:
+            ValueError: ``tinker_path`` is not ``tinker://{run}/weights/{name}``.
+        """
+        _, kind, name = parse_tinker_path(tinker_path)
+        return cls(
+            checkpoint_id=f"{kind}/{name}",
+            checkpoint_type="sampler" if kind == "sampler_weights" else "training",
+            time=None,
+            tinker_path=tinker_path,
+        )
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run this checkpoint belongs to."""
+        return parse_tinker_path(self.tinker_path)[0]
+
+    def is_expired(self, now: dt.datetime | None = None) -> bool:
+        """Whether ``expires_at`` has passed (wall clock, as the service's)."""
+        if self.expires_at is None:
+            return False
+        return self.expires_at <= (now or dt.datetime.now(dt.UTC))
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire JSON object for this checkpoint."""
+        return cast("dict[str, Any]", _converter.unstructure(self))
+
+
+@attrs.frozen
+class TrainingRun:
+    """A training run as ``GET /api/v1/training_runs/{id}`` reports it."""
+
+    #: The run's id.
+    training_run_id: str
+    #: The base model being fine-tuned, e.g. ``"Qwen/Qwen3-8B"``.
+    base_model: str
+    #: Who owns the run.
+    model_owner: str
+    #: Whether it trains a LoRA adapter.
+    is_lora: bool
+    #: When the run last handled a request.
+    last_request_time: dt.datetime
+    #: ``True`` once the backend flagged the run as broken.
+    corrupted: bool = False
+    #: The LoRA rank, for LoRA runs.
+    lora_rank: int | None = None
+    #: The newest training checkpoint, if any.
+    last_checkpoint: Checkpoint | None = None
+    #: The newest sampler checkpoint, if any.
+    last_sampler_checkpoint: Checkpoint | None = None
+    #: Free-form metadata attached by the user.
+    user_metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, obj: object) -> TrainingRun:
+        """Build a run from its wire JSON (a decoded object).
+
+        Raises:
+            ResponseValidationError: A required field is missing or mistyped.
+        """
+        return _structure(obj, cls)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire JSON object for this run."""
+        return cast("dict[str, Any]", _converter.unstructure(self))
+
+
+@attrs.frozen
+class WeightsInfo:
+    """What ``POST /api/v1/weights_info`` reports about a checkpoint."""
+
+    #: The base model the weights belong to.
+    base_model: str
+    #: Whether the weights are a LoRA adapter.
+    is_lora: bool
+    #: The LoRA rank, for LoRA weights.
+    lora_rank: int | None = None
+    #: Whether the unembedding is trained.
+    train_unembed: bool | None = None
+    #: Whether MLP layers are trained.
+    train_mlp: bool | None = None
+    #: Whether attention layers are trained.
+    train_attn: bool | None = None
+
+    @classmethod
+    def from_json(cls, obj: object) -> WeightsInfo:
+        """Build weights info from its wire JSON (a decoded object).
+
+        Raises:
+            ResponseValidationError: A required field is missing or mistyped.
+        """
+        return _structure(obj, cls)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire JSON object for this weights info."""
+        return cast("dict[str, Any]", _converter.unstructure(self))
+
+
+def parse_tinker_path(path: str) -> tuple[str, str, str]:
+    """Split ``tinker://{run}/{weights|sampler_weights}/{name}``.
+
+    Returns:
+        ``(run_id, kind, name)``.
+
+    Raises:
+        ValueError: ``path`` is not a checkpoint path.
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"tinker path must be a str, got {type(path).__name__}")
+    match = _TINKER_PATH.match(path)
+    if match is None:
+        raise ValueError(
+            f"not a checkpoint path: {path[:300]!r}; "
+            "expected 'tinker://{run}/weights/{name}'"
+        )
+    return match["run"], match["kind"], match["name"]
+
+
+_RUN_ID_FORBIDDEN = frozenset("/\\?#%")
+MAX_RUN_ID_LENGTH = 256
+
+
+def validate_run_id(run_id: object) -> str:
+    """Check that ``run_id`` can be put in a URL path as it is.
+
+    A run id is 1 to 256 printable ASCII characters without whitespace, ``/``,
+    ``\\``, ``?``, ``#`` or ``%``, and is not ``.`` or ``..``: anything else
+    could address another resource than the run.
+
+    Returns:
+        The run id, unchanged.
+
+    Raises:
+        TypeError: ``run_id`` is not a str.
+        ValueError: ``run_id`` breaks a rule; the message says which.
+    """
+    if not isinstance(run_id, str):
+        raise TypeError(f"run_id must be a str, got {type(run_id).__name__}")
+    if not run_id:
+        raise ValueError("run_id must not be empty")
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise ValueError(
+            f"run_id is {len(run_id)} characters long; at most "
+            f"{MAX_RUN_ID_LENGTH} are allowed"
+        )
+    if run_id in (".", ".."):
+        raise ValueError(f"run_id must not be {run_id!r}")
+    for index, char in enumerate(run_id):
+        if char in _RUN_ID_FORBIDDEN:
+            raise ValueError(
+                f"run_id {run_id!r} contains {char!r} at position {index}; "
+                "'/', '\\', '?', '#' and '%' are not allowed"
+            )
+        if not ("!" <= char <= "~"):
+            raise ValueError(
+                f"run_id {run_id!r} contains {char!r} at position {index}; "
+                "only printable ASCII without whitespace is allowed"
+            )
+    return run_id
