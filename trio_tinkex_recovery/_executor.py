@@ -30,6 +30,7 @@ from ._errors import (
 from ._policy import Best, Latest, Policy, Specific
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._types import Checkpoint, validate_run_id
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._config import Config
@@ -94,12 +95,14 @@ class _Request:
         }
 
 
-class Executor:
+class Executor(metaclass=NoPublicConstructor):
     """Runs recoveries; made by `open_executor`, not constructed directly.
 
     Use `recover` to hand over a corrupted run, `subscribe` for events,
     `statistics` for counters and `recovery_state` for one run's record.
     """
+
+    _factory_hint = "use open_executor()"
 
     def __init__(
         self,
@@ -109,10 +112,7 @@ class Executor:
         max_concurrent: int,
         telemetry: Telemetry,
         rng: random.Random,
-        _private: object = None,
     ) -> None:
-        if _private is not _TOKEN:
-            raise TypeError("Executor has no public constructor; use open_executor()")
         self._rest = rest
         self._service = service
         self._limiter = trio.CapacityLimiter(max_concurrent)
@@ -353,10 +353,18 @@ class Executor:
         self._telemetry.emit(
             "started", run_id, request.event_metadata(attempt=attempt), attempt=attempt
         )
-        tried: list[str] = []
+        queue, complete = await self._first_candidates(request)
+        tried: set[str] = set()
         last_error: CheckpointUnavailableError | None = None
-        async for checkpoint in self._candidates(request, tried):
-            tried.append(checkpoint.tinker_path)
+        while True:
+            if not queue and not complete:
+                ranked = await self._ranked(request)
+                queue = [c for c in ranked if c.tinker_path not in tried]
+                complete = True
+            if not queue:
+                break
+            checkpoint = queue.pop(0)
+            tried.add(checkpoint.tinker_path)
             self._set(run_id, checkpoint=checkpoint.tinker_path)
             self._telemetry.emit(
                 "checkpoint_selected",
@@ -403,14 +411,17 @@ class Executor:
             raise last_error
         raise NoCheckpointError(f"run {run_id!r} has no checkpoint to restore from")
 
-    async def _candidates(
-        self, request: _Request, tried: list[str]
-    ) -> AsyncIterator[Checkpoint]:
-        """Checkpoints to try, best first; older ones only when fallback needs them."""
+    async def _first_candidates(
+        self, request: _Request
+    ) -> tuple[list[Checkpoint], bool]:
+        """The checkpoints to try first, and whether that list is complete.
+
+        An incomplete list (``Latest`` with a known newest checkpoint) is
+        extended by listing the run's checkpoints only if fallback needs it.
+        """
         strategy = request.policy.checkpoint_strategy
         if isinstance(strategy, Specific):
-            yield Checkpoint.from_path(strategy.path)
-            return
+            return [Checkpoint.from_path(strategy.path)], True
         if isinstance(strategy, Latest):
             first = request.last_checkpoint
             if first is None:
@@ -418,29 +429,32 @@ class Executor:
                     request.run_id
                 )
                 first = run.last_checkpoint
-            if first is not None and not first.is_expired():
-                yield first
-            ranked = _newest_first(await self._list(request))
-        elif isinstance(strategy, Best):
-            ranked = _best_first(await self._list(request), strategy)
-            if not ranked:
-                raise NoCheckpointError(
-                    f"run {request.run_id!r} has no checkpoint with a usable "
-                    f"{'key' if strategy.key else repr(strategy.metric)} value"
-                )
-        else:  # pragma: no cover - Policy validates the strategy's type.
-            raise UnsupportedStrategyError(f"unsupported strategy {strategy!r}")
-        for checkpoint in ranked:
-            if checkpoint.tinker_path not in tried:
-                yield checkpoint
+            if first is None or first.is_expired():
+                return [], False
+            return [first], False
+        if isinstance(strategy, Best):
+            return await self._ranked(request), True
+        # Policy validates the strategy's type; this guards subclasses.
+        raise UnsupportedStrategyError(f"unsupported strategy {strategy!r}")
 
-    async def _list(self, request: _Request) -> list[Checkpoint]:
+    async def _ranked(self, request: _Request) -> list[Checkpoint]:
+        """Every usable checkpoint of the run, best first."""
+        strategy = request.policy.checkpoint_strategy
         checkpoints = await self._rest_for(request).list_checkpoints(request.run_id)
-        return [
+        usable = [
             c
             for c in checkpoints
             if c.checkpoint_type == "training" and not c.is_expired()
         ]
+        if not isinstance(strategy, Best):
+            return _newest_first(usable)
+        ranked = _best_first(usable, strategy)
+        if not ranked:
+            raise NoCheckpointError(
+                f"run {request.run_id!r} has no checkpoint with a usable "
+                f"{'key' if strategy.key else repr(strategy.metric)} value"
+            )
+        return ranked
 
     def _rest_for(self, request: _Request) -> RestClientProtocol:
         if self._rest is not None:
@@ -488,9 +502,6 @@ class Executor:
         if jitter == 0 or delay == 0:
             return delay
         return delay * self._rng.uniform(1 - jitter, 1 + jitter)
-
-
-_TOKEN: Final = object()
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -567,11 +578,10 @@ def _new_executor(
         raise TypeError(f"max_concurrent must be an int, got {max_concurrent!r}")
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
-    return Executor(
+    return Executor._create(
         rest=rest,
         service=service,
         max_concurrent=max_concurrent,
         telemetry=telemetry,
         rng=rng or random.Random(),
-        _private=_TOKEN,
     )

@@ -15,7 +15,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -25,6 +25,7 @@ from ._executor import Executor, _new_executor
 from ._policy import Policy
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._types import validate_run_id
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._config import Config
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["Monitor", "open_monitor"]
 
 logger = logging.getLogger("trio_tinkex_recovery")
-
-_TOKEN: Final = object()
 
 
 @attrs.define(eq=False)
@@ -49,11 +48,13 @@ class _Watch:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
-class Monitor:
+class Monitor(metaclass=NoPublicConstructor):
     """Watches runs and hands corrupted ones to an executor.
 
     Made by `open_monitor`; it has no public constructor.
     """
+
+    _factory_hint = "use open_monitor()"
 
     def __init__(
         self,
@@ -67,10 +68,7 @@ class Monitor:
         telemetry: Telemetry,
         nursery: trio.Nursery,
         rng: random.Random,
-        _private: object = None,
     ) -> None:
-        if _private is not _TOKEN:
-            raise TypeError("Monitor has no public constructor; use open_monitor()")
         self._policy = policy
         self._config = config
         self._service = service
@@ -334,7 +332,7 @@ async def open_monitor(
                 rng=rng,
             )
             await nursery.start(executor._run)
-        monitor = Monitor(
+        monitor = Monitor._create(
             policy=policy,
             config=config,
             service=service,
@@ -344,7 +342,6 @@ async def open_monitor(
             telemetry=telemetry,
             nursery=nursery,
             rng=rng,
-            _private=_TOKEN,
         )
         try:
             yield monitor

@@ -1,0 +1,70 @@
+"""Sessions: tests, compat, lint and typing by default; demo, bench, nightly on demand.
+
+Run everything CI runs with ``python3 -m nox``; one session with ``-s NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "compat", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite (the slow variants are left to ``nightly``)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not slow", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def nightly(session: nox.Session) -> None:
+    """The whole suite, long chaos and load variants included."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def compat(session: nox.Session) -> None:
+    """The official tinker SDK, unchanged, against our simulator on loopback."""
+    session.install("-e", ".[test]", "tinker")
+    env = {"TINKER_TELEMETRY": "0", "HOME": session.create_tmp()}
+    session.run("python", "tests/compat/sdk_against_simulator.py", env=env)
+    session.run("pytest", "tests/compat", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package and tests/typing."""
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The embedded demo: simulator, corruptions, recoveries, live view."""
+    session.install("-e", ".[cli,testing]")
+    session.run("python", "-m", "trio_tinkex_recovery", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the baselines; writes JSON and a Markdown table."""
+    session.install("-e", ".[test]", "psutil")
+    if os.environ.get("BENCH_WITH_SDK", "1") == "1":
+        session.install("tinker")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,152 @@
+"""Fakes implementing the seams, shared by the core tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trio_tinkex_recovery import Checkpoint, CheckpointUnavailableError, TrainingRun
+
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def checkpoint(
+    run_id: str,
+    name: str,
+    *,
+    minutes: int = 0,
+    metadata: dict[str, Any] | None = None,
+    expires_at: dt.datetime | None = None,
+    kind: str = "training",
+) -> Checkpoint:
+    """A checkpoint of ``run_id`` saved ``minutes`` after T0."""
+    folder = "weights" if kind == "training" else "sampler_weights"
+    return Checkpoint(
+        checkpoint_id=f"{folder}/{name}",
+        checkpoint_type=kind,
+        time=T0 + dt.timedelta(minutes=minutes),
+        tinker_path=f"tinker://{run_id}/{folder}/{name}",
+        user_metadata=metadata,
+        expires_at=expires_at,
+    )
+
+
+def training_run(
+    run_id: str, *, corrupted: bool = False, last: Checkpoint | None = None
+) -> TrainingRun:
+    return TrainingRun(
+        training_run_id=run_id,
+        base_model="Qwen/Qwen3-8B",
+        model_owner="tester",
+        is_lora=True,
+        last_request_time=T0,
+        corrupted=corrupted,
+        lora_rank=32,
+        last_checkpoint=last,
+    )
+
+
+@attrs.define
+class FakeTrainingClient:
+    model_id: str
+    path: str
+    optimizer: bool
+
+
+class FakeRest:
+    """An in-memory REST client: runs, checkpoints, scripted failures."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, TrainingRun] = {}
+        self.checkpoints: dict[str, list[Checkpoint]] = {}
+        self.polls: list[tuple[float, str]] = []
+        self.fail_polls: dict[str, list[BaseException]] = {}
+        self.poll_delay = 0.0
+        self.listed: list[str] = []
+
+    def add(self, run_id: str, *names: str, corrupted: bool = False) -> TrainingRun:
+        ckpts = [checkpoint(run_id, n, minutes=i) for i, n in enumerate(names)]
+        self.checkpoints[run_id] = ckpts
+        run = training_run(
+            run_id, corrupted=corrupted, last=ckpts[-1] if ckpts else None
+        )
+        self.runs[run_id] = run
+        return run
+
+    def corrupt(self, run_id: str) -> None:
+        self.runs[run_id] = attrs.evolve(self.runs[run_id], corrupted=True)
+
+    async def get_training_run(self, run_id: str) -> TrainingRun:
+        self.polls.append((trio.current_time(), run_id))
+        if self.poll_delay:
+            await trio.sleep(self.poll_delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        failures = self.fail_polls.get(run_id)
+        if failures:
+            raise failures.pop(0)
+        return self.runs[run_id]
+
+    async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        await trio.lowlevel.checkpoint()
+        self.listed.append(run_id)
+        return list(self.checkpoints.get(run_id, []))
+
+    def poll_times(self, run_id: str) -> list[float]:
+        return [t for t, r in self.polls if r == run_id]
+
+
+class FakeService:
+    """Creates fake training clients; can fail by script or by path."""
+
+    def __init__(self, rest: FakeRest | None = None) -> None:
+        self.rest = rest or FakeRest()
+        self.calls: list[tuple[float, str, bool]] = []
+        self.failures: list[BaseException] = []
+        self.unavailable: set[str] = set()
+        self.delay = 0.0
+        self.hook: Callable[[str], None] | None = None
+        self.created = 0
+
+    def create_rest_client(self) -> FakeRest:
+        return self.rest
+
+    async def _create(self, path: str, optimizer: bool) -> FakeTrainingClient:
+        self.calls.append((trio.current_time(), path, optimizer))
+        if self.delay:
+            await trio.sleep(self.delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        if self.hook is not None:
+            self.hook(path)
+        if path in self.unavailable:
+            raise CheckpointUnavailableError(f"{path} is gone", path=path, status=404)
+        if self.failures:
+            raise self.failures.pop(0)
+        self.created += 1
+        new_id = f"session-1:train:{self.created}"
+        self.rest.add(new_id, "ckpt-0001")
+        return FakeTrainingClient(model_id=new_id, path=path, optimizer=optimizer)
+
+    async def create_training_client_from_state(self, path: str) -> FakeTrainingClient:
+        return await self._create(path, False)
+
+    async def create_training_client_from_state_with_optimizer(
+        self, path: str
+    ) -> FakeTrainingClient:
+        return await self._create(path, True)
+
+
+@pytest.fixture
+def rest() -> FakeRest:
+    return FakeRest()
+
+
+@pytest.fixture
+def service(rest: FakeRest) -> FakeService:
+    return FakeService(rest)

@@ -1,0 +1,424 @@
+"""The monitor: scheduling, detection, hand-off, stop paths."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from trio_tinkex_recovery import (
+    Policy,
+    RecoveryDisabledError,
+    ResponseValidationError,
+    open_executor,
+    open_monitor,
+)
+
+from .conftest import FakeRest, FakeService
+
+ENABLED = Policy(enabled=True, jitter=0)
+
+
+def drain(events):
+    """Every event already buffered, without waiting."""
+    got = []
+    while True:
+        try:
+            got.append(events.receive_nowait())
+        except trio.WouldBlock:
+            return got
+
+
+async def collect_until(events, name, count=1):
+    """Receive events until ``count`` events called ``name`` arrived."""
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if sum(e.name == name for e in seen) == count:
+            return seen
+    raise AssertionError(f"channel closed before {name}: {seen}")
+
+
+async def test_corrupted_run_is_detected_and_recovered(service, rest, autojump_clock):
+    """The reference case: a corrupted run restarts from its checkpoint, once."""
+    rest.add("run-1", "0001", corrupted=True)
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1")
+            seen = await collect_until(events, "completed")
+        assert [e.name for e in seen] == [
+            "detected",
+            "started",
+            "checkpoint_selected",
+            "client_created",
+            "completed",
+        ]
+        assert service.calls == [(0.0, "tinker://run-1/weights/0001", True)]
+        assert "run-1" not in monitor.monitored_runs
+        polls_before = len(rest.poll_times("run-1"))
+        await trio.sleep(10 * ENABLED.poll_interval)
+        assert len(rest.poll_times("run-1")) == polls_before == 1
+        assert service.calls == [(0.0, "tinker://run-1/weights/0001", True)]
+        stats = monitor.statistics()
+        assert (stats.detected, stats.attempts, stats.completed) == (1, 1, 1)
+
+
+async def test_healthy_run_is_kept_and_never_recovered(service, rest, autojump_clock):
+    """A healthy run is polled on schedule and never restarted."""
+    rest.add("run-1", "0001")
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(95)
+        assert monitor.monitored_runs == {"run-1"}
+    assert rest.poll_times("run-1") == [0, 30, 60, 90]
+    assert service.calls == []
+
+
+async def test_disabled_policy_refuses(service, rest):
+    """Recovery is opt-in: monitor_run refuses and schedules nothing."""
+    rest.add("run-1", "0001", corrupted=True)
+    async with open_monitor(service=service) as monitor:
+        with pytest.raises(RecoveryDisabledError, match="Policy\\(enabled=True\\)"):
+            await monitor.monitor_run("run-1")
+        assert monitor.monitored_runs == frozenset()
+    assert rest.polls == []
+
+
+async def test_config_recovery_is_the_default_policy(service, rest, autojump_clock):
+    """Without policy=, the monitor uses config.recovery."""
+    from trio_tinkex_recovery import Config
+
+    config = Config(api_key="tml-test", recovery=ENABLED)
+    rest.add("run-1", "0001")
+    async with open_monitor(config=config, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        assert monitor.policy is ENABLED
+
+
+@pytest.mark.parametrize("run_id", ["", "../x", "a/b", "a?b", "a#b", "a b", "é", "."])
+async def test_bad_run_id_rejected_before_any_request(service, rest, run_id):
+    """A run id that could address something else is refused, nothing sent."""
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        with pytest.raises(ValueError, match="run_id"):
+            await monitor.monitor_run(run_id)
+        assert monitor.monitored_runs == frozenset()
+    assert rest.polls == []
+
+
+async def test_rest_for_service_error_propagates(service):
+    """A failing rest_for_service raises from monitor_run; nothing scheduled."""
+
+    def broken(_service):
+        raise RuntimeError("no rest client today")
+
+    async with open_monitor(
+        policy=ENABLED, service=service, rest_for_service=broken
+    ) as monitor:
+        with pytest.raises(RuntimeError, match="no rest client today"):
+            await monitor.monitor_run("run-1")
+        assert monitor.monitored_runs == frozenset()
+
+
+async def test_async_rest_for_service_is_awaited(service, autojump_clock):
+    """rest_for_service may be async; its client polls the run."""
+    other = FakeRest()
+    other.add("run-1", "0001")
+
+    async def factory(_service):
+        await trio.lowlevel.checkpoint()
+        return other
+
+    async with open_monitor(
+        policy=ENABLED, service=service, rest_for_service=factory
+    ) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1)
+    assert other.poll_times("run-1") == [0]
+    assert service.rest.polls == []
+
+
+async def test_no_service_at_all_is_a_clear_error():
+    """Without service or rest there is nothing to poll with."""
+    async with open_monitor(policy=ENABLED) as monitor:
+        with pytest.raises(ValueError, match="no service to poll run 'run-1'"):
+            await monitor.monitor_run("run-1")
+
+
+async def test_monitoring_again_updates_in_place(service, rest, autojump_clock):
+    """A second monitor_run updates service and metadata; still one task."""
+    rest.add("run-1", "0001")
+    second = FakeService(rest)
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1", metadata={"who": "first"})
+            await trio.sleep(15)
+            await monitor.monitor_run(
+                "run-1", service=second, metadata={"who": "second"}
+            )
+            await trio.sleep(20)
+            rest.corrupt("run-1")
+            seen = await collect_until(events, "completed")
+    assert rest.poll_times("run-1") == [0, 30, 60]
+    assert seen[0].metadata["who"] == "second"
+    assert service.calls == []
+    assert [path for _, path, _ in second.calls] == ["tinker://run-1/weights/0001"]
+
+
+async def test_polls_are_drift_free(service, rest, autojump_clock):
+    """Slow polls do not shift the schedule: 0, I, 2I, ... in Trio time."""
+    rest.add("run-1", "0001")
+    rest.poll_delay = 7
+    async with open_monitor(
+        policy=Policy(enabled=True, jitter=0, poll_interval=10), service=service
+    ) as monitor:
+        await trio.sleep(5)
+        await monitor.monitor_run("run-1")
+        await trio.sleep(41)
+    assert rest.poll_times("run-1") == [5, 15, 25, 35, 45]
+
+
+async def test_poll_longer_than_interval_skips_missed_slots(
+    service, rest, autojump_clock
+):
+    """A poll that overruns its slot does not cause a burst of catch-up polls."""
+    rest.add("run-1", "0001")
+    rest.poll_delay = 25
+    async with open_monitor(
+        policy=Policy(enabled=True, jitter=0, poll_interval=10), service=service
+    ) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(65)
+    assert rest.poll_times("run-1") == [0, 30, 60]
+
+
+async def test_jittered_polls_stay_within_bounds(service, rest, autojump_clock):
+    """With jitter j, poll k starts in [kI, kI + jI] and gaps stay in I(1±j)."""
+    rest.add("run-1", "0001")
+    policy = Policy(enabled=True, jitter=0.2, poll_interval=10)
+    async with open_monitor(policy=policy, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1000)
+    times = rest.poll_times("run-1")
+    assert len(times) == 100
+    for k, t in enumerate(times):
+        assert k * 10 <= t <= k * 10 + 2
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(8 <= g <= 12 for g in gaps)
+    assert len({round(g, 6) for g in gaps}) > 1  # it is really jittered
+
+
+async def test_poll_errors_never_trigger_recovery(service, rest, autojump_clock):
+    """Failed polls emit poll_error and keep watching; no recovery starts."""
+    rest.add("run-1", "0001")
+    rest.fail_polls["run-1"] = [
+        RuntimeError("boom"),
+        ResponseValidationError("malformed TrainingRun: $.base_model missing"),
+        ExceptionGroup("cattrs", [KeyError("x")]),
+    ]
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1")
+            await trio.sleep(95)
+        assert monitor.monitored_runs == {"run-1"}
+        stats = monitor.statistics()
+    assert (stats.polls, stats.poll_errors, stats.detected) == (4, 3, 0)
+    assert service.calls == []
+
+
+async def test_poll_error_events_carry_the_error(service, rest, autojump_clock):
+    """A poll_error event names the run and carries the exception."""
+    rest.add("run-1", "0001")
+    boom = RuntimeError("boom")
+    rest.fail_polls["run-1"] = [boom]
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1", metadata={"team": "a"})
+            event = await events.receive()
+    assert event.name == "poll_error"
+    assert event.event == ("tinkex", "recovery", "poll_error")
+    assert event.run_id == "run-1"
+    assert event.metadata["error"] is boom
+    assert event.metadata["team"] == "a"
+
+
+async def test_refused_hand_over_keeps_watching(service, rest, autojump_clock):
+    """If the executor already has the run pending, the monitor keeps polling."""
+    rest.add("run-1", "0001", corrupted=True)
+    service.delay = 100  # the first recovery takes a while
+    async with open_executor(service=service) as executor:
+        await executor.recover(
+            "run-1", service, ENABLED, last_checkpoint="tinker://run-1/weights/0001"
+        )
+        async with open_monitor(
+            policy=ENABLED, service=service, executor=executor
+        ) as monitor:
+            await monitor.monitor_run("run-1")
+            await trio.sleep(65)
+            assert monitor.monitored_runs == {"run-1"}
+            assert rest.poll_times("run-1") == [0, 30, 60]
+            assert monitor.statistics().detected == 3
+    assert len(service.calls) == 1
+
+
+async def test_follow_recovered_watches_the_new_run(service, rest, autojump_clock):
+    """After a recovery the new run (the client's model_id) is watched."""
+    rest.add("run-1", "0001", corrupted=True)
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1", metadata={"training_client": "old"})
+            await collect_until(events, "completed")
+        await trio.lowlevel.checkpoint()
+        assert monitor.monitored_runs == {"session-1:train:1"}
+        await trio.sleep(31)
+    assert rest.poll_times("session-1:train:1") == [0, 30]
+
+
+async def test_follow_recovered_off(service, rest, autojump_clock):
+    """follow_recovered=False leaves the new run alone."""
+    rest.add("run-1", "0001", corrupted=True)
+    policy = Policy(enabled=True, jitter=0, follow_recovered=False)
+    async with open_monitor(policy=policy, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(100)
+        assert monitor.monitored_runs == frozenset()
+    assert rest.poll_times("session-1:train:1") == []
+
+
+async def test_a_second_corruption_of_the_followed_run_is_recovered(
+    service, rest, autojump_clock
+):
+    """The followed run is recovered too, with the previous client as 'old'."""
+    rest.add("run-1", "0001", corrupted=True)
+    olds = []
+    policy = Policy(
+        enabled=True, jitter=0, on_recovery=lambda old, new, ckpt: olds.append(old)
+    )
+    async with open_monitor(policy=policy, service=service) as monitor:
+        await monitor.monitor_run("run-1", metadata={"training_client": "original"})
+        await trio.sleep(1)
+        rest.corrupt("session-1:train:1")
+        await trio.sleep(30)
+        assert monitor.monitored_runs == {"session-1:train:2"}
+    assert olds[0] == "original"
+    assert olds[1].model_id == "session-1:train:1"
+
+
+# -- stop paths ------------------------------------------------------------
+
+
+async def test_stop_monitoring_during_an_in_flight_poll(service, rest, autojump_clock):
+    """After stop_monitoring returns, no event about that run follows."""
+    rest.add("run-1", "0001", corrupted=True)
+    rest.poll_delay = 5
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1")
+            await trio.sleep(2)  # the first poll is in flight
+            assert len(rest.polls) == 1
+            monitor.stop_monitoring("run-1")
+            assert monitor.monitored_runs == frozenset()
+            await trio.sleep(100)
+            assert drain(events) == []
+    assert len(rest.polls) == 1
+    assert service.calls == []
+
+
+async def test_stop_when_the_poll_already_returned(service, rest, autojump_clock):
+    """A poll whose answer arrived before the stop is not acted upon."""
+    rest.add("run-1", "0001", corrupted=True)
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1")
+            # Both tasks are runnable now; stop before the poll task resumes.
+            monitor.stop_monitoring("run-1")
+            await trio.sleep(100)
+            assert drain(events) == []
+    assert service.calls == []
+
+
+async def test_stop_monitoring_unknown_run_is_ignored(service):
+    """Stopping a run that is not watched does nothing."""
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        monitor.stop_monitoring("never-watched")
+
+
+async def test_stopped_run_can_be_watched_again(service, rest, autojump_clock):
+    """stop then monitor_run starts a fresh schedule."""
+    rest.add("run-1", "0001")
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(40)
+        monitor.stop_monitoring("run-1")
+        await trio.sleep(5)
+        await monitor.monitor_run("run-1")
+        await trio.sleep(31)
+    assert rest.poll_times("run-1") == [0, 30, 45, 75]
+
+
+def count_tasks(task=None):
+    """How many tasks run under ``task`` (default: the whole run), itself included."""
+    task = task or trio.lowlevel.current_root_task()
+    return 1 + sum(
+        count_tasks(child)
+        for nursery in task.child_nurseries
+        for child in nursery.child_tasks
+    )
+
+
+async def test_leaving_the_block_ends_polls_and_attempts(service, rest, autojump_clock):
+    """Leaving open_monitor with polls and attempts in flight ends everything."""
+    rest.add("run-1", "0001", corrupted=True)
+    rest.add("run-2", "0001")
+    rest.poll_delay = 1000  # run-2's poll is in flight too
+    service.delay = 1000
+    before = count_tasks()
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        rest.poll_delay = 0
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1)
+        rest.poll_delay = 1000
+        await monitor.monitor_run("run-2")
+        await trio.sleep(1)
+        assert monitor.statistics().in_progress == 1
+        assert count_tasks() > before
+        executor = monitor.executor
+    assert count_tasks() == before
+    assert executor.recovery_state("run-1").phase == "exhausted"
+    assert executor.statistics().in_progress == 0
+
+
+async def test_crashing_callback_does_not_stop_the_monitor(
+    service, rest, autojump_clock, caplog
+):
+    """on_recovery raising is logged; the monitor goes on polling."""
+    rest.add("run-1", "0001", corrupted=True)
+    rest.add("run-2", "0001")
+
+    def explode(old, new, checkpoint):
+        raise RuntimeError("callback bug")
+
+    policy = Policy(enabled=True, jitter=0, on_recovery=explode)
+    async with open_monitor(policy=policy, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await monitor.monitor_run("run-2")
+        await trio.sleep(61)
+        assert "run-2" in monitor.monitored_runs
+        assert monitor.statistics().completed == 1
+    assert rest.poll_times("run-2") == [0, 30, 60]
+    assert "on_recovery callback raised" in caplog.text
+
+
+async def test_monitor_run_checkpoints():
+    """monitor_run is a checkpoint even when it refuses."""
+    async with open_monitor() as monitor:
+        with trio.testing.assert_checkpoints(), pytest.raises(RecoveryDisabledError):
+            await monitor.monitor_run("run-1")
+
+
+async def test_no_public_constructor():
+    """Monitor is made by open_monitor only."""
+    from trio_tinkex_recovery import Monitor
+
+    with pytest.raises(TypeError, match="open_monitor"):
+        Monitor()  # type: ignore[call-arg]
