@@ -31,11 +31,9 @@ ENABLED = Policy(enabled=True, jitter=0)
 
 
 async def wait_done(executor, *run_ids):
-    """Sleep (in Trio time) until every run's recovery has ended."""
-    while any(
-        (state := executor.recovery_state(r)) is None or state.pending for r in run_ids
-    ):
-        await trio.sleep(1)
+    """Wait until the executor has nothing pending (run_ids for the reader)."""
+    await executor.wait_idle()
+    assert all(not executor.recovery_state(r).pending for r in run_ids)
 
 
 def names(events):
@@ -102,7 +100,7 @@ async def test_backoff_jitter_stays_within_bounds(service, rest, autojump_clock)
 async def test_failing_more_than_max_attempts_ends_exhausted(
     service, rest, autojump_clock
 ):
-    """A service failing more often than max_attempts: failed ×3, exhausted."""
+    """A service failing more often than max_attempts: failed x3, exhausted."""
     rest.add("run-1", "0001")
     service.failures = [RuntimeError("nope")] * 5
     calls = []

@@ -119,6 +119,9 @@ class Executor(metaclass=NoPublicConstructor):
         self._telemetry = telemetry
         self._rng = rng
         self._states: dict[str, RecoveryState] = {}
+        self._pending = 0
+        self._idle = trio.Event()
+        self._idle.set()
         self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
 
     def __repr__(self) -> str:
@@ -173,6 +176,15 @@ class Executor(metaclass=NoPublicConstructor):
             run=run,
         )
 
+    async def wait_idle(self) -> None:
+        """Return once no recovery is queued, attempting or waiting to retry.
+
+        Returns at once (after a checkpoint) when the executor is idle.
+        """
+        await trio.lowlevel.checkpoint()
+        while self._pending:
+            await self._idle.wait()
+
     def recovery_state(self, run_id: str) -> RecoveryState | None:
         """The run's recovery record, or ``None`` if it was never handed over."""
         return self._states.get(run_id)
@@ -207,7 +219,7 @@ class Executor(metaclass=NoPublicConstructor):
     # -- hand-off ------------------------------------------------------------
 
     def _in_progress(self) -> int:
-        return sum(state.pending for state in self._states.values())
+        return self._pending
 
     def _submit(
         self,
@@ -254,11 +266,20 @@ class Executor(metaclass=NoPublicConstructor):
         )
         # An unbounded buffer: send_nowait only fails once the executor is gone.
         self._send.send_nowait(request)
-        self._states[run_id] = RecoveryState(run_id=run_id, phase="queued")
+        self._store(RecoveryState(run_id=run_id, phase="queued"))
 
     def _set(self, run_id: str, **changes: Any) -> RecoveryState:
-        state = attrs.evolve(self._states[run_id], **changes)
-        self._states[run_id] = state
+        return self._store(attrs.evolve(self._states[run_id], **changes))
+
+    def _store(self, state: RecoveryState) -> RecoveryState:
+        """Replace a run's record, keeping the pending count and idle event."""
+        old = self._states.get(state.run_id)
+        self._pending += state.pending - (old is not None and old.pending)
+        self._states[state.run_id] = state
+        if self._pending and self._idle.is_set():
+            self._idle = trio.Event()
+        elif not self._pending:
+            self._idle.set()
         return state
 
     # -- the executor task -------------------------------------------------
