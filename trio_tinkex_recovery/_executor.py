@@ -119,7 +119,8 @@ class Executor(metaclass=NoPublicConstructor):
         self._telemetry = telemetry
         self._rng = rng
         self._states: dict[str, RecoveryState] = {}
-        self._pending = 0
+        # Hand-offs not yet finished (callbacks included), and its event.
+        self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
         self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
@@ -177,12 +178,14 @@ class Executor(metaclass=NoPublicConstructor):
         )
 
     async def wait_idle(self) -> None:
-        """Return once no recovery is queued, attempting or waiting to retry.
+        """Return once every recovery handed over so far has finished.
 
-        Returns at once (after a checkpoint) when the executor is idle.
+        Finished means done or exhausted, with its callbacks (and the
+        follow-up of a recovered run) returned.  Returns at once (after a
+        checkpoint) when the executor is idle.
         """
         await trio.lowlevel.checkpoint()
-        while self._pending:
+        while self._busy:
             await self._idle.wait()
 
     def recovery_state(self, run_id: str) -> RecoveryState | None:
@@ -219,7 +222,14 @@ class Executor(metaclass=NoPublicConstructor):
     # -- hand-off ------------------------------------------------------------
 
     def _in_progress(self) -> int:
-        return self._pending
+        return self._busy
+
+    def _add_busy(self, delta: int) -> None:
+        self._busy += delta
+        if self._busy and self._idle.is_set():
+            self._idle = trio.Event()
+        elif not self._busy:
+            self._idle.set()
 
     def _submit(
         self,
@@ -267,19 +277,13 @@ class Executor(metaclass=NoPublicConstructor):
         # An unbounded buffer: send_nowait only fails once the executor is gone.
         self._send.send_nowait(request)
         self._store(RecoveryState(run_id=run_id, phase="queued"))
+        self._add_busy(1)
 
     def _set(self, run_id: str, **changes: Any) -> RecoveryState:
         return self._store(attrs.evolve(self._states[run_id], **changes))
 
     def _store(self, state: RecoveryState) -> RecoveryState:
-        """Replace a run's record, keeping the pending count and idle event."""
-        old = self._states.get(state.run_id)
-        self._pending += state.pending - (old is not None and old.pending)
         self._states[state.run_id] = state
-        if self._pending and self._idle.is_set():
-            self._idle = trio.Event()
-        elif not self._pending:
-            self._idle.set()
         return state
 
     # -- the executor task -------------------------------------------------
@@ -326,6 +330,7 @@ class Executor(metaclass=NoPublicConstructor):
             if state is not None and state.pending:
                 # Cancelled mid-way (the executor is closing): not pending any more.
                 self._set(run_id, phase="exhausted", retry_at=None, error="Cancelled")
+            self._add_busy(-1)
 
     async def _after_failure(
         self, request: _Request, attempt: int, exc: Exception

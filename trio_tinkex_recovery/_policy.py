@@ -213,7 +213,8 @@ class Policy:
 
     def backoff_delay(self, failures: int) -> float:
         """The nominal delay after the ``failures``-th failed attempt (no jitter)."""
-        exponent = min(failures - 1, 1024)
+        # 2**62 outgrows any max_backoff; a larger exponent would overflow.
+        exponent = min(max(failures - 1, 0), 62)
         return float(min(self.backoff * 2.0**exponent, self.max_backoff))
 
     @classmethod

@@ -131,7 +131,7 @@ class Statistics:
     failed: int = 0
     #: Recoveries that gave up.
     exhausted: int = 0
-    #: Recoveries queued, attempting or waiting to retry.
+    #: Recoveries queued, attempting, waiting to retry or finishing callbacks.
     in_progress: int = 0
     #: Events a slow subscriber lost.
     dropped_events: int = 0

@@ -25,7 +25,7 @@ __all__ = ["Checkpoint", "TrainingRun", "WeightsInfo"]
 _T = TypeVar("_T")
 
 _TINKER_PATH = re.compile(
-    r"^tinker://(?P<run>[^/\s?#%\\]+)/(?P<kind>weights|sampler_weights)/(?P<name>[^/\s?#%\\]+)$"
+    r"^tinker://(?P<run>[^/]+)/(?P<kind>weights|sampler_weights)/(?P<name>[^/]+)$"
 )
 
 
@@ -225,11 +225,17 @@ def parse_tinker_path(path: str) -> tuple[str, str, str]:
     if not isinstance(path, str):
         raise TypeError(f"tinker path must be a str, got {type(path).__name__}")
     match = _TINKER_PATH.match(path)
-    if match is None:
+    try:
+        if match is None:
+            raise ValueError("wrong shape")
+        # Both parts follow the run-id rules: nothing that escapes the path.
+        validate_run_id(match["run"])
+        validate_run_id(match["name"])
+    except ValueError:
         raise ValueError(
             f"not a checkpoint path: {path[:300]!r}; "
             "expected 'tinker://{run}/weights/{name}'"
-        )
+        ) from None
     return match["run"], match["kind"], match["name"]
 
 

@@ -1,0 +1,675 @@
+"""The native Tinker client, for Trio: ServiceClient, RestClient, TrainingClient.
+
+It speaks the wire protocol of the official ``tinker`` SDK 0.38.0 (request
+paths, JSON keys, the session and ``load_weights`` flow; see DESIGN
+section 4), over one ``httpx.AsyncClient`` per service client.
+
+Restoring a checkpoint, as ``tinker/lib/public_interfaces/service_client.py``
+does it (``_create_training_client_via_load_weights_submit``)::
+
+    POST /api/v1/weights_info     {"tinker_path"}       base model, LoRA rank
+    POST /api/v1/client/config    {"sdk_version"}       once per service client
+    POST /api/v1/create_session   {...}                 once per service client
+    POST /api/v1/load_weights     {"session_id", "model_seq_id", "path",
+                                   "optimizer", "type": "load_weights"}
+    POST /api/v1/retrieve_future  {"request_id", ...}   until a result
+
+and the new model's id is ``f"{session_id}:train:{model_seq_id}"``.
+
+A restore is never duplicated by our own retries: its HTTP retries reuse one
+idempotency key and one body, and a restore that failed without a clear
+answer (timeout, dropped connection, server error, cancellation) is
+remembered, so that the next restore of the same path with the same
+optimizer choice sends the very same request again (same key, same
+``session_id`` and ``model_seq_id``) instead of a new one: the server
+answers it with the model it already made.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import attrs
+import trio
+
+from ._config import Config
+from ._errors import (
+    APIStatusError,
+    CheckpointUnavailableError,
+    RequestFailedError,
+    ResponseValidationError,
+    TinkerAPIError,
+    TinkexRecoveryError,
+)
+from ._http import HTTPClient, HTTPSettings, new_idempotency_key
+from ._types import (
+    Checkpoint,
+    TrainingRun,
+    WeightsInfo,
+    parse_tinker_path,
+    validate_run_id,
+)
+from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import httpx
+
+__all__ = ["RestClient", "ServiceClient", "TrainingClient", "open_service_client"]
+
+logger = logging.getLogger("trio_tinkex_recovery.client")
+
+#: The SDK release whose wire protocol this client speaks; sent where the
+#: SDK sends its own version (``client/config``, ``create_session``).
+WIRE_SDK_VERSION: Final = "0.38.0"
+#: The SDK sends a session heartbeat every 10 s (``internal_client_holder.py``).
+HEARTBEAT_INTERVAL: Final = 10.0
+#: How long closing may take to tell the service the session is finished.
+_FINISH_TIMEOUT: Final = 10.0
+#: Statuses meaning "no such checkpoint (any more)" for a checkpoint path.
+_GONE: Final = frozenset({404, 410})
+
+_FinishReason = Literal["success", "errored", "interrupted"]
+
+
+def _required_str(body: dict[str, Any], field: str, endpoint: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise ResponseValidationError(
+            f"{endpoint}: expected a non-empty string at $.{field}, got {value!r}"[:300]
+        )
+    return value
+
+
+def _check_checkpoint_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"checkpoint name must be a str, got {type(name).__name__}")
+    try:
+        parse_tinker_path(f"tinker://run/weights/{name}")
+    except ValueError:
+        raise ValueError(
+            f"checkpoint name {name[:100]!r} is not a valid path segment: use 1 or "
+            "more printable characters without whitespace, '/', '\\', '?', '#' or '%'"
+        ) from None
+    return name
+
+
+@attrs.define
+class _Operation:
+    """One logical non-GET operation: its idempotency key and sequence number.
+
+    Kept when the operation failed without a clear answer, so that doing it
+    again repeats the same request rather than starting another one.
+    """
+
+    seq_id: int
+    key: str = attrs.field(factory=new_idempotency_key)
+
+
+@attrs.define
+class _Session:
+    """The service client's session and what is numbered within it."""
+
+    session_id: str
+    next_model_seq_id: int = 0
+    #: Restores that failed ambiguously, by (path, optimizer).
+    pending_loads: dict[tuple[str, bool], _Operation] = attrs.field(factory=dict)
+    expired: bool = False
+
+    def take_model_seq_id(self) -> int:
+        seq_id = self.next_model_seq_id
+        self.next_model_seq_id += 1
+        return seq_id
+
+
+class RestClient(metaclass=NoPublicConstructor):
+    """Reads training runs, their checkpoints and checkpoint weights info.
+
+    Made by `ServiceClient.create_rest_client`; it shares the service
+    client's connection pool and is usable until the service client closes.
+    """
+
+    _factory_hint = "use ServiceClient.create_rest_client()"
+
+    def __init__(self, http: HTTPClient) -> None:
+        self._http = http
+
+    def __repr__(self) -> str:
+        return f"<RestClient base_url={self._http.base_url!r}>"
+
+    async def get_training_run(self, run_id: str) -> TrainingRun:
+        """The run as the service reports it now.
+
+        ``GET /api/v1/training_runs/{run_id}?access_scope=owned``.
+
+        Raises:
+            TypeError: ``run_id`` is not a str.
+            ValueError: ``run_id`` cannot be a run id (checked before sending).
+            NotFoundError: No such run.
+            TinkerAPIError: The request failed (after retries if transient).
+            ResponseValidationError: The answer is not a valid training run.
+        """
+        validate_run_id(run_id)
+        body = await self._http.request(
+            "GET", f"/api/v1/training_runs/{run_id}", params={"access_scope": "owned"}
+        )
+        return TrainingRun.from_json(body)
+
+    async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        """The run's checkpoints, training and sampler, in the service's order.
+
+        ``GET /api/v1/training_runs/{run_id}/checkpoints``.
+
+        Raises:
+            TypeError: ``run_id`` is not a str.
+            ValueError: ``run_id`` cannot be a run id (checked before sending).
+            NotFoundError: No such run.
+            TinkerAPIError: The request failed (after retries if transient).
+            ResponseValidationError: The answer is not a list of checkpoints.
+        """
+        validate_run_id(run_id)
+        path = f"/api/v1/training_runs/{run_id}/checkpoints"
+        body = await self._http.request_object("GET", path)
+        items = body.get("checkpoints")
+        if not isinstance(items, list):
+            raise ResponseValidationError(
+                f"GET {path}: expected a list at $.checkpoints, "
+                f"got {type(items).__name__}"
+            )
+        checkpoints = []
+        for index, item in enumerate(items):
+            try:
+                checkpoints.append(Checkpoint.from_json(item))
+            except ResponseValidationError as exc:
+                raise ResponseValidationError(
+                    f"GET {path}: $.checkpoints[{index}]: {exc}"
+                ) from exc
+        return checkpoints
+
+    async def get_weights_info(self, tinker_path: str) -> WeightsInfo:
+        """What the service knows about a checkpoint's weights.
+
+        ``POST /api/v1/weights_info {"tinker_path": ...}``.
+
+        Raises:
+            TypeError: ``tinker_path`` is not a str.
+            ValueError: ``tinker_path`` is not a ``tinker://`` checkpoint path.
+            CheckpointUnavailableError: The service has no such checkpoint
+                (HTTP 404 or 410): it never existed, was deleted or expired.
+            TinkerAPIError: The request failed (after retries if transient).
+            ResponseValidationError: The answer is not valid weights info.
+        """
+        parse_tinker_path(tinker_path)
+        try:
+            body = await self._http.request(
+                "POST", "/api/v1/weights_info", json={"tinker_path": tinker_path}
+            )
+        except APIStatusError as exc:
+            if exc.status in _GONE:
+                raise CheckpointUnavailableError(
+                    f"checkpoint {tinker_path} is unavailable: {exc.message}",
+                    path=tinker_path,
+                    status=exc.status,
+                ) from exc
+            raise
+        return WeightsInfo.from_json(body)
+
+
+@attrs.define
+class _SaveState:
+    """A training client's save sequence (mutable, behind the frozen client)."""
+
+    #: The SDK's ``seq_id`` for the model's requests: the load was 0.
+    next_seq_id: int = 1
+    lock: trio.Lock = attrs.field(factory=trio.Lock)
+    #: Saves that failed ambiguously, by checkpoint name.
+    pending: dict[str, _Operation] = attrs.field(factory=dict)
+
+    def take_seq_id(self) -> int:
+        seq_id = self.next_seq_id
+        self.next_seq_id += 1
+        return seq_id
+
+
+@attrs.frozen(eq=False)
+class TrainingClient(metaclass=NoPublicConstructor):
+    """A model restored from a checkpoint, training in the service's session.
+
+    Made by `ServiceClient.create_training_client_from_state` (and
+    ``..._with_optimizer``); it has no public constructor.  Usable while its
+    service client is open: closing that finishes the session.
+    """
+
+    _factory_hint = "use ServiceClient.create_training_client_from_state()"
+
+    #: The new model's id, ``f"{session_id}:train:{model_seq_id}"``; it is
+    #: also the id of the training run the restore created.
+    model_id: str
+    #: The service client's session the model lives in.
+    session_id: str
+    #: The base model, as the checkpoint's weights info reports it.
+    base_model: str
+    #: The LoRA rank, for LoRA weights.
+    lora_rank: int | None
+    #: The checkpoint restored from.
+    checkpoint: Checkpoint
+    #: Whether the optimizer state was restored too.
+    optimizer_restored: bool
+    _http: HTTPClient = attrs.field(repr=False, alias="http")
+    _saves: _SaveState = attrs.field(factory=_SaveState, repr=False, init=False)
+
+    async def save_state(self, name: str) -> Checkpoint:
+        """Save the model's weights and optimizer state as a training checkpoint.
+
+        ``POST /api/v1/save_weights {"model_id", "path": name, "seq_id",
+        "overwrite": false, "type": "save_weights"}``, then the result from
+        ``retrieve_future`` (as ``TrainingClient.save_state`` in the SDK's
+        ``training_client.py``).  Saves of one client run one at a time, in
+        order.  A save that failed without a clear answer is repeated with the
+        same request by the next ``save_state`` of the same name.
+
+        Args:
+            name: The checkpoint's name, e.g. ``"ckpt-0003"``.
+
+        Returns:
+            The checkpoint, ``tinker://{model_id}/weights/{name}``; its
+            ``time`` is ``None`` (the service reports only the path).
+
+        Raises:
+            TypeError: ``name`` is not a str.
+            ValueError: ``name`` cannot be a checkpoint name.
+            RequestFailedError: The service failed the save.
+            TinkerAPIError: A request failed (after retries if transient).
+            ResponseValidationError: An answer is malformed.
+        """
+        _check_checkpoint_name(name)
+        saves = self._saves
+        async with saves.lock:
+            operation = saves.pending.pop(name, None) or _Operation(
+                seq_id=saves.take_seq_id()
+            )
+            settled = False
+            try:
+                body = await self._http.request_object(
+                    "POST",
+                    "/api/v1/save_weights",
+                    json={
+                        "model_id": self.model_id,
+                        "path": name,
+                        "seq_id": operation.seq_id,
+                        "overwrite": False,
+                        "type": "save_weights",
+                    },
+                    idempotency_key=operation.key,
+                )
+                request_id = _required_str(
+                    body, "request_id", "POST /api/v1/save_weights"
+                )
+                result = await self._http.retrieve_future(
+                    request_id, request_type="SaveWeights"
+                )
+                settled = True
+                path = _required_str(result, "path", "save_weights result")
+                try:
+                    return Checkpoint.from_path(path)
+                except ValueError as exc:
+                    raise ResponseValidationError(
+                        f"save_weights result: $.path is not a checkpoint path: "
+                        f"{path[:200]!r}"
+                    ) from exc
+            except TinkerAPIError as exc:
+                settled = settled or not exc.retryable or _is_definitive(exc)
+                raise
+            finally:
+                if not settled:
+                    saves.pending[name] = operation
+
+
+def _is_definitive(exc: TinkerAPIError) -> bool:
+    """Whether the service clearly answered, so repeating cannot find its work.
+
+    A failed request (its future reported an error) is final for that
+    request: sending it again would only fetch the same failure.
+    """
+    return isinstance(exc, RequestFailedError)
+
+
+class ServiceClient(metaclass=NoPublicConstructor):
+    """A connection to Tinker: creates training clients and REST clients.
+
+    Made by `open_service_client`; it has no public constructor.  Training
+    clients it creates live in one session, created on first use and kept
+    alive by a heartbeat until the service client closes.
+    """
+
+    _factory_hint = "use open_service_client()"
+
+    def __init__(
+        self,
+        http: HTTPClient,
+        nursery: trio.Nursery,
+        *,
+        heartbeat_interval: float | None,
+    ) -> None:
+        self._http = http
+        self._nursery = nursery
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_scope = trio.CancelScope()
+        self._session_lock = trio.Lock()
+        self._session: _Session | None = None
+        # One key for creating the session, however many times it is tried:
+        # a retry after a lost answer gets the session already created.
+        self._session_key = new_idempotency_key()
+        self._rest: RestClient | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        session = self._session.session_id if self._session else None
+        return (
+            f"<ServiceClient base_url={self._http.base_url!r} session_id={session!r}>"
+        )
+
+    @property
+    def session_id(self) -> str | None:
+        """The session's id, once a training client was created."""
+        return self._session.session_id if self._session else None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this ServiceClient is closed")
+
+    def create_rest_client(self) -> RestClient:
+        """The REST client for reading runs and checkpoints (one per service).
+
+        Raises:
+            trio.ClosedResourceError: The service client is closed.
+        """
+        self._check_open()
+        if self._rest is None:
+            self._rest = RestClient._create(self._http)
+        return self._rest
+
+    async def create_training_client_from_state(self, path: str) -> TrainingClient:
+        """A new model restored from the checkpoint at ``path``, weights only.
+
+        Args:
+            path: ``tinker://{run}/weights/{name}``.
+
+        Raises:
+            TypeError: ``path`` is not a str.
+            ValueError: ``path`` is not a checkpoint path (checked before
+                sending).
+            CheckpointUnavailableError: The checkpoint is gone, expired or
+                unusable: the service answered 404/410 for it, or failed the
+                load with category ``user``.
+            RequestFailedError: The service failed the load for another reason
+                (retryable).
+            TinkerAPIError: A request failed (after retries if transient).
+            ResponseValidationError: An answer is malformed.
+            trio.ClosedResourceError: The service client is closed.
+        """
+        return await self._restore(path, optimizer=False)
+
+    async def create_training_client_from_state_with_optimizer(
+        self, path: str
+    ) -> TrainingClient:
+        """A new model restored from ``path`` with its optimizer state.
+
+        Args:
+            path: ``tinker://{run}/weights/{name}``.
+
+        Raises:
+            TypeError: ``path`` is not a str.
+            ValueError: ``path`` is not a checkpoint path.
+            CheckpointUnavailableError: The checkpoint is gone, expired or
+                unusable (404/410, or the load failed with category ``user``).
+            RequestFailedError: The service failed the load for another reason.
+            TinkerAPIError: A request failed (after retries if transient).
+            ResponseValidationError: An answer is malformed.
+            trio.ClosedResourceError: The service client is closed.
+        """
+        return await self._restore(path, optimizer=True)
+
+    async def _restore(self, path: str, *, optimizer: bool) -> TrainingClient:
+        self._check_open()
+        parse_tinker_path(path)
+        info = await self.create_rest_client().get_weights_info(path)
+        session = await self._ensure_session()
+        key = (path, optimizer)
+        operation = session.pending_loads.pop(key, None) or _Operation(
+            seq_id=session.take_model_seq_id()
+        )
+        settled = False
+        try:
+            await self._load_weights(session, operation, path, optimizer=optimizer)
+            settled = True
+        except TinkerAPIError as exc:
+            settled = not exc.retryable or _is_definitive(exc)
+            raise
+        finally:
+            if not settled and not session.expired:
+                session.pending_loads[key] = operation
+        return TrainingClient._create(
+            model_id=f"{session.session_id}:train:{operation.seq_id}",
+            session_id=session.session_id,
+            base_model=info.base_model,
+            lora_rank=info.lora_rank,
+            checkpoint=Checkpoint.from_path(path),
+            optimizer_restored=optimizer,
+            http=self._http,
+        )
+
+    async def _load_weights(
+        self, session: _Session, operation: _Operation, path: str, *, optimizer: bool
+    ) -> None:
+        try:
+            body = await self._http.request_object(
+                "POST",
+                "/api/v1/load_weights",
+                json={
+                    "session_id": session.session_id,
+                    "model_seq_id": operation.seq_id,
+                    "path": path,
+                    "optimizer": optimizer,
+                    "type": "load_weights",
+                },
+                idempotency_key=operation.key,
+            )
+            request_id = _required_str(body, "request_id", "POST /api/v1/load_weights")
+            await self._http.retrieve_future(request_id, request_type="LoadWeights")
+        except APIStatusError as exc:
+            if exc.status in _GONE:
+                raise CheckpointUnavailableError(
+                    f"checkpoint {path} is unavailable: {exc.message}",
+                    path=path,
+                    status=exc.status,
+                ) from exc
+            raise
+        except RequestFailedError as exc:
+            if exc.category == "user":
+                raise CheckpointUnavailableError(
+                    f"checkpoint {path} could not be restored: {exc.message}",
+                    path=path,
+                ) from exc
+            raise
+
+    async def _ensure_session(self) -> _Session:
+        async with self._session_lock:
+            self._check_open()
+            if self._session is not None and not self._session.expired:
+                return self._session
+            if self._session is None:
+                await self._fetch_client_config()
+            else:  # the service ended the old session; start another
+                self._session_key = new_idempotency_key()
+            body = await self._http.request_object(
+                "POST",
+                "/api/v1/create_session",
+                json={
+                    "tags": [],
+                    "user_metadata": {},
+                    "sdk_version": WIRE_SDK_VERSION,
+                    "type": "create_session",
+                },
+                idempotency_key=self._session_key,
+            )
+            session = _Session(
+                _required_str(body, "session_id", "POST /api/v1/create_session")
+            )
+            self._session = session
+            logger.debug("created session %s", session.session_id)
+            if self._heartbeat_interval is not None:
+                self._nursery.start_soon(self._heartbeat, session)
+            return session
+
+    async def _fetch_client_config(self) -> None:
+        """``POST /api/v1/client/config``, as the SDK's first request.
+
+        Nothing in the answer is needed here (``{}`` is valid); a service
+        that does not know the endpoint (404) is fine too.
+        """
+        try:
+            body = await self._http.request_object(
+                "POST", "/api/v1/client/config", json={"sdk_version": WIRE_SDK_VERSION}
+            )
+        except APIStatusError as exc:
+            if exc.status != 404:
+                raise
+            return
+        if body.get("pjwt_auth_enabled") is True:
+            logger.warning(
+                "the service offers JWT authentication; this client keeps using "
+                "the API key"
+            )
+
+    async def _heartbeat(self, session: _Session) -> None:
+        """Tell the service the session is alive, every few seconds.
+
+        Failures are logged and the loop goes on, except 410 (the session
+        is over): the next restore then creates a new session.
+        """
+        assert self._heartbeat_interval is not None
+        interval = self._heartbeat_interval
+        with self._heartbeat_scope:
+            next_at = trio.current_time()
+            while True:
+                next_at += interval
+                await trio.sleep_until(next_at)
+                try:
+                    await self._http.request(
+                        "POST",
+                        "/api/v1/session_heartbeat",
+                        json={
+                            "session_id": session.session_id,
+                            "type": "session_heartbeat",
+                        },
+                        max_retries=0,
+                        attempt_timeout=interval,
+                        parse=False,
+                    )
+                except TinkexRecoveryError as exc:
+                    if isinstance(exc, APIStatusError) and exc.status == 410:
+                        logger.warning(
+                            "session %s has ended; the next restore starts a new one",
+                            session.session_id,
+                        )
+                        session.expired = True
+                        session.pending_loads.clear()
+                        return
+                    logger.info(
+                        "heartbeat of session %s failed: %s", session.session_id, exc
+                    )
+
+    async def aclose(self, *, reason: _FinishReason = "success") -> None:
+        """Finish the session (if any) and close the connection pool.
+
+        Idempotent.  It tells the service the session is finished (at most
+        ~10 s, shielded from cancellation; a failure is logged), so training
+        clients made here stop working.
+
+        Args:
+            reason: The finish reason sent to the service.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._heartbeat_scope.cancel()
+        with trio.move_on_after(_FINISH_TIMEOUT, shield=True):
+            try:
+                session = self._session
+                if session is not None and not session.expired:
+                    await self._finish_session(session.session_id, reason)
+            finally:
+                await self._http.aclose()
+
+    async def _finish_session(self, session_id: str, reason: _FinishReason) -> None:
+        try:
+            await self._http.request(
+                "POST",
+                f"/api/v1/sessions/{session_id}/finish",
+                json={"reason": {"type": reason}},
+                max_retries=1,
+                parse=False,
+            )
+        except TinkexRecoveryError as exc:
+            logger.info("could not finish session %s: %s", session_id, exc)
+
+
+@asynccontextmanager
+async def open_service_client(
+    config: Config | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[ServiceClient]:
+    """Connect to Tinker for the duration of the ``async with`` block.
+
+    Args:
+        config: Where and how; ``Config.from_env()`` when ``None``.
+        transport: An httpx transport to use instead of the network, e.g.
+            ``FakeTinker().transport()`` or ``httpx.MockTransport``.
+
+    Yields:
+        The `ServiceClient`.  Leaving the block finishes its session and
+        closes it.  Like every nursery-owning context manager, an exception
+        from the block surfaces as an `ExceptionGroup`.
+
+    Raises:
+        ValueError: ``config`` is ``None`` and the environment has no valid
+            ``TINKER_API_KEY``.
+    """
+    async with _open_service_client(config, transport=transport) as service:
+        yield service
+
+
+@asynccontextmanager
+async def _open_service_client(
+    config: Config | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    settings: HTTPSettings | None = None,
+    heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
+) -> AsyncIterator[ServiceClient]:
+    """`open_service_client` with the internal knobs, for tests."""
+    if config is None:
+        config = Config.from_env()
+    http = HTTPClient(config, transport=transport, settings=settings)
+    try:
+        async with trio.open_nursery() as nursery:
+            service = ServiceClient._create(
+                http, nursery, heartbeat_interval=heartbeat_interval
+            )
+            reason: _FinishReason = "success"
+            try:
+                yield service
+            except Exception:
+                reason = "errored"
+                raise
+            except BaseException:
+                reason = "interrupted"
+                raise
+            finally:
+                await service.aclose(reason=reason)
+    finally:
+        await http.aclose()

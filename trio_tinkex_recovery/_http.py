@@ -1,0 +1,529 @@
+"""httpx plumbing under Trio: auth header, idempotency, retries, error mapping.
+
+One `HTTPClient` wraps one ``httpx.AsyncClient`` (one per service client) with
+a small connection pool: under Trio a big pool costs far more CPU per request
+than it saves (see DESIGN section 5), so tasks queue for a connection.
+
+`HTTPClient.request` is the only way a request leaves this library.  It
+
+- sends ``X-API-Key`` on every request and ``X-Idempotency-Key`` on every
+  non-GET request: one key per logical operation, kept (with the very same
+  body bytes) across that operation's HTTP retries, so a server that has
+  already acted answers the retry with its first answer instead of acting
+  twice;
+- retries 408, 409, 429, 5xx, timeouts and connection errors up to
+  ``max_retries`` times, waiting ``min(0.5·2^n, 10)`` seconds less up to 25%
+  jitter, or what ``retry-after-ms`` / ``Retry-After`` ask for (capped at
+  60 s), as the official SDK does (``tinker/_base_client.py``);
+- translates every failure into the error tree (``raise ... from exc``);
+- parses JSON strictly: a body that is not JSON is a
+  `ResponseValidationError` naming the endpoint.
+
+Waiting uses ``trio.sleep``, so tests drive it with ``MockClock``.  Messages
+never contain headers, and any text from the server is scrubbed of the API
+key before it reaches a message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.metadata
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import httpx
+import trio
+
+from ._config import mask_key
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestFailedError,
+    ResponseValidationError,
+    TinkerAPIError,
+    UnprocessableEntityError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ._config import Config
+
+__all__ = [
+    "HTTPClient",
+    "HTTPSettings",
+    "new_idempotency_key",
+]
+
+logger = logging.getLogger("trio_tinkex_recovery.http")
+
+#: Statuses worth trying again (the official SDK's list, plus every 5xx).
+_RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
+
+_STATUS_ERRORS: Final[Mapping[int, type[APIStatusError]]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+#: The longest piece of a response body quoted in an error message.
+_MAX_QUOTED_BODY: Final = 300
+
+_RETRIEVE_FUTURE: Final = "/api/v1/retrieve_future"
+_FUTURE_CATEGORIES: Final = frozenset({"user", "server", "unknown"})
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("trio-tinkex-recovery")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source tree
+        return "0+unknown"
+
+
+USER_AGENT: Final = (
+    f"trio-tinkex-recovery/{_package_version()} httpx/{httpx.__version__}"
+)
+
+
+def new_idempotency_key() -> str:
+    """A fresh ``X-Idempotency-Key`` for one logical operation."""
+    return f"trio-tinkex-{uuid.uuid4()}"
+
+
+def _check_fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(
+            f"HTTPSettings.{attribute.name} must be in [0, 1), got {value}"
+        )
+
+
+def _check_positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"HTTPSettings.{attribute.name} must be > 0, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class HTTPSettings:
+    """Internal knobs of the HTTP layer; the defaults are the SDK's.
+
+    Not public: users configure `Config` (``timeout``, ``max_retries``).
+    Tests use ``jitter=0`` for exact delays.
+    """
+
+    #: Connections kept to the service; more tasks queue for one.
+    max_connections: int = 10
+    #: Delay before the first retry; it doubles with each retry.
+    initial_retry_delay: float = attrs.field(default=0.5, validator=_check_positive)
+    #: The computed delay never exceeds this.
+    max_retry_delay: float = attrs.field(default=10.0, validator=_check_positive)
+    #: A server's ``Retry-After`` is honoured up to this many seconds.
+    max_retry_after: float = attrs.field(default=60.0, validator=_check_positive)
+    #: A computed delay is shortened by up to this fraction, at random.
+    jitter: float = attrs.field(default=0.25, validator=_check_fraction)
+    #: The random source of the jitter: returns a float in [0, 1).
+    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
+    #: How long `HTTPClient.retrieve_future` waits for a result in all.
+    future_timeout: float = attrs.field(default=600.0, validator=_check_positive)
+    #: Pause after the first quick ``try_again``; it doubles up to the max.
+    future_poll_interval: float = attrs.field(default=0.1, validator=_check_positive)
+    #: The longest pause between two ``retrieve_future`` polls.
+    max_future_poll_interval: float = attrs.field(
+        default=1.0, validator=_check_positive
+    )
+
+    def backoff(self, retries_taken: int) -> float:
+        """The delay before retry number ``retries_taken + 1`` (no Retry-After)."""
+        exponent = min(retries_taken, 64)  # 2.0**64 is plenty and cannot overflow
+        delay = min(self.initial_retry_delay * 2.0**exponent, self.max_retry_delay)
+        return delay * (1 - self.jitter * self.random())
+
+
+def parse_retry_after(
+    headers: httpx.Headers, *, now: float | None = None
+) -> float | None:
+    """The delay a response asks for, in seconds, or ``None`` if it asks none.
+
+    ``retry-after-ms`` (milliseconds) wins over ``Retry-After`` (seconds, or
+    an HTTP date, measured against the wall clock as the server's is).
+    Unparseable values are ignored; a date in the past means no wait.
+    """
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            millis = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(millis):
+                return max(millis / 1000, 0.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT by definition
+            return None
+        wall = time.time() if now is None else now
+        return max(when.timestamp() - wall, 0.0)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(content: bytes) -> object:
+    """Decode strict JSON: no ``NaN``/``Infinity``, no empty body."""
+    return json.loads(content, parse_constant=_reject_constant)
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _describe_body(response: httpx.Response) -> str:
+    """A short description of an error body, for a message."""
+    try:
+        body = _loads(response.content)
+    except (ValueError, RecursionError):
+        text = response.content[:_MAX_QUOTED_BODY].decode("utf-8", "replace")
+        return text.strip() or "(empty body)"
+    if isinstance(body, dict):
+        for field in ("detail", "error", "message"):
+            if isinstance(body.get(field), str):
+                return str(body[field])[:_MAX_QUOTED_BODY]
+    return json.dumps(body)[:_MAX_QUOTED_BODY]
+
+
+def _should_retry_status(response: httpx.Response) -> bool:
+    """Whether a failed response is worth retrying; ``x-should-retry`` wins."""
+    header = response.headers.get("x-should-retry")
+    if header == "true":
+        return True
+    if header == "false":
+        return False
+    status = response.status_code
+    return status in _RETRYABLE_STATUSES or status >= 500
+
+
+def expect_object(value: object, endpoint: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object.
+
+    Raises:
+        ResponseValidationError: It is not; the message names ``endpoint``.
+    """
+    if not isinstance(value, dict):
+        raise ResponseValidationError(
+            f"{endpoint}: expected a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
+class HTTPClient:
+    """One ``httpx.AsyncClient`` and the retry policy around it.
+
+    Owned by a service client; close it with `aclose`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        settings: HTTPSettings | None = None,
+    ) -> None:
+        self.settings = settings or HTTPSettings()
+        self.max_retries = config.max_retries
+        self._key = config.api_key
+        self._masked_key = mask_key(config.api_key)
+        self.base_url = config.base_url
+        limits = httpx.Limits(
+            max_connections=self.settings.max_connections,
+            max_keepalive_connections=self.settings.max_connections,
+        )
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url,
+            headers={
+                "X-API-Key": config.api_key,
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(config.timeout),
+            limits=limits,
+            transport=transport,
+            # A redirect could carry the key elsewhere; the API never redirects.
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"<HTTPClient base_url={self.base_url!r}>"
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether `aclose` has run."""
+        return self._client.is_closed
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the API key masked, should a server have echoed it."""
+        return text.replace(self._key, self._masked_key) if self._key in text else text
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        params: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_retries: int | None = None,
+        attempt_timeout: float | None = None,
+        parse: bool = True,
+    ) -> object:
+        """Send one logical request, retrying transient failures.
+
+        Args:
+            method: The HTTP method.
+            path: The path under the base URL, e.g. ``/api/v1/weights_info``.
+            json: The body, encoded once: every retry sends the same bytes.
+            params: Query parameters.
+            idempotency_key: The key of this operation, for a non-GET request;
+                a fresh one when ``None``.  Pass the same key again to repeat
+                an operation the server may already have done.
+            headers: Extra headers for this request.
+            max_retries: Overrides ``Config.max_retries`` for this request.
+            attempt_timeout: Overrides ``Config.timeout`` for each HTTP attempt.
+            parse: Whether to decode the response body as JSON.
+
+        Returns:
+            The decoded JSON body (``None`` when ``parse`` is false).
+
+        Raises:
+            APIStatusError: An error status (a subclass per status), after
+                the retries when it is retryable.
+            APITimeoutError: No answer in time, after the retries.
+            APIConnectionError: The connection failed, after the retries.
+            ResponseValidationError: A success answer that is not JSON.
+            trio.ClosedResourceError: `aclose` has run.
+        """
+        if self._client.is_closed:
+            raise trio.ClosedResourceError("the client is closed")
+        endpoint = f"{method} {path}"
+        retries = self.max_retries if max_retries is None else max_retries
+        request_headers = dict(headers or {})
+        content: bytes | None = None
+        if json is not None:
+            content = _dumps(json)
+            request_headers["Content-Type"] = "application/json"
+        if method.upper() != "GET":
+            request_headers["X-Idempotency-Key"] = (
+                idempotency_key or new_idempotency_key()
+            )
+        request_timeout = (
+            self._client.timeout
+            if attempt_timeout is None
+            else httpx.Timeout(attempt_timeout)
+        )
+        retries_taken = 0
+        while True:
+            request = self._client.build_request(
+                method,
+                path,
+                content=content,
+                params=params,
+                headers=request_headers,
+                timeout=request_timeout,
+            )
+            error: TinkerAPIError
+            cause: BaseException
+            retry_after: float | None = None
+            try:
+                response = await self._client.send(request)
+            except httpx.TimeoutException as exc:
+                error = APITimeoutError(
+                    f"{endpoint}: no answer in time ({type(exc).__name__})"
+                )
+                cause = exc
+            except httpx.RequestError as exc:
+                error = APIConnectionError(
+                    self._redact(
+                        f"{endpoint}: connection failed: {type(exc).__name__}: {exc}"
+                    )
+                )
+                cause = exc
+            else:
+                if response.is_success:
+                    if not parse:
+                        return None
+                    try:
+                        return _loads(response.content)
+                    except (ValueError, RecursionError) as exc:
+                        raise ResponseValidationError(
+                            f"{endpoint}: the response is not valid JSON: {exc}"
+                        ) from exc
+                error = self._status_error(endpoint, response)
+                retry_after = parse_retry_after(response.headers)
+                cause = httpx.HTTPStatusError(
+                    f"HTTP {response.status_code}", request=request, response=response
+                )
+            if not error.retryable or retries_taken >= retries:
+                if retries_taken:
+                    error.message = f"{error.message} (after {retries_taken} retries)"
+                    error.args = (error.message,)
+                raise error from cause
+            if retry_after is not None:
+                delay = min(retry_after, self.settings.max_retry_after)
+            else:
+                delay = self.settings.backoff(retries_taken)
+            logger.debug(
+                "%s failed (%s); retry %d of %d in %.3f s",
+                endpoint,
+                type(error).__name__,
+                retries_taken + 1,
+                retries,
+                delay,
+            )
+            await trio.sleep(delay)
+            retries_taken += 1
+
+    def _status_error(self, endpoint: str, response: httpx.Response) -> APIStatusError:
+        status = response.status_code
+        kind = _STATUS_ERRORS.get(status)
+        if kind is None:
+            kind = InternalServerError if status >= 500 else APIStatusError
+        message = self._redact(f"{endpoint}: HTTP {status}: {_describe_body(response)}")
+        return kind(message, status=status, retryable=_should_retry_status(response))
+
+    async def request_object(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        params: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_retries: int | None = None,
+    ) -> dict[str, Any]:
+        """`request`, for an endpoint that answers a JSON object.
+
+        Raises:
+            ResponseValidationError: The answer is not a JSON object.
+            TinkerAPIError: As `request`.
+        """
+        body = await self.request(
+            method,
+            path,
+            json=json,
+            params=params,
+            idempotency_key=idempotency_key,
+            headers=headers,
+            max_retries=max_retries,
+        )
+        return expect_object(body, f"{method} {path}")
+
+    async def retrieve_future(
+        self, request_id: str, *, request_type: str | None = None
+    ) -> dict[str, Any]:
+        """Wait for the result of an accepted request.
+
+        Polls ``POST /api/v1/retrieve_future`` while the service answers
+        ``{"type": "try_again"}`` (the server long-polls; a quick answer is
+        followed by a short pause that doubles up to a second), for at most
+        ``HTTPSettings.future_timeout`` seconds in all.
+
+        Args:
+            request_id: The ``request_id`` the service gave the request.
+            request_type: Sent as ``X-Tinker-Request-Type``, as the SDK does
+                (e.g. ``"LoadWeights"``).
+
+        Returns:
+            The result object.
+
+        Raises:
+            RequestFailedError: The request failed server-side (its
+                ``category`` is the service's: ``user``, ``server`` or
+                ``unknown``), or the service forgot it (HTTP 410).
+            APITimeoutError: No result within the overall deadline.
+            TinkerAPIError: A poll failed after its own retries.
+            ResponseValidationError: A poll answer is not a JSON object.
+        """
+        settings = self.settings
+        allow_metadata_only = True
+        pause = settings.future_poll_interval
+        iteration = 0
+        with trio.move_on_after(settings.future_timeout) as deadline:
+            while True:
+                headers = {"X-Tinker-Request-Iteration": str(iteration)}
+                if request_type is not None:
+                    headers["X-Tinker-Request-Type"] = request_type
+                started = trio.current_time()
+                try:
+                    body = await self.request_object(
+                        "POST",
+                        _RETRIEVE_FUTURE,
+                        json={
+                            "request_id": request_id,
+                            "allow_metadata_only": allow_metadata_only,
+                        },
+                        headers=headers,
+                    )
+                except APIStatusError as exc:
+                    if exc.status == 410:
+                        raise RequestFailedError(
+                            f"request {request_id!r} is no longer known to the service",
+                            category="unknown",
+                        ) from exc
+                    raise
+                iteration += 1
+                if body.get("type") == "try_again":
+                    await trio.sleep_until(started + pause)
+                    pause = min(pause * 2, settings.max_future_poll_interval)
+                    continue
+                if body.get("status") == "complete_metadata" and allow_metadata_only:
+                    allow_metadata_only = False
+                    continue
+                if "error" in body:
+                    category = body.get("category")
+                    if category not in _FUTURE_CATEGORIES:
+                        category = "unknown"
+                    raise RequestFailedError(
+                        self._redact(
+                            f"request {request_id!r} failed ({category}): "
+                            f"{str(body['error'])[:_MAX_QUOTED_BODY]}"
+                        ),
+                        category=str(category),
+                    )
+                return body
+        assert deadline.cancelled_caught
+        raise APITimeoutError(
+            f"request {request_id!r} gave no result within "
+            f"{settings.future_timeout:g} s"
+        )
