@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 import trio
 
 from trio_tinkex_recovery import Checkpoint, CheckpointUnavailableError, TrainingRun
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 

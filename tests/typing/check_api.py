@@ -1,0 +1,79 @@
+"""Type-checked only (mypy --strict), never run: the public API as users write it."""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+import trio
+
+from trio_tinkex_recovery import (
+    Best,
+    Checkpoint,
+    Executor,
+    Monitor,
+    Policy,
+    RecoveryState,
+    Statistics,
+    TelemetryEvent,
+    TrainingRun,
+    open_executor,
+    open_monitor,
+)
+
+
+class Rest:
+    async def get_training_run(self, run_id: str) -> TrainingRun:
+        raise NotImplementedError
+
+    async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        raise NotImplementedError
+
+
+class Service:
+    async def create_training_client_from_state(self, path: str) -> object:
+        raise NotImplementedError
+
+    async def create_training_client_from_state_with_optimizer(
+        self, path: str
+    ) -> object:
+        raise NotImplementedError
+
+    def create_rest_client(self) -> Rest:
+        return Rest()
+
+
+def on_recovery(old: object, new: object, checkpoint: Checkpoint) -> None:
+    pass
+
+
+async def on_failure(run_id: str, error: BaseException) -> None:
+    pass
+
+
+async def main() -> None:
+    policy = Policy(
+        enabled=True,
+        checkpoint_strategy=Best(metric="loss", mode="min"),
+        on_recovery=on_recovery,
+        on_failure=on_failure,
+    )
+    async with open_monitor(policy=policy, service=Service()) as monitor:
+        assert_type(monitor, Monitor)
+        await monitor.monitor_run("run-1", metadata={"team": "a"})
+        monitor.stop_monitoring("run-1")
+        assert_type(monitor.monitored_runs, frozenset[str])
+        assert_type(monitor.statistics(), Statistics)
+        async with monitor.subscribe() as events:
+            async for event in events:
+                assert_type(event, TelemetryEvent)
+    async with open_executor(service=Service(), max_concurrent=2) as executor:
+        assert_type(executor, Executor)
+        await executor.recover(
+            "run-1", None, policy, last_checkpoint="tinker://r/weights/a"
+        )
+        assert_type(executor.recovery_state("run-1"), RecoveryState | None)
+        await executor.wait_idle()
+
+
+if __name__ == "__main__":
+    trio.run(main)
