@@ -14,12 +14,13 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
+from ._client import open_service_client
 from ._errors import AlreadyPendingError, RecoveryDisabledError
 from ._executor import Executor, _new_executor
 from ._policy import Policy
@@ -301,7 +302,9 @@ async def open_monitor(
     Args:
         policy: How to recover; defaults to ``config.recovery``, else a
             disabled `Policy` (recovery is opt-in).
-        config: Passed along with every hand-off.
+        config: Where and how to reach Tinker.  With neither ``service`` nor
+            ``rest``, the monitor opens its own native client from it
+            (`open_service_client`) and closes it on the way out.
         service: The default service for runs that name none.
         rest: Polls every run; by default each run is polled through
             ``rest_for_service(service)``.
@@ -322,7 +325,10 @@ async def open_monitor(
         raise TypeError(f"policy must be a Policy, got {policy!r}")
     telemetry = Telemetry()
     rng = random.Random()
-    async with trio.open_nursery() as nursery:
+    async with AsyncExitStack() as stack:
+        if service is None and rest is None and config is not None:
+            service = await stack.enter_async_context(open_service_client(config))
+        nursery = await stack.enter_async_context(trio.open_nursery())
         if executor is None:
             executor = _new_executor(
                 rest=rest,
