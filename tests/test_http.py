@@ -491,9 +491,10 @@ async def test_retrieve_future_gives_up_at_the_deadline(autojump_clock):
     assert max(recorder.gaps()) == 1.0
 
 
-async def test_retrieve_future_forgotten_request_is_a_retryable_failure():
-    """410 on retrieve_future: the service forgot the request; retry later."""
-    recorder = Recorder(status(410))
+@pytest.mark.parametrize("code", [404, 410])
+async def test_retrieve_future_forgotten_request_is_a_retryable_failure(code):
+    """404/410 on retrieve_future: the service lost the request; retry later."""
+    recorder = Recorder(status(code))
     async with client(recorder) as http:
         with pytest.raises(RequestFailedError) as info:
             await http.retrieve_future("r")

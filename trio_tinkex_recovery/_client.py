@@ -117,7 +117,10 @@ class _Session:
     next_model_seq_id: int = 0
     #: Restores that failed ambiguously, by (path, optimizer).
     pending_loads: dict[tuple[str, bool], _Operation] = attrs.field(factory=dict)
+    #: Set once the service said the session is over (heartbeat 410).
     expired: bool = False
+    #: Stops this session's heartbeat.
+    heartbeat_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     def take_model_seq_id(self) -> int:
         seq_id = self.next_model_seq_id
@@ -357,7 +360,6 @@ class ServiceClient(metaclass=NoPublicConstructor):
         self._http = http
         self._nursery = nursery
         self._heartbeat_interval = heartbeat_interval
-        self._heartbeat_scope = trio.CancelScope()
         self._session_lock = trio.Lock()
         self._session: _Session | None = None
         # One key for creating the session, however many times it is tried:
@@ -478,8 +480,6 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 },
                 idempotency_key=operation.key,
             )
-            request_id = _required_str(body, "request_id", "POST /api/v1/load_weights")
-            await self._http.retrieve_future(request_id, request_type="LoadWeights")
         except APIStatusError as exc:
             if exc.status in _GONE:
                 raise CheckpointUnavailableError(
@@ -488,6 +488,9 @@ class ServiceClient(metaclass=NoPublicConstructor):
                     status=exc.status,
                 ) from exc
             raise
+        request_id = _required_str(body, "request_id", "POST /api/v1/load_weights")
+        try:
+            await self._http.retrieve_future(request_id, request_type="LoadWeights")
         except RequestFailedError as exc:
             if exc.category == "user":
                 raise CheckpointUnavailableError(
@@ -553,7 +556,7 @@ class ServiceClient(metaclass=NoPublicConstructor):
         """
         assert self._heartbeat_interval is not None
         interval = self._heartbeat_interval
-        with self._heartbeat_scope:
+        with session.heartbeat_scope:
             next_at = trio.current_time()
             while True:
                 next_at += interval
@@ -597,7 +600,8 @@ class ServiceClient(metaclass=NoPublicConstructor):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
-        self._heartbeat_scope.cancel()
+        if self._session is not None:
+            self._session.heartbeat_scope.cancel()
         with trio.move_on_after(_FINISH_TIMEOUT, shield=True):
             try:
                 session = self._session

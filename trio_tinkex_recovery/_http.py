@@ -470,7 +470,8 @@ class HTTPClient:
         Raises:
             RequestFailedError: The request failed server-side (its
                 ``category`` is the service's: ``user``, ``server`` or
-                ``unknown``), or the service forgot it (HTTP 410).
+                ``unknown``), or the service does not know it (HTTP 404 or
+                410): it expired or was lost; submitting again may work.
             APITimeoutError: No result within the overall deadline.
             TinkerAPIError: A poll failed after its own retries.
             ResponseValidationError: A poll answer is not a JSON object.
@@ -496,7 +497,7 @@ class HTTPClient:
                         headers=headers,
                     )
                 except APIStatusError as exc:
-                    if exc.status == 410:
+                    if exc.status in (404, 410):
                         raise RequestFailedError(
                             f"request {request_id!r} is no longer known to the service",
                             category="unknown",
