@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
@@ -54,8 +55,20 @@ async def serve_fake_tinker(
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
+    # Bind here rather than in hypercorn: a busy port then raises a plain
+    # OSError, and hypercorn adopts the bound socket through an fd:// bind.
+    family, kind, proto, _, address = (
+        await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
     config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.bind = [f"fd://{sock.detach()}"]
     config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
