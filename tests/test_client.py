@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tinkex_recovery import (
     APIConnectionError,
+    AuthenticationError,
     CheckpointUnavailableError,
     Config,
     InternalServerError,
@@ -546,12 +548,47 @@ async def test_wrong_key_is_an_authentication_error_without_the_key(autojump_clo
     fake = FakeTinker(api_key="tml-the-right-one")
     fake.add_run(RUN)
     async with service_for(fake) as service:
-        with pytest.raises(Exception) as info:  # noqa: PT011 - checked below
+        with pytest.raises(AuthenticationError) as info:
             await service.create_rest_client().get_training_run(RUN)
-    assert type(info.value).__name__ == "AuthenticationError"
-    assert info.value.retryable is False  # type: ignore[attr-defined]
+    assert info.value.status == 401
+    assert info.value.retryable is False
     assert KEY not in str(info.value)
     assert KEY not in repr(info.value)
+
+
+async def test_concurrent_restores_share_one_session(fake, autojump_clock):
+    """Restores started together create one session and distinct models."""
+    clients = []
+
+    async def restore(path: str) -> None:
+        clients.append(await service.create_training_client_from_state(path))
+
+    async with service_for(fake) as service:
+        async with trio.open_nursery() as nursery:
+            for path in (LAST, FIRST, LAST):
+                nursery.start_soon(restore, path)
+    assert len(fake.sessions) == 1
+    assert sorted(c.model_id.rsplit(":", 1)[1] for c in clients) == ["0", "1", "2"]
+    assert fake.restores == {RUN: 3}
+
+
+async def test_async_methods_checkpoint(fake, autojump_clock):
+    """Every public async method is a checkpoint (Trio's convention)."""
+    async with service_for(fake) as service:
+        rest = service.create_rest_client()
+        with trio.testing.assert_checkpoints():
+            await rest.get_training_run(RUN)
+        with trio.testing.assert_checkpoints():
+            await rest.list_checkpoints(RUN)
+        with trio.testing.assert_checkpoints():
+            await rest.get_weights_info(LAST)
+        with trio.testing.assert_checkpoints():
+            client = await service.create_training_client_from_state(LAST)
+        with trio.testing.assert_checkpoints():
+            await client.save_state("c-1")
+        await service.aclose()
+        with trio.testing.assert_checkpoints():
+            await service.aclose()
 
 
 async def test_clients_have_no_public_constructor_and_safe_reprs(fake, autojump_clock):

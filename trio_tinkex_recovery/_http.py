@@ -335,6 +335,9 @@ class HTTPClient:
         """
         if self._client.is_closed:
             raise trio.ClosedResourceError("the client is closed")
+        # A transport need not checkpoint (an in-process ASGI app may not);
+        # Trio's convention says every async call does, so we do here.
+        await trio.lowlevel.checkpoint()
         endpoint = f"{method} {path}"
         retries = self.max_retries if max_retries is None else max_retries
         request_headers = dict(headers or {})
