@@ -86,7 +86,11 @@ def _check_base_url(
 def _check_positive(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"Config.{attribute.name} must be a number, got {value!r}")
-    if not (value > 0 and math.isfinite(value)):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond the range of a float
+        raise ValueError(f"Config.{attribute.name} is too large") from None
+    if not (value > 0 and finite):
         raise ValueError(f"Config.{attribute.name} must be > 0, got {value!r}")
 
 

@@ -116,7 +116,11 @@ def _number(
         if isinstance(value, bool) or not ok:
             wanted = "an int" if integer else "a number"
             raise TypeError(f"Policy.{attribute.name} must be {wanted}, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond the range of a float
+            raise ValueError(f"Policy.{attribute.name} is too large") from None
+        if not finite:
             raise ValueError(f"Policy.{attribute.name} must be finite, got {value!r}")
         if value < minimum or (strict and value == minimum):
             relation = ">" if strict else "≥"
@@ -245,7 +249,10 @@ class Policy:
                     raise ValueError(f"give either {key!r} or {name!r}, not both")
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise TypeError(f"Policy.{key} must be a number, got {value!r}")
-                kwargs[name] = value / 1000
+                try:
+                    kwargs[name] = value / 1000
+                except OverflowError:  # an int beyond the range of a float
+                    raise ValueError(f"Policy.{key} is too large") from None
             elif key == "checkpoint_strategy":
                 kwargs[key] = _strategy_from_value(value)
             elif key in fields:
