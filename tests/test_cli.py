@@ -1,0 +1,358 @@
+"""The command line, run as a user runs it: a subprocess, its output, its exit code.
+
+No test sleeps to wait for something: each reads the subprocess's output
+until the line it expects, under a ``trio.fail_after`` guard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import trio
+
+from trio_tinkex_recovery._view import LinesView, make_view
+from trio_tinkex_recovery.testing import FakeTinker, serve_fake_tinker
+
+#: Runs the CLI with rich made unimportable, as without the ``cli`` extra.
+NO_RICH = (
+    "import sys; sys.modules['rich'] = None; "
+    "from trio_tinkex_recovery._cli import main; sys.exit(main(sys.argv[1:]))"
+)
+KEY = "tml-cli-test-key"
+#: Guard for one subprocess; a healthy one is done in a few seconds.
+TIMEOUT = 30
+
+
+def cli(*args: str, no_rich: bool = False) -> list[str]:
+    """The command line that runs the CLI with ``args``."""
+    if no_rich:
+        return [sys.executable, "-c", NO_RICH, *args]
+    return [sys.executable, "-m", "trio_tinkex_recovery", *args]
+
+
+def environ(**values: str | None) -> dict[str, str]:
+    """This process's environment without Tinker settings, plus ``values``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TINKER_API_KEY", "TINKER_BASE_URL")
+    }
+    env.update({k: v for k, v in values.items() if v is not None})
+    return env
+
+
+class Output:
+    """The lines a subprocess writes to one pipe, readable while it runs."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self.lines: list[str] = []
+        self.closed = trio.Event()
+        self._changed = trio.Event()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    async def pump(self) -> None:
+        pending = b""
+        async for chunk in self._stream:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            self.lines.extend(line.decode() for line in complete)
+            self._changed.set()
+            self._changed = trio.Event()
+        if pending:
+            self.lines.append(pending.decode())
+        self.closed.set()
+        self._changed.set()
+
+    async def wait_for(self, pattern: str) -> str:
+        """The first line matching ``pattern`` (a regex), once it is written."""
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if re.search(pattern, line):
+                    return line
+            seen = len(self.lines)
+            if self.closed.is_set():
+                raise AssertionError(f"no line matches {pattern!r} in:\n{self.text}")
+            await self._changed.wait()
+
+
+class Running:
+    """A CLI subprocess with its stdout and stderr being read."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        assert process.stdout is not None
+        assert process.stderr is not None
+        self.out = Output(process.stdout)
+        self.err = Output(process.stderr)
+
+    async def wait(self) -> int:
+        """Wait for the exit and the end of its output; return the exit code."""
+        code = await self.process.wait()
+        await self.out.closed.wait()
+        await self.err.closed.wait()
+        return code
+
+
+async def spawn(nursery: trio.Nursery, argv: list[str], env: dict[str, str]) -> Running:
+    """Start ``argv`` with both pipes read in ``nursery``."""
+    process = await trio.lowlevel.open_process(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    running = Running(process)
+    nursery.start_soon(running.out.pump)
+    nursery.start_soon(running.err.pump)
+    return running
+
+
+async def finish(running: Running) -> int:
+    """Wait for the exit (killing the process if the test fails first)."""
+    try:
+        return await running.wait()
+    finally:
+        if running.process.returncode is None:
+            running.process.kill()
+
+
+def events_of(lines: list[str]) -> list[dict]:
+    """Parse JSON lines; fail if any line is not an event."""
+    events = [json.loads(line) for line in lines if line]
+    for event in events:
+        assert event["event"] == ["tinkex", "recovery", event["name"]]
+    return events
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+async def test_demo_recovers_every_corrupted_run_exactly_once():
+    """The demo ends by itself with exit 0: each corrupted run recovered once."""
+    args = ["demo", "--runs", "4", "--seed", "3", "--duration", "2.5"]
+    env = environ()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            plain = await spawn(nursery, cli(*args), env)
+            # The same demo, JSON lines, without rich installed.
+            as_json = await spawn(nursery, cli(*args, "--json", no_rich=True), env)
+            assert await finish(plain) == 0, plain.err.text
+            assert await finish(as_json) == 0, as_json.err.text
+
+    assert "Traceback" not in plain.err.text + as_json.err.text
+    verdict = await plain.out.wait_for(r"^(OK|FAILED):")
+    assert verdict.startswith("OK: every corrupted run recovered exactly once")
+    rows = [line.split() for line in plain.out.lines if line.startswith("demo-")]
+    recovered = {row[0] for row in rows if "recovered" in row}
+    healthy = {row[0] for row in rows if "healthy" in row}
+    assert recovered
+    assert healthy
+    assert len(recovered | healthy) == 4
+    for row in rows:
+        restores = row[-3]
+        assert restores == ("1" if row[0] in recovered else "0"), row
+
+    # The JSON run corrupted the same runs (the seed decides), and recovered each.
+    events = events_of(as_json.out.lines)
+    detected = {e["run_id"] for e in events if e["name"] == "detected"}
+    completed = [e["run_id"] for e in events if e["name"] == "completed"]
+    assert detected == recovered
+    assert sorted(completed) == sorted(recovered)
+    assert "OK: every corrupted run recovered exactly once" in as_json.err.text
+
+
+# -- watch ---------------------------------------------------------------------
+
+
+async def test_watch_json_reports_a_run_corrupted_midway():
+    """watch --json prints a run's detection and recovery events, and only events."""
+    fake = FakeTinker(api_key=KEY)
+    fake.add_run("run-1", checkpoints=["ckpt-0001", "ckpt-0002"])
+    fake.add_run("run-2")
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = cli(
+                "watch", "run-1", "run-2", "--json", "-v", "--base-url", url,
+                "--poll-interval", "0.2", "--jitter", "0", "--backoff", "0.1",
+            )  # fmt: skip
+            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
+            await watch.err.wait_for(r"run-1: poll #2 ok")
+            fake.corrupt("run-1")
+            await watch.out.wait_for(r'"name": "completed"')
+            (restore,) = fake.restore_log
+            # The recovered run is followed: wait for its first poll.
+            await watch.err.wait_for(rf"{re.escape(restore.model_id)}: poll #1 ok")
+            watch.process.send_signal(signal.SIGINT)
+            assert await finish(watch) == 0, watch.err.text
+            nursery.cancel_scope.cancel()
+
+    events = events_of(watch.out.lines)
+    assert [e["name"] for e in events] == [
+        "detected",
+        "started",
+        "checkpoint_selected",
+        "client_created",
+        "completed",
+    ]
+    assert {e["run_id"] for e in events} == {"run-1"}
+    path = "tinker://run-1/weights/ckpt-0002"
+    assert events[0]["metadata"]["checkpoint"] == path
+    assert events[2]["metadata"]["checkpoint"] == path
+    assert events[-1]["metadata"]["new_run_id"] == restore.model_id
+    assert events[-1]["measurements"] == {"attempt": 1}
+    assert fake.restores == {"run-1": 1}
+    assert restore.tinker_path == path
+    assert restore.optimizer
+    assert "Traceback" not in watch.err.text
+    assert re.search(
+        r"run-1 +recovered → " + re.escape(restore.model_id), watch.err.text
+    )
+    assert "interrupted (Ctrl-C)" in watch.err.text
+    assert KEY not in watch.out.text + watch.err.text
+
+
+async def test_sigint_during_watch_exits_cleanly():
+    """Ctrl-C during watch: the summary, exit 0, no traceback."""
+    fake = FakeTinker()
+    fake.add_run("run-1")
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = cli("watch", "run-1", "--base-url", url, "--poll-interval", "0.2")
+            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
+            await watch.out.wait_for(r"run-1: watching, checkpoint ckpt-0002")
+            watch.process.send_signal(signal.SIGINT)
+            code = await finish(watch)
+            nursery.cancel_scope.cancel()
+
+    assert code == 0, watch.err.text
+    assert watch.err.text == ""
+    assert re.search(r"^run-1 +watching ", watch.out.text, re.MULTILINE)
+    assert "stopped after" in watch.out.lines[-1]
+    assert watch.out.lines[-1].endswith("interrupted (Ctrl-C)")
+
+
+async def test_watch_exhausted_run_exits_1():
+    """A run that cannot be recovered ends watch with exit 1 once nothing is left."""
+    fake = FakeTinker()
+    fake.add_run("run-1", checkpoints=[], corrupted=True)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = cli("watch", "run-1", "--base-url", url, "--poll-interval", "0.2")
+            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
+            code = await finish(watch)
+            nursery.cancel_scope.cancel()
+
+    assert code == 1, watch.err.text
+    assert "run-1: EXHAUSTED after 1 attempt(s): NoCheckpointError" in watch.out.text
+    assert watch.out.lines[-1].endswith("nothing left to watch")
+
+
+async def test_watch_rejected_key_exits_2_without_showing_it():
+    """A key the service rejects (401) ends watch at once with exit 2."""
+    fake = FakeTinker(api_key=KEY)
+    fake.add_run("run-1")
+    wrong = "tml-wrong-and-secret"
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = cli("watch", "run-1", "--base-url", url, "--poll-interval", "0.2")
+            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=wrong))
+            code = await finish(watch)
+            nursery.cancel_scope.cancel()
+
+    assert code == 2
+    assert "error: Tinker rejected the API key (HTTP 401)" in watch.err.text
+    assert "wrong-and-secret" not in watch.out.text + watch.err.text
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "message"),
+    [
+        (["watch", "run-1"], None, "TINKER_API_KEY is not set"),
+        (["watch", "run-1"], "sk-hush-hush-1234", "TINKER_API_KEY is malformed"),
+        (["watch"], KEY, "the following arguments are required: RUN_ID"),
+        (["watch", "run-1", "--bogus"], KEY, "unrecognized arguments: --bogus"),
+        (["watch", "run-1", "--poll-interval", "0"], KEY, "--poll-interval must be >"),
+        (["watch", "run-1", "--jitter", "1.5"], KEY, "--jitter must be < 1"),
+        (["watch", "run/1"], KEY, "bad RUN_ID 'run/1'"),
+        (["watch", "run-1", "--metric", "acc"], KEY, "--metric and --mode apply only"),
+        (["watch", "run-1", "--strategy", "newest"], KEY, "--strategy must be"),
+        (
+            ["watch", "run-1", "--base-url", "http://tinker.example"],
+            KEY,
+            "plain http to another machine",
+        ),
+        (["demo", "--runs", "0"], None, "argument --runs: must be ≥ 1"),
+        (["simulate", "--fault", "boom:0.1"], None, "unknown fault kind 'boom'"),
+        (["launch"], None, "invalid choice: 'launch'"),
+    ],
+)
+def test_bad_usage_or_configuration_exits_2(args, key, message):
+    """Bad flags and a missing or malformed key: exit 2, a message naming it."""
+    result = subprocess.run(
+        cli(*args),
+        capture_output=True,
+        text=True,
+        env=environ(TINKER_API_KEY=key),
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    if key is not None:
+        assert key not in result.stderr
+
+
+# -- simulate ------------------------------------------------------------------
+
+
+async def test_simulate_serves_runs_that_break_for_watch():
+    """simulate corrupts its run; watch, pointed at it, recovers it and stops."""
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            argv = cli(
+                "simulate", "--port", "0", "--runs", "1", "--corrupt-every", "0.3"
+            )
+            sim = await spawn(nursery, argv, environ())
+            line = await sim.out.wait_for(r"^Tinker simulator on http://")
+            url = re.search(r"(http://\S+)", line)[1]
+            argv = cli(
+                "watch", "run-1", "--no-follow", "--base-url", url,
+                "--poll-interval", "0.2", "--backoff", "0.1",
+            )  # fmt: skip
+            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
+            assert await finish(watch) == 0, watch.err.text
+            await sim.out.wait_for(r"restored tinker://run-1/weights/ckpt-0002 as ")
+            sim.process.send_signal(signal.SIGINT)
+            assert await finish(sim) == 0, sim.err.text
+
+    assert re.search(r"^run-1 +recovered → \S+", watch.out.text, re.MULTILINE)
+    assert watch.out.lines[-1].endswith("nothing left to watch")
+    assert "corrupted run-1" in sim.out.text
+    assert "restores: run-1 x1" in sim.out.text
+    assert sim.out.lines[-1].endswith("interrupted (Ctrl-C)")
+    assert sim.err.text == ""
+
+
+# -- the view without rich -------------------------------------------------------
+
+
+def test_live_view_without_rich_falls_back_to_lines(monkeypatch, capsys):
+    """Without rich, the live view becomes plain lines, and says why."""
+    monkeypatch.setitem(sys.modules, "rich", None)
+    view = make_view("live", title="t", out=sys.stdout, err=sys.stderr)
+    assert isinstance(view, LinesView)
+    assert "pip install 'trio-tinkex-recovery[cli]'" in capsys.readouterr().err
