@@ -100,7 +100,7 @@ class Best:
             return None
         try:
             value = float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         return value if math.isfinite(value) else None
 
