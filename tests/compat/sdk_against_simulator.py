@@ -20,12 +20,14 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from trio_tinkex_recovery.testing import Fault, FakeTinker, serve_fake_tinker
+from trio_tinkex_recovery.testing import FakeTinker, Fault, serve_fake_tinker
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 T = TypeVar("T")
 

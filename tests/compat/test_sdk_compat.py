@@ -1,0 +1,130 @@
+"""The official ``tinker`` SDK, unchanged, against the served simulator.
+
+Skipped unless ``tinker`` is installed; ``nox -s compat`` installs it and
+sets ``TTR_REQUIRE_TINKER=1`` so that a missing SDK fails instead.  The
+SDK is synchronous at its surface and runs its own asyncio loop in a thread,
+so each call goes through ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+import trio
+
+from trio_tinkex_recovery.testing import Fault
+
+if os.environ.get("TTR_REQUIRE_TINKER") == "1":  # nox -s compat: never skip
+    import tinker
+else:
+    tinker = pytest.importorskip("tinker", reason="the tinker extra is not installed")
+
+# The SDK leaves sockets of its own open (the one-off client-config pool and
+# the process-wide REST holders are never closed); their ResourceWarnings at
+# garbage collection are the SDK's, not the simulator's.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+KEY = "tml-compat-test-0123456789"
+RUN = "run-1"
+PATHS = [f"tinker://{RUN}/weights/ckpt-000{i}" for i in (1, 2, 3)]
+
+
+async def call(fn, *args):
+    """Run a blocking SDK call in a worker thread.
+
+    Never call the SDK from the Trio thread: its constructors and methods
+    may block on requests to the simulator, which that thread serves.
+    """
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+@pytest.fixture(autouse=True)
+def sdk_environment(monkeypatch, tmp_path):
+    """No telemetry and no stored credentials for the SDK; its litter collected."""
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    monkeypatch.delenv("TINKER_BASE_URL", raising=False)
+    yield
+    gc.collect()  # while this module's warning filters still apply
+
+
+@pytest.fixture
+def corrupted_run(fake_tinker):
+    """A corrupted run with three training checkpoints."""
+    fake_tinker.add_run(RUN, checkpoints=["ckpt-0001", "ckpt-0002", "ckpt-0003"])
+    fake_tinker.corrupt(RUN)
+    return RUN
+
+
+@pytest.fixture
+async def service(fake_tinker_url):
+    """An SDK ServiceClient on the simulator, closed after the test."""
+    client = tinker.ServiceClient(base_url=fake_tinker_url, api_key=KEY)
+    yield client
+    await call(lambda: client.close("success").result())
+
+
+async def test_rest_client_reads_a_corrupted_run(fake_tinker_url, corrupted_run):
+    """RestClient sees the corruption, the last checkpoint and the listing."""
+    # The constructor fetches the client config: blocking I/O, so in a thread.
+    rest = await call(lambda: tinker.RestClient(base_url=fake_tinker_url, api_key=KEY))
+    run = await call(lambda: rest.get_training_run(corrupted_run).result())
+    assert run.corrupted is True
+    assert run.last_checkpoint.tinker_path == PATHS[-1]
+    listing = await call(lambda: rest.list_checkpoints(corrupted_run).result())
+    assert [c.tinker_path for c in listing.checkpoints] == PATHS
+    with pytest.raises(tinker.NotFoundError):
+        await call(lambda: rest.get_training_run("ghost").result())
+
+
+async def test_restore_and_save(fake_tinker, service, fake_tinker_url, corrupted_run):
+    """from_state and _with_optimizer restore; save_state becomes last_checkpoint."""
+    plain = await call(
+        lambda: service.create_training_client_from_state(PATHS[1]).result()
+    )
+    full = await call(
+        lambda: service.create_training_client_from_state_with_optimizer(
+            PATHS[2]
+        ).result()
+    )
+    (session_id,) = fake_tinker.sessions
+    assert plain.model_id == f"{session_id}:train:0"
+    assert full.model_id == f"{session_id}:train:1"
+    assert [
+        (r.model_id, r.tinker_path, r.optimizer) for r in fake_tinker.restore_log
+    ] == [
+        (plain.model_id, PATHS[1], False),
+        (full.model_id, PATHS[2], True),
+    ]
+    assert fake_tinker.restores == {RUN: 2}
+    saved = await call(lambda: full.save_state("after-restore").result())
+    assert saved.path == f"tinker://{full.model_id}/weights/after-restore"
+    run = fake_tinker.run(full.model_id)
+    assert run.last_checkpoint.tinker_path == saved.path
+    assert not run.corrupted
+
+
+async def test_lost_load_response_restores_once(fake_tinker, service, corrupted_run):
+    """The SDK's retry after a dropped load_weights response is replayed, not redone."""
+    fake_tinker.script(Fault.drop(after_action=True, path="/api/v1/load_weights"))
+    client = await call(
+        lambda: service.create_training_client_from_state(PATHS[0]).result()
+    )
+    assert fake_tinker.restores == {RUN: 1}
+    assert fake_tinker.idempotent_replays == 1
+    assert fake_tinker.run(client.model_id).last_checkpoint.tinker_path == PATHS[0]
+
+
+async def test_expired_checkpoint_is_a_user_error(fake_tinker, service, corrupted_run):
+    """Restoring an expired checkpoint raises RequestFailedError(category=user)."""
+    fake_tinker.expire_checkpoint(PATHS[0])
+    with pytest.raises(tinker.RequestFailedError) as caught:
+        await call(lambda: service.create_training_client_from_state(PATHS[0]).result())
+    assert caught.value.category == tinker.types.RequestErrorCategory.User
+    assert fake_tinker.restores == {}
