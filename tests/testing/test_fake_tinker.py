@@ -945,6 +945,21 @@ async def test_request_log_masks_the_key(fake_tinker, client, autojump_clock):
     assert fake_tinker.requests == []
 
 
+async def test_request_log_limit(autojump_clock):
+    """With a limit only the latest requests are kept; all are counted."""
+    fake = FakeTinker(request_log_limit=2)
+    async with httpx.AsyncClient(
+        transport=fake.transport(), base_url="http://f", headers={"X-API-Key": KEY}
+    ) as client:
+        for path in ("/api/v1/healthz", "/api/v1/nothing", "/api/v1/training_runs"):
+            await client.get(path)
+    assert [r.path for r in fake.requests] == [
+        "/api/v1/nothing",
+        "/api/v1/training_runs",
+    ]
+    assert fake.requests_received == 3
+
+
 async def test_request_log_records_faults(fake_tinker, client, autojump_clock):
     """The log names the fault injected into each request."""
     fake_tinker.add_run("run-1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -163,6 +164,9 @@ class FakeTinker:
         dynamic_config: The ``/api/v1/client/dynamic_config`` answer;
             ``None`` (the default) answers 404, as older servers do.
         epoch: The start of the logical clock behind wire timestamps.
+        request_log_limit: Keep only the latest this many requests in
+            `requests` (``None``: keep all), e.g. for long benchmarks;
+            `requests_received` still counts every one.
     """
 
     def __init__(
@@ -178,6 +182,7 @@ class FakeTinker:
         client_config: Mapping[str, Any] | None = None,
         dynamic_config: Mapping[str, Any] | None = None,
         epoch: dt.datetime = DEFAULT_EPOCH,
+        request_log_limit: int | None = None,
     ) -> None:
         if future_try_again < 0:
             raise ValueError(f"future_try_again must be >= 0, got {future_try_again}")
@@ -188,6 +193,8 @@ class FakeTinker:
         ):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if request_log_limit is not None and request_log_limit < 0:
+            raise ValueError(f"request_log_limit must be >= 0, got {request_log_limit}")
         if epoch.tzinfo is None:
             raise ValueError("epoch must be timezone-aware")
         self.api_key = api_key
@@ -210,7 +217,8 @@ class FakeTinker:
         self._futures: dict[str, _Future] = {}
         self._saves: dict[tuple[str, int], tuple[tuple[Any, ...], str]] = {}
         self._restores: list[Restore] = []
-        self._requests: list[RecordedRequest] = []
+        self._requests: deque[RecordedRequest] = deque(maxlen=request_log_limit)
+        self.requests_received = 0
         self._counter = 0
         self._idempotency: dict[tuple[str, str, str], _Idempotent] = {}
         self._app = FakeTinkerApp(self)
@@ -443,7 +451,10 @@ class FakeTinker:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """Every request received (admin ``/_fake/`` requests excepted), in order."""
+        """The requests received, in order (the latest ``request_log_limit``).
+
+        Admin ``/_fake/`` requests are not recorded.
+        """
         return list(self._requests)
 
     def request_count(
@@ -522,6 +533,7 @@ class FakeTinker:
         }
 
     def _record(self, request: RecordedRequest) -> None:
+        self.requests_received += 1
         self._requests.append(request)
 
     def _new_future(self, result: dict[str, Any]) -> str:
@@ -905,7 +917,7 @@ class FakeTinker:
                 return Reply(
                     200,
                     {
-                        "requests": len(self._requests),
+                        "requests": self.requests_received,
                         "runs": len(self._runs),
                         "sessions": len(self._sessions),
                         "restores": self.restores,

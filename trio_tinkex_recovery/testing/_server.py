@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import TYPE_CHECKING, Any, cast
 
@@ -13,6 +14,9 @@ if TYPE_CHECKING:
     from ._fake import FakeTinker
 
 __all__ = ["serve_fake_tinker"]
+
+#: The logger hypercorn reports to (start-up, and any crash of the app).
+LOGGER_NAME = "trio_tinkex_recovery.testing.server"
 
 #: Requests per connection before hypercorn closes it (its default is 1,000).
 KEEP_ALIVE_MAX_REQUESTS = 2**31
@@ -72,7 +76,7 @@ async def serve_fake_tinker(
     config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
-    config.errorlog = None
+    config.errorlog = logging.getLogger(LOGGER_NAME)
 
     async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
         await serve(
