@@ -34,7 +34,11 @@ def nightly(session: nox.Session) -> None:
 def compat(session: nox.Session) -> None:
     """The official tinker SDK, unchanged, against our simulator on loopback."""
     session.install("-e", ".[test]", "tinker")
-    env = {"TINKER_TELEMETRY": "0", "HOME": session.create_tmp()}
+    env = {
+        "TINKER_TELEMETRY": "0",
+        "HOME": session.create_tmp(),
+        "TTR_REQUIRE_TINKER": "1",
+    }
     session.run("python", "tests/compat/sdk_against_simulator.py", env=env)
     session.run("pytest", "tests/compat", *session.posargs, env=env)
 
