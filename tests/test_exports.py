@@ -31,19 +31,23 @@ EXPECTED = [
     "RecoveryState",
     "RequestFailedError",
     "ResponseValidationError",
+    "RestClient",
     "RestClientProtocol",
+    "ServiceClient",
     "ServiceProtocol",
     "Specific",
     "Statistics",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
+    "TrainingClient",
     "TrainingRun",
     "UnprocessableEntityError",
     "UnsupportedStrategyError",
     "WeightsInfo",
     "open_executor",
     "open_monitor",
+    "open_service_client",
 ]
 
 

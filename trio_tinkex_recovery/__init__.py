@@ -6,6 +6,10 @@ Start with `open_monitor` and a `Policy` (recovery is opt-in)::
         await monitor.monitor_run("run-1")
 """
 
+from ._client import RestClient as RestClient
+from ._client import ServiceClient as ServiceClient
+from ._client import TrainingClient as TrainingClient
+from ._client import open_service_client as open_service_client
 from ._config import Config as Config
 from ._errors import AlreadyPendingError as AlreadyPendingError
 from ._errors import APIConnectionError as APIConnectionError
@@ -79,17 +83,21 @@ __all__ = [
     "RecoveryState",
     "RequestFailedError",
     "ResponseValidationError",
+    "RestClient",
     "RestClientProtocol",
+    "ServiceClient",
     "ServiceProtocol",
     "Specific",
     "Statistics",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
+    "TrainingClient",
     "TrainingRun",
     "UnprocessableEntityError",
     "UnsupportedStrategyError",
     "WeightsInfo",
     "open_executor",
     "open_monitor",
+    "open_service_client",
 ]
