@@ -191,14 +191,12 @@ def live_tasks(fragment: str) -> list[trio.lowlevel.Task]:
     return found
 
 
-@attrs.define
 class LogCapture(logging.Handler):
     """A logging handler keeping every record, formatted, exceptions included."""
 
-    lines: list[str] = attrs.field(factory=list)
-
-    def __attrs_post_init__(self) -> None:
-        logging.Handler.__init__(self, logging.DEBUG)
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -258,8 +258,7 @@ async def test_loopback_chaos_long(seed, poll_retries):
     check(outcome, poll_retries=poll_retries, timeouts=True)
 
 
-@pytest.mark.parametrize("poll_retries", [0, 2])
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("seed", "poll_retries"), [(0, 0), (1, 2), (2, 0)])
 async def test_in_process_chaos_recovers_each_corrupted_run_exactly_once(
     seed, poll_retries, autojump_clock
 ):
@@ -277,14 +276,14 @@ async def test_in_process_chaos_recovers_each_corrupted_run_exactly_once(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("poll_retries", [0, 2])
-@pytest.mark.parametrize("seed", range(3, 53))
+@pytest.mark.parametrize("seed", range(3, 23))
 async def test_in_process_chaos_many_seeds(seed, poll_retries, autojump_clock):
-    """The in-process chaos scenario over fifty more seeds, for longer."""
+    """The in-process chaos scenario over twenty more seeds, for longer."""
     outcome = await chaos(
         seed,
         loopback=False,
         poll_interval=30.0,
-        window=3600.0,
+        window=1800.0,
         poll_retries=poll_retries,
         budget=36000,
     )

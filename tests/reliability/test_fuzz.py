@@ -42,7 +42,7 @@ from trio_tinkex_recovery.testing import FakeTinker
 from ._support import KEY, service_client
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
