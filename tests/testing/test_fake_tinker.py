@@ -771,8 +771,10 @@ async def test_drop_before_action(fake_tinker, client, autojump_clock):
     fake_tinker.add_run("run-1")
     session_id = await new_session(client)
     fake_tinker.script(Fault.drop(after_action=False, path="/api/v1/load_weights"))
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx.RemoteProtocolError) as caught:
         await load(client, session_id, "tinker://run-1/weights/ckpt-0001")
+    assert caught.value.request.method == "POST"
+    assert caught.value.request.url == "http://fake-tinker/api/v1/load_weights"
     assert fake_tinker.restores == {}
 
 

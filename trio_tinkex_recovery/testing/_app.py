@@ -172,7 +172,7 @@ class FakeTinkerApp:
         try:
             reply = await self._respond(request, fault)
         except _Drop:
-            await self._drop(send)
+            await self._drop(scope, send)
             return
         await self._send(send, reply)
 
@@ -278,10 +278,11 @@ class FakeTinkerApp:
         )
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    async def _drop(self, send: Send) -> None:
+    async def _drop(self, scope: Scope, send: Send) -> None:
         if not self._served:
             raise httpx.RemoteProtocolError(
-                "Server disconnected without sending a response."
+                "Server disconnected without sending a response.",
+                request=_request_of(scope),
             )
         # hypercorn writes the 1xx head, sees the app end without a final
         # response and closes the connection; clients skip 1xx heads, then
@@ -299,6 +300,14 @@ class FakeTinkerApp:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _request_of(scope: Scope) -> httpx.Request:
+    """The request an in-process client sent, as httpx errors carry it."""
+    host = dict(scope.get("headers", [])).get(b"host", b"fake-tinker")
+    base = httpx.URL(f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}")
+    url = base.copy_with(path=scope["path"], query=scope.get("query_string", b""))
+    return httpx.Request(scope["method"], url)
 
 
 def _spoil(reply: Reply, fault: Fault) -> Reply:
