@@ -12,6 +12,8 @@ import re
 import signal
 import subprocess
 import sys
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -19,14 +21,20 @@ import trio
 from trio_tinkex_recovery._view import LinesView, make_view
 from trio_tinkex_recovery.testing import FakeTinker, serve_fake_tinker
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
 #: Runs the CLI with rich made unimportable, as without the ``cli`` extra.
 NO_RICH = (
     "import sys; sys.modules['rich'] = None; "
     "from trio_tinkex_recovery._cli import main; sys.exit(main(sys.argv[1:]))"
 )
 KEY = "tml-cli-test-key"
-#: Guard for one subprocess; a healthy one is done in a few seconds.
-TIMEOUT = 30
+#: Guard for one test; a healthy one is done in a few seconds.
+TIMEOUT = 40
+#: ``--duration`` of commands that would otherwise run until Ctrl-C, so that
+#: none outlives a test runner that was killed.
+SAFETY = "30"
 
 
 def cli(*args: str, no_rich: bool = False) -> list[str]:
@@ -104,24 +112,28 @@ class Running:
         return code
 
 
-async def spawn(nursery: trio.Nursery, argv: list[str], env: dict[str, str]) -> Running:
-    """Start ``argv`` with both pipes read in ``nursery``."""
+@asynccontextmanager
+async def spawn(argv: list[str], env: dict[str, str]) -> AsyncIterator[Running]:
+    """Run ``argv`` with both pipes read; it is killed if still alive at the end."""
     process = await trio.lowlevel.open_process(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     running = Running(process)
-    nursery.start_soon(running.out.pump)
-    nursery.start_soon(running.err.pump)
-    return running
-
-
-async def finish(running: Running) -> int:
-    """Wait for the exit (killing the process if the test fails first)."""
     try:
-        return await running.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(running.out.pump)
+            nursery.start_soon(running.err.pump)
+            try:
+                yield running
+            finally:
+                if process.returncode is None:
+                    process.kill()
     finally:
-        if running.process.returncode is None:
-            running.process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
 
 
 def events_of(lines: list[str]) -> list[dict]:
@@ -140,12 +152,13 @@ async def test_demo_recovers_every_corrupted_run_exactly_once():
     args = ["demo", "--runs", "4", "--seed", "3", "--duration", "2.5"]
     env = environ()
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            plain = await spawn(nursery, cli(*args), env)
-            # The same demo, JSON lines, without rich installed.
-            as_json = await spawn(nursery, cli(*args, "--json", no_rich=True), env)
-            assert await finish(plain) == 0, plain.err.text
-            assert await finish(as_json) == 0, as_json.err.text
+        async with (
+            spawn(cli(*args), env) as plain,
+            # The same demo, as JSON lines, without rich installed.
+            spawn(cli(*args, "--json", no_rich=True), env) as as_json,
+        ):
+            assert await plain.wait() == 0, plain.err.text
+            assert await as_json.wait() == 0, as_json.err.text
 
     assert "Traceback" not in plain.err.text + as_json.err.text
     verdict = await plain.out.wait_for(r"^(OK|FAILED):")
@@ -172,6 +185,14 @@ async def test_demo_recovers_every_corrupted_run_exactly_once():
 # -- watch ---------------------------------------------------------------------
 
 
+def watch_argv(url: str, *args: str) -> list[str]:
+    """``watch`` against ``url``, polling fast, ending by itself if forgotten."""
+    return cli(
+        "watch", *args, "--base-url", url, "--poll-interval", "0.2",
+        "--backoff", "0.1", "--duration", SAFETY,
+    )  # fmt: skip
+
+
 async def test_watch_json_reports_a_run_corrupted_midway():
     """watch --json prints a run's detection and recovery events, and only events."""
     fake = FakeTinker(api_key=KEY)
@@ -180,19 +201,16 @@ async def test_watch_json_reports_a_run_corrupted_midway():
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_fake_tinker, fake)
-            argv = cli(
-                "watch", "run-1", "run-2", "--json", "-v", "--base-url", url,
-                "--poll-interval", "0.2", "--jitter", "0", "--backoff", "0.1",
-            )  # fmt: skip
-            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
-            await watch.err.wait_for(r"run-1: poll #2 ok")
-            fake.corrupt("run-1")
-            await watch.out.wait_for(r'"name": "completed"')
-            (restore,) = fake.restore_log
-            # The recovered run is followed: wait for its first poll.
-            await watch.err.wait_for(rf"{re.escape(restore.model_id)}: poll #1 ok")
-            watch.process.send_signal(signal.SIGINT)
-            assert await finish(watch) == 0, watch.err.text
+            argv = watch_argv(url, "run-1", "run-2", "--json", "-v", "--jitter", "0")
+            async with spawn(argv, environ(TINKER_API_KEY=KEY)) as watch:
+                await watch.err.wait_for(r"run-1: poll #2 ok")
+                fake.corrupt("run-1")
+                await watch.out.wait_for(r'"name": "completed"')
+                (restore,) = fake.restore_log
+                # The recovered run is followed: wait for its first poll.
+                await watch.err.wait_for(rf"{re.escape(restore.model_id)}: poll #1 ok")
+                watch.process.send_signal(signal.SIGINT)
+                assert await watch.wait() == 0, watch.err.text
             nursery.cancel_scope.cancel()
 
     events = events_of(watch.out.lines)
@@ -227,11 +245,12 @@ async def test_sigint_during_watch_exits_cleanly():
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_fake_tinker, fake)
-            argv = cli("watch", "run-1", "--base-url", url, "--poll-interval", "0.2")
-            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
-            await watch.out.wait_for(r"run-1: watching, checkpoint ckpt-0002")
-            watch.process.send_signal(signal.SIGINT)
-            code = await finish(watch)
+            async with spawn(
+                watch_argv(url, "run-1"), environ(TINKER_API_KEY=KEY)
+            ) as watch:
+                await watch.out.wait_for(r"run-1: watching, checkpoint ckpt-0002")
+                watch.process.send_signal(signal.SIGINT)
+                code = await watch.wait()
             nursery.cancel_scope.cancel()
 
     assert code == 0, watch.err.text
@@ -248,9 +267,10 @@ async def test_watch_exhausted_run_exits_1():
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_fake_tinker, fake)
-            argv = cli("watch", "run-1", "--base-url", url, "--poll-interval", "0.2")
-            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
-            code = await finish(watch)
+            async with spawn(
+                watch_argv(url, "run-1"), environ(TINKER_API_KEY=KEY)
+            ) as watch:
+                code = await watch.wait()
             nursery.cancel_scope.cancel()
 
     assert code == 1, watch.err.text
@@ -266,9 +286,10 @@ async def test_watch_rejected_key_exits_2_without_showing_it():
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_fake_tinker, fake)
-            argv = cli("watch", "run-1", "--base-url", url, "--poll-interval", "0.2")
-            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=wrong))
-            code = await finish(watch)
+            async with spawn(
+                watch_argv(url, "run-1"), environ(TINKER_API_KEY=wrong)
+            ) as watch:
+                code = await watch.wait()
             nursery.cancel_scope.cancel()
 
     assert code == 2
@@ -321,23 +342,20 @@ def test_bad_usage_or_configuration_exits_2(args, key, message):
 
 async def test_simulate_serves_runs_that_break_for_watch():
     """simulate corrupts its run; watch, pointed at it, recovers it and stops."""
+    argv = cli(
+        "simulate", "--port", "0", "--runs", "1", "--corrupt-every", "0.3",
+        "--duration", SAFETY,
+    )  # fmt: skip
     with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            argv = cli(
-                "simulate", "--port", "0", "--runs", "1", "--corrupt-every", "0.3"
-            )
-            sim = await spawn(nursery, argv, environ())
+        async with spawn(argv, environ()) as sim:
             line = await sim.out.wait_for(r"^Tinker simulator on http://")
             url = re.search(r"(http://\S+)", line)[1]
-            argv = cli(
-                "watch", "run-1", "--no-follow", "--base-url", url,
-                "--poll-interval", "0.2", "--backoff", "0.1",
-            )  # fmt: skip
-            watch = await spawn(nursery, argv, environ(TINKER_API_KEY=KEY))
-            assert await finish(watch) == 0, watch.err.text
+            argv = watch_argv(url, "run-1", "--no-follow")
+            async with spawn(argv, environ(TINKER_API_KEY=KEY)) as watch:
+                assert await watch.wait() == 0, watch.err.text
             await sim.out.wait_for(r"restored tinker://run-1/weights/ckpt-0002 as ")
             sim.process.send_signal(signal.SIGINT)
-            assert await finish(sim) == 0, sim.err.text
+            assert await sim.wait() == 0, sim.err.text
 
     assert re.search(r"^run-1 +recovered → \S+", watch.out.text, re.MULTILINE)
     assert watch.out.lines[-1].endswith("nothing left to watch")
