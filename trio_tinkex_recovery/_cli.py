@@ -853,9 +853,6 @@ def _simulate(args: argparse.Namespace) -> int:
             fake.add_fault_rate(spec.fault(args.fault_path), spec.rate)
     except (TypeError, ValueError) as exc:
         raise _UsageError(str(exc)) from None
-    run_ids = [f"run-{index + 1}" for index in range(args.runs)]
-    for run_id in run_ids:
-        fake.add_run(run_id)
     out = sys.stdout
     simulation = Simulation(
         fake=fake,
@@ -864,6 +861,9 @@ def _simulate(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         corrupt_every=args.corrupt_every,
     )
+    run_ids = [f"run-{index + 1}" for index in range(args.runs)]
+    for run_id in run_ids:
+        simulation.add_run(run_id)
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)

@@ -34,6 +34,11 @@ DEMO_API_KEY: Final = "tml-demo-0000"
 DEMO_GRACE: Final = 15.0
 
 
+def simulated_loss(rng: random.Random, step: int) -> dict[str, str]:
+    """Checkpoint metadata with a falling, noisy ``loss`` (for ``--strategy best``)."""
+    return {"loss": f"{2.5 / (1 + 0.3 * step) + rng.uniform(-0.08, 0.08):.4f}"}
+
+
 def _next_index(checkpoint: Checkpoint) -> int:
     """The step after a checkpoint named ``ckpt-NNNN`` (else 1)."""
     name = checkpoint.checkpoint_id.rpartition("/")[2]
@@ -78,7 +83,9 @@ class DemoScenario:
         fake = FakeTinker(seed=seed, api_key=DEMO_API_KEY)
         run_ids = [f"demo-{index + 1}" for index in range(runs)]
         for run_id in run_ids:
-            fake.add_run(run_id, checkpoints=["ckpt-0001"], user_metadata={"demo": 1})
+            fake.add_run(run_id, checkpoints=[], user_metadata={"demo": 1})
+            loss = simulated_loss(random.Random(f"{seed}:{run_id}:loss"), 1)
+            fake.add_checkpoint(run_id, "ckpt-0001", metadata=loss)
         if fault_rate:
             fake.add_fault_rate(
                 Fault.server_error(503, method="GET", path="/api/v1/training_runs/"),
@@ -149,7 +156,9 @@ class DemoScenario:
                 return  # the job died with its run
             name = f"ckpt-{step:04d}"
             if client is None:
-                self.fake.add_checkpoint(run_id, name)
+                self.fake.add_checkpoint(
+                    run_id, name, metadata=simulated_loss(rng, step)
+                )
             else:
                 try:
                     await client.save_state(name)
@@ -292,6 +301,7 @@ class Simulation:
     #: The runs corrupted so far, in order.
     corrupted: list[str] = attrs.field(factory=list)
     _start: float = 0.0
+    _rngs: dict[str, random.Random] = attrs.field(factory=dict)
 
     def say(self, text: str) -> None:
         """Print a line stamped with the seconds since the start."""
@@ -311,20 +321,33 @@ class Simulation:
         """The runs (restored models included) not corrupted now."""
         return [r for r in self.fake.run_ids if not self.fake.run(r).corrupted]
 
+    def add_run(self, run_id: str, checkpoints: int = 2) -> None:
+        """Add a run with ``checkpoints`` checkpoints that report a ``loss``."""
+        self.fake.add_run(run_id, checkpoints=[])
+        for _ in range(checkpoints):
+            self.checkpoint(run_id)
+
+    def checkpoint(self, run_id: str) -> None:
+        """Save the run's next checkpoint, ``ckpt-NNNN``, with a ``loss``."""
+        rng = self._rngs.setdefault(run_id, random.Random(f"{self.seed}:{run_id}"))
+        index = len(self.fake.checkpoints(run_id)) + 1
+        while True:
+            try:
+                self.fake.add_checkpoint(
+                    run_id, f"ckpt-{index:04d}", metadata=simulated_loss(rng, index)
+                )
+            except ValueError:  # the name is taken: a client saved it
+                index += 1
+                continue
+            return
+
     async def _checkpoints(self) -> None:
         next_at = trio.current_time()
         while True:
             next_at += self.checkpoint_every
             await trio.sleep_until(next_at)
             for run_id in self.healthy():
-                index = len(self.fake.checkpoints(run_id)) + 1
-                while True:
-                    try:
-                        self.fake.add_checkpoint(run_id, f"ckpt-{index:04d}")
-                    except ValueError:  # the name is taken: a client saved it
-                        index += 1
-                        continue
-                    break
+                self.checkpoint(run_id)
 
     async def _corruptions(self) -> None:
         rng = random.Random(self.seed)

@@ -575,7 +575,7 @@ class LiveView(View):
             table.add_column(header, no_wrap=True, justify="right")
         table.add_column("checkpoint", no_wrap=True)
         board = self.board
-        caption = [] if self._stats is None else [statistics_line(self._stats)]
+        below = [] if self._stats is None else [statistics_line(self._stats)]
         if board is not None:
             now = trio.current_time()
             rows, hidden = _fit(board, self.console.size.height - _FEED_LINES - 9)
@@ -584,15 +584,13 @@ class LiveView(View):
                 cells = board.cells(row, now)
                 table.add_row(cells[0], Text(state, style=style), *cells[1:])
             if hidden:
-                caption.append(f"{hidden} more run(s) not shown, all quiet")
-        if caption:
-            table.caption = "\n".join(caption)
-            table.caption_justify = "left"
+                below.insert(0, f"{hidden} more run(s) not shown, all quiet")
+        lines = [Text(line, no_wrap=True, overflow="ellipsis") for line in below]
         feed = [
             Text(line, style="dim", no_wrap=True, overflow="ellipsis")
             for line in self._feed
         ]
-        return Group(table, *feed)
+        return Group(table, *lines, *feed)
 
     def close(self, summary: SummaryTable) -> None:
         """Stop drawing and print the summary as a rich table."""
