@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -648,7 +649,7 @@ async def _monitor_runs(
     board: Board,
     headline: str,
     until: Callable[[Monitor], str | None],
-    deadline: float,
+    duration: float | None,
     stop: _Stop,
     scenario: DemoScenario | None = None,
 ) -> None:
@@ -677,7 +678,10 @@ async def _monitor_runs(
             if scenario is not None:
                 scenario.start(nursery, board)
             stop.reason = await _supervise(
-                monitor, board, until=partial(until, monitor), deadline=deadline
+                monitor,
+                board,
+                until=partial(until, monitor),
+                deadline=math.inf if duration is None else board.start + duration,
             )
             nursery.cancel_scope.cancel()
 
@@ -720,11 +724,6 @@ def _watch(args: argparse.Namespace) -> int:
     async def main() -> int:
         board = Board(policy=policy, view=view)
         stop = _Stop()
-        deadline = (
-            trio.current_time() + args.duration
-            if args.duration is not None
-            else float("inf")
-        )
         body = partial(
             _monitor_runs,
             config=config,
@@ -734,7 +733,7 @@ def _watch(args: argparse.Namespace) -> int:
             board=board,
             headline=headline,
             until=partial(_nothing_left, board),
-            deadline=deadline,
+            duration=args.duration,
             stop=stop,
         )
         try:
@@ -818,7 +817,7 @@ def _demo(args: argparse.Namespace) -> int:
                 board=board,
                 headline=scenario.headline(url),
                 until=lambda monitor: scenario.until(board.view),
-                deadline=float("inf"),
+                duration=None,
                 stop=stop,
                 scenario=scenario,
             )
@@ -941,6 +940,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: The arguments (default: ``sys.argv[1:]``).  None at all runs
             the demo.
+
+    Returns:
+        0 all good; 1 a recovery was exhausted (demo: a corrupted run not
+        recovered exactly once); 2 bad usage or configuration; 130 a second
+        Ctrl-C, or one before the command started.
     """
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)

@@ -660,8 +660,3 @@ def make_view(
             file=err,
         )
     return LinesView(out)
-
-
-def stop_reason_text(reason: str, elapsed: float) -> str:
-    """``stopped after 12.3 s: reason``."""
-    return f"stopped after {elapsed:.1f} s: {reason}"
