@@ -259,7 +259,9 @@ class DemoScenario:
                 f"{len(self.run_ids)} runs corrupted); no healthy run restored."
             )
         else:
-            footer.append("FAILED: " + "; ".join(problems))
+            cut_short = reason.startswith(("interrupted", "terminated"))
+            verdict = "NOT FINISHED" if cut_short else "FAILED"
+            footer.append(f"{verdict}: " + "; ".join(problems))
         table = SummaryTable(
             title=(
                 f"demo summary (seed {self.seed}, {len(self.run_ids)} runs, "
