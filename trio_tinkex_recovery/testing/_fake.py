@@ -167,6 +167,17 @@ class FakeTinker:
         request_log_limit: Keep only the latest this many requests in
             `requests` (``None``: keep all), e.g. for long benchmarks;
             `requests_received` still counts every one.
+
+    Attributes:
+        faults: The scripted faults and fault rates (see `script` and
+            `add_fault_rate`).
+        idempotent_replays: How many requests were answered from the
+            ``X-Idempotency-Key`` cache instead of acting again.
+        requests_received: How many requests arrived (admin ones excepted).
+        telemetry_batches: How many ``/api/v1/telemetry`` batches arrived.
+
+    The constructor's options are attributes of the same name and may be
+    changed between requests (e.g. ``fake.base_latency = 0.01``).
     """
 
     def __init__(
