@@ -144,6 +144,16 @@ class FakeService:
         return await self._create(path, True)
 
 
+def drain(events: trio.MemoryReceiveChannel[Any]) -> list[Any]:
+    """Every event already buffered on a subscription, without waiting."""
+    got = []
+    while True:
+        try:
+            got.append(events.receive_nowait())
+        except trio.WouldBlock:
+            return got
+
+
 @pytest.fixture
 def rest() -> FakeRest:
     return FakeRest()

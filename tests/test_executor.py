@@ -25,7 +25,7 @@ from trio_tinkex_recovery import (
     open_executor,
 )
 
-from .conftest import T0, FakeService, checkpoint
+from .conftest import T0, FakeService, checkpoint, drain
 
 ENABLED = Policy(enabled=True, jitter=0)
 
@@ -37,12 +37,7 @@ async def wait_done(executor, *run_ids):
 
 
 def names(events):
-    got = []
-    while True:
-        try:
-            got.append(events.receive_nowait().name)
-        except trio.WouldBlock:
-            return got
+    return [event.name for event in drain(events)]
 
 
 async def test_attempts_back_off_exponentially(service, rest, autojump_clock):
@@ -521,12 +516,7 @@ async def test_event_metadata(service, rest, autojump_clock):
         async with executor.subscribe() as events:
             await executor.recover("run-1", None, ENABLED, metadata={"team": "x"})
             await wait_done(executor, "run-1")
-            got = []
-            while True:
-                try:
-                    got.append(events.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            got = drain(events)
     failed = next(e for e in got if e.name == "failed")
     assert failed.metadata["team"] == "x"
     assert failed.metadata["run_id"] == "run-1"

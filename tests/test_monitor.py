@@ -17,19 +17,9 @@ from trio_tinkex_recovery import (
     open_monitor,
 )
 
-from .conftest import FakeRest, FakeService
+from .conftest import FakeRest, FakeService, drain
 
 ENABLED = Policy(enabled=True, jitter=0)
-
-
-def drain(events):
-    """Every event already buffered, without waiting."""
-    got = []
-    while True:
-        try:
-            got.append(events.receive_nowait())
-        except trio.WouldBlock:
-            return got
 
 
 async def collect_until(events, name, count=1):

@@ -12,17 +12,9 @@ import trio.testing
 
 from trio_tinkex_recovery import EVENT_NAMES, Policy, open_monitor
 
+from .conftest import drain
+
 ENABLED = Policy(enabled=True, jitter=0, poll_interval=10)
-
-
-def drain(events):
-    """Every event already buffered, without waiting."""
-    got = []
-    while True:
-        try:
-            got.append(events.receive_nowait())
-        except trio.WouldBlock:
-            return got
 
 
 async def test_a_reader_that_never_reads_does_not_delay_polls(
