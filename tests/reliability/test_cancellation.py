@@ -31,6 +31,7 @@ import trio.testing
 from trio_tinkex_recovery import Policy, open_monitor
 from trio_tinkex_recovery.testing import FakeTinker, Fault
 
+from ..conftest import drain
 from ._support import KEY, Intercept, live_tasks, service_client
 
 if TYPE_CHECKING:
@@ -143,15 +144,6 @@ def event_log():
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-
-
-def drain(events: trio.MemoryReceiveChannel[TelemetryEvent]) -> list[TelemetryEvent]:
-    got = []
-    while True:
-        try:
-            got.append(events.receive_nowait())
-        except trio.WouldBlock:
-            return got
 
 
 def watch_tasks() -> int:

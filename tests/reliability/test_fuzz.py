@@ -47,7 +47,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 #: The nightly variants: many more examples.
-FUZZ_LONG = settings(FUZZ, max_examples=5000)
+FUZZ_LONG = settings(FUZZ, max_examples=2000)
 #: For properties that open clients or monitors per example.
 FUZZ_IO = settings(FUZZ, max_examples=50)
 FUZZ_IO_LONG = settings(FUZZ, max_examples=1500)

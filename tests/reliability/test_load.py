@@ -25,7 +25,7 @@ import trio.testing
 
 from trio_tinkex_recovery import Policy, open_monitor
 
-from ..conftest import FakeService
+from ..conftest import FakeService, drain
 from ._support import FAST, KEY, Recorder, service_client
 
 if TYPE_CHECKING:
@@ -65,17 +65,7 @@ class Subscribers:
         """Events each subscriber got (read or still buffered), drained now."""
         assert self.never is not None
         assert self.slow is not None
-        return drain(self.never), self.slow_received + drain(self.slow)
-
-
-def drain(events: trio.MemoryReceiveChannel[TelemetryEvent]) -> int:
-    count = 0
-    while True:
-        try:
-            events.receive_nowait()
-        except trio.WouldBlock:
-            return count
-        count += 1
+        return len(drain(self.never)), self.slow_received + len(drain(self.slow))
 
 
 async def check_drops(
