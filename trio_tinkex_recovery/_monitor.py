@@ -224,9 +224,10 @@ class Monitor(metaclass=NoPublicConstructor):
             await trio.sleep_until(start + slot * interval + offset)
             if await self._poll(watch):
                 return
-            # Next slot on the fixed grid; skip slots already missed.
-            elapsed = trio.current_time() - start
-            slot = max(slot + 1, math.ceil(elapsed / interval))
+            # Next slot on the fixed grid; skip slots already missed (with an
+            # interval so small the count overflows, just poll again).
+            missed = (trio.current_time() - start) / interval
+            slot = max(slot + 1, math.ceil(missed) if math.isfinite(missed) else 0)
 
     async def _poll(self, watch: _Watch) -> bool:
         """Poll once; return whether the watch is over (run handed over)."""
