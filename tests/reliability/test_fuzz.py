@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +40,7 @@ from trio_tinkex_recovery import (
 from trio_tinkex_recovery._types import validate_run_id
 from trio_tinkex_recovery.testing import FakeTinker
 
+from ..conftest import FakeService
 from ._support import KEY, service_client
 
 FUZZ = settings(
@@ -614,3 +616,21 @@ def test_from_mapping_refuses_non_mappings(mapping):
     """Only a mapping is accepted."""
     with pytest.raises(TypeError, match="mapping"):
         Policy.from_mapping(mapping)
+
+
+@pytest.mark.parametrize("interval", [5e-324, 1e-320, 1e-310, 1e300])
+async def test_extreme_valid_poll_intervals_never_crash_the_monitor(
+    interval, autojump_clock
+):
+    """Any poll_interval Policy accepts keeps the monitor running: polls
+    back to back when it is tiny, once when it is huge."""
+    service = FakeService()
+    service.rest.add("run-1", "ckpt-0001")
+    service.rest.poll_delay = 1.0
+    policy = Policy(enabled=True, jitter=0, poll_interval=interval)
+    async with open_monitor(policy=policy, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(10.5)
+        assert monitor.monitored_runs == {"run-1"}
+    polls = service.rest.poll_times("run-1")
+    assert polls == ([0.0] if interval > 1 else [float(t) for t in range(11)])
