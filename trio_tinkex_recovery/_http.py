@@ -277,6 +277,11 @@ class HTTPClient:
             # A redirect could carry the key elsewhere; the API never redirects.
             follow_redirects=False,
         )
+        # Tasks queue for a connection here, in Trio's FIFO, not in httpcore's
+        # pool queue: httpcore rescans all its waiting requests on every
+        # request and response, which cost ms per request with thousands of
+        # polls waiting (benchmarks/README.md).
+        self._slots = trio.Semaphore(self.settings.max_connections)
 
     def __repr__(self) -> str:
         return f"<HTTPClient base_url={self.base_url!r}>"
@@ -368,7 +373,8 @@ class HTTPClient:
             cause: BaseException
             retry_after: float | None = None
             try:
-                response = await self._client.send(request)
+                async with self._slots:
+                    response = await self._client.send(request)
             except httpx.TimeoutException as exc:
                 error = APITimeoutError(
                     f"{endpoint}: no answer in time ({type(exc).__name__})"
