@@ -1,8 +1,9 @@
 """httpx plumbing under Trio: auth header, idempotency, retries, error mapping.
 
-One `HTTPClient` wraps one ``httpx.AsyncClient`` (one per service client) with
-a small connection pool: under Trio a big pool costs far more CPU per request
-than it saves (see DESIGN section 5), so tasks queue for a connection.
+One `HTTPClient` (one per service client) spreads its connections over a
+few small ``httpx.AsyncClient`` pools: httpcore's cost per request grows
+with the size of a pool (see DESIGN section 5), not with the number of
+pools.  Tasks queue for a connection on a Trio semaphore.
 
 `HTTPClient.request` is the only way a request leaves this library.  It
 
@@ -87,6 +88,9 @@ _STATUS_ERRORS: Final[Mapping[int, type[APIStatusError]]] = {
 #: The longest piece of a response body quoted in an error message.
 _MAX_QUOTED_BODY: Final = 300
 
+#: The most connections in one httpx pool (see `HTTPClient`).
+_POOL_SIZE: Final = 10
+
 _RETRIEVE_FUTURE: Final = "/api/v1/retrieve_future"
 _FUTURE_CATEGORIES: Final = frozenset({"user", "server", "unknown"})
 
@@ -128,8 +132,9 @@ class HTTPSettings:
     Tests use ``jitter=0`` for exact delays.
     """
 
-    #: Connections kept to the service; more tasks queue for one.
-    max_connections: int = 10
+    #: Connections kept to the service (in pools of at most ten); more
+    #: tasks queue for one.  50 in flight: 1,000 requests/s at 50 ms each.
+    max_connections: int = 50
     #: Delay before the first retry; it doubles with each retry.
     initial_retry_delay: float = attrs.field(default=0.5, validator=_check_positive)
     #: The computed delay never exceeds this.
@@ -243,7 +248,7 @@ def expect_object(value: object, endpoint: str) -> dict[str, Any]:
 
 
 class HTTPClient:
-    """One ``httpx.AsyncClient`` and the retry policy around it.
+    """Pools of ``httpx.AsyncClient`` and the retry policy around them.
 
     Owned by a service client; close it with `aclose`.
     """
@@ -260,28 +265,40 @@ class HTTPClient:
         self._key = config.api_key
         self._masked_key = mask_key(config.api_key)
         self.base_url = config.base_url
-        limits = httpx.Limits(
-            max_connections=self.settings.max_connections,
-            max_keepalive_connections=self.settings.max_connections,
+        total = self.settings.max_connections
+        # httpcore scans every connection of a pool (polling each idle one)
+        # on each request and response: pools of ten keep that cost flat
+        # however many connections there are.  A given transport: one pool.
+        sizes = (
+            [total]
+            if transport is not None
+            else [min(_POOL_SIZE, total - n) for n in range(0, total, _POOL_SIZE)]
         )
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url,
-            headers={
-                "X-API-Key": config.api_key,
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-            },
-            timeout=httpx.Timeout(config.timeout),
-            limits=limits,
-            transport=transport,
-            # A redirect could carry the key elsewhere; the API never redirects.
-            follow_redirects=False,
-        )
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=config.base_url,
+                headers={
+                    "X-API-Key": config.api_key,
+                    "User-Agent": USER_AGENT,
+                    "Accept": "application/json",
+                },
+                timeout=httpx.Timeout(config.timeout),
+                limits=httpx.Limits(
+                    max_connections=size, max_keepalive_connections=size
+                ),
+                transport=transport,
+                # A redirect could carry the key elsewhere; the API never redirects.
+                follow_redirects=False,
+            )
+            for size in sizes
+        ]
+        self._client = self._pools[0]
+        self._free = list(sizes)
         # Tasks queue for a connection here, in Trio's FIFO, not in httpcore's
         # pool queue: httpcore rescans all its waiting requests on every
         # request and response, which cost ms per request with thousands of
         # polls waiting (benchmarks/README.md).
-        self._slots = trio.Semaphore(self.settings.max_connections)
+        self._slots = trio.Semaphore(total)
 
     def __repr__(self) -> str:
         return f"<HTTPClient base_url={self.base_url!r}>"
@@ -292,8 +309,19 @@ class HTTPClient:
         return self._client.is_closed
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
+        """Close the connection pools."""
+        for pool in self._pools:
+            await pool.aclose()
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send on the first pool with a free connection, once one is free."""
+        async with self._slots:
+            index = next(i for i, free in enumerate(self._free) if free)
+            self._free[index] -= 1
+            try:
+                return await self._pools[index].send(request)
+            finally:
+                self._free[index] += 1
 
     def _redact(self, text: str) -> str:
         """``text`` with the API key masked, should a server have echoed it."""
@@ -373,8 +401,7 @@ class HTTPClient:
             cause: BaseException
             retry_after: float | None = None
             try:
-                async with self._slots:
-                    response = await self._client.send(request)
+                response = await self._send(request)
             except httpx.TimeoutException as exc:
                 error = APITimeoutError(
                     f"{endpoint}: no answer in time ({type(exc).__name__})"
