@@ -143,3 +143,11 @@ def test_policy_is_frozen():
 
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         Policy().enabled = True  # type: ignore[misc]
+
+
+def test_millisecond_errors_name_the_key_given():
+    """A bad *_ms value is reported with the key and value the caller wrote."""
+    with pytest.raises(ValueError, match=r"\(from poll_interval_ms=-5\)"):
+        Policy.from_mapping({"poll_interval_ms": -5})
+    with pytest.raises(ValueError, match=r"max_backoff.*\(from max_backoff_ms=1\)"):
+        Policy.from_mapping({"backoff_ms": 5000, "max_backoff_ms": 1})

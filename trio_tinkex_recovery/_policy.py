@@ -263,7 +263,15 @@ class Policy:
             raise ValueError(
                 "unknown Policy keys: " + ", ".join(repr(k) for k in sorted(unknown))
             )
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            # Name the key the caller wrote, not only the converted field.
+            field = str(exc).partition(" ")[0].removeprefix("Policy.")
+            key = f"{field}_ms"
+            if key in mapping:
+                raise type(exc)(f"{exc} (from {key}={mapping[key]!r})") from None
+            raise
 
 
 def _strategy_from_value(value: object) -> CheckpointStrategy:
