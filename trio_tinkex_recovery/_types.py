@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 
 import attrs
 import cattrs
@@ -82,8 +82,28 @@ def _structure(obj: object, cls: type[_T]) -> _T:
         ) from exc
 
 
+class _WireData:
+    """``from_json`` / ``to_json`` for the wire's value objects."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_json(cls, obj: object) -> Self:
+        """Build one from its wire JSON (a decoded object); extras are ignored.
+
+        Raises:
+            ResponseValidationError: A required field is missing or mistyped;
+                the message names it by its JSON path.
+        """
+        return _structure(obj, cls)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire JSON object."""
+        return cast("dict[str, Any]", _converter.unstructure(self))
+
+
 @attrs.frozen
-class Checkpoint:
+class Checkpoint(_WireData):
     """A saved checkpoint of a training run."""
 
     #: The checkpoint's id within its run, e.g. ``"weights/ckpt-0005"``.
@@ -102,15 +122,6 @@ class Checkpoint:
     expires_at: dt.datetime | None = None
     #: Free-form metadata, e.g. ``{"loss": "0.12"}`` for `Best`.
     user_metadata: dict[str, Any] | None = None
-
-    @classmethod
-    def from_json(cls, obj: object) -> Checkpoint:
-        """Build a checkpoint from its wire JSON (a decoded object).
-
-        Raises:
-            ResponseValidationError: A required field is missing or mistyped.
-        """
-        return _structure(obj, cls)
 
     @classmethod
     def from_path(cls, tinker_path: str) -> Checkpoint:
@@ -138,13 +149,9 @@ class Checkpoint:
             return False
         return self.expires_at <= (now or dt.datetime.now(dt.UTC))
 
-    def to_json(self) -> dict[str, Any]:
-        """The wire JSON object for this checkpoint."""
-        return cast("dict[str, Any]", _converter.unstructure(self))
-
 
 @attrs.frozen
-class TrainingRun:
+class TrainingRun(_WireData):
     """A training run as ``GET /api/v1/training_runs/{id}`` reports it."""
 
     #: The run's id.
@@ -168,22 +175,9 @@ class TrainingRun:
     #: Free-form metadata attached by the user.
     user_metadata: dict[str, Any] | None = None
 
-    @classmethod
-    def from_json(cls, obj: object) -> TrainingRun:
-        """Build a run from its wire JSON (a decoded object).
-
-        Raises:
-            ResponseValidationError: A required field is missing or mistyped.
-        """
-        return _structure(obj, cls)
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire JSON object for this run."""
-        return cast("dict[str, Any]", _converter.unstructure(self))
-
 
 @attrs.frozen
-class WeightsInfo:
+class WeightsInfo(_WireData):
     """What ``POST /api/v1/weights_info`` reports about a checkpoint."""
 
     #: The base model the weights belong to.
@@ -198,19 +192,6 @@ class WeightsInfo:
     train_mlp: bool | None = None
     #: Whether attention layers are trained.
     train_attn: bool | None = None
-
-    @classmethod
-    def from_json(cls, obj: object) -> WeightsInfo:
-        """Build weights info from its wire JSON (a decoded object).
-
-        Raises:
-            ResponseValidationError: A required field is missing or mistyped.
-        """
-        return _structure(obj, cls)
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire JSON object for this weights info."""
-        return cast("dict[str, Any]", _converter.unstructure(self))
 
 
 def parse_tinker_path(path: str) -> tuple[str, str, str]:
