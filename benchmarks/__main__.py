@@ -238,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, Any] = {
         "meta": {
-            "command": shlex.join(["python", "-m", "benchmarks", *argv]),
+            "command": shlex.join(
+                ["nox", "-s", "bench", "--", *argv]
+                if os.environ.get("NOX_CURRENT_SESSION") == "bench"
+                else ["python", "-m", "benchmarks", *argv]
+            ),
             "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(sdk_python),
             "load_before": os.getloadavg(),
