@@ -313,9 +313,15 @@ class HTTPClient:
         for pool in self._pools:
             await pool.aclose()
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send on the first pool with a free connection, once one is free."""
+    async def _send(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """Build and send a request once a connection is free.
+
+        Built only then: a request still waiting costs no CPU and holds no
+        memory yet, which matters when thousands of polls are queued.  It
+        goes on the first pool with a free connection.
+        """
         async with self._slots:
+            request = self._client.build_request(method, path, **options)
             index = next(i for i, free in enumerate(self._free) if free)
             self._free[index] -= 1
             try:
@@ -389,19 +395,18 @@ class HTTPClient:
         )
         retries_taken = 0
         while True:
-            request = self._client.build_request(
-                method,
-                path,
-                content=content,
-                params=params,
-                headers=request_headers,
-                timeout=request_timeout,
-            )
             error: TinkerAPIError
             cause: BaseException
             retry_after: float | None = None
             try:
-                response = await self._send(request)
+                response = await self._send(
+                    method,
+                    path,
+                    content=content,
+                    params=params,
+                    headers=request_headers,
+                    timeout=request_timeout,
+                )
             except httpx.TimeoutException as exc:
                 error = APITimeoutError(
                     f"{endpoint}: no answer in time ({type(exc).__name__})"
@@ -427,7 +432,9 @@ class HTTPClient:
                 error = self._status_error(endpoint, response)
                 retry_after = parse_retry_after(response.headers)
                 cause = httpx.HTTPStatusError(
-                    f"HTTP {response.status_code}", request=request, response=response
+                    f"HTTP {response.status_code}",
+                    request=response.request,
+                    response=response,
                 )
             if not error.retryable or retries_taken >= retries:
                 if retries_taken:
