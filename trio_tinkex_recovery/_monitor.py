@@ -200,6 +200,7 @@ class Monitor(metaclass=NoPublicConstructor):
             monitored=len(self._watches),
             polls=self._polls,
             poll_errors=counts["poll_error"],
+            get_requests=self._polls,
             detected=counts["detected"],
             dropped_events=own_dropped
             if self._owns_executor

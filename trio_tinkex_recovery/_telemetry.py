@@ -126,6 +126,10 @@ class Statistics:
     polls: int = 0
     #: Polls that failed (``poll_error`` events).
     poll_errors: int = 0
+    #: API requests sent to poll runs one at a time (``GET`` of one run).
+    get_requests: int = 0
+    #: API requests sent to poll many runs at once (pages of the run list).
+    list_requests: int = 0
     #: Corrupted runs detected.
     detected: int = 0
     #: Recovery attempts started.
