@@ -439,9 +439,8 @@ async def test_retrieve_unknown_future(client, autojump_clock):
     assert response.status_code == 404
 
 
-async def test_future_delay_long_polls_until_ready(autojump_clock):
-    """With a delay, polls long-poll in Trio time and wake when the result is ready."""
-    fake = FakeTinker(future_try_again=0, future_delay=1.0, long_poll=0.4)
+async def timed_restore(fake):
+    """Restore a checkpoint of run-1 and poll its future: (result, polls, seconds)."""
     fake.add_run("run-1")
     async with httpx.AsyncClient(
         transport=fake.transport(), base_url="http://f", headers={"X-API-Key": KEY}
@@ -452,25 +451,22 @@ async def test_future_delay_long_polls_until_ready(autojump_clock):
             await load(client, session_id, "tinker://run-1/weights/ckpt-0001")
         ).json()
         body, polls = await result_of(client, future["request_id"])
+    return body, polls, trio.current_time() - start
+
+
+async def test_future_delay_long_polls_until_ready(autojump_clock):
+    """With a delay, polls long-poll in Trio time and wake when the result is ready."""
+    fake = FakeTinker(future_try_again=0, future_delay=1.0, long_poll=0.4)
+    body, polls, elapsed = await timed_restore(fake)
     assert body["type"] == "load_weights"
     assert polls == 3  # 0.4 + 0.4 (try_again each), then wakes at 1.0
-    assert trio.current_time() - start == pytest.approx(1.0)
+    assert elapsed == pytest.approx(1.0)
 
 
 async def test_future_without_waiting(autojump_clock):
     """With no try_again and no delay the first poll answers at once."""
-    fake = FakeTinker(future_try_again=0)
-    fake.add_run("run-1")
-    async with httpx.AsyncClient(
-        transport=fake.transport(), base_url="http://f", headers={"X-API-Key": KEY}
-    ) as client:
-        session_id = await new_session(client)
-        start = trio.current_time()
-        future = (
-            await load(client, session_id, "tinker://run-1/weights/ckpt-0001")
-        ).json()
-        _, polls = await result_of(client, future["request_id"])
-    assert (polls, trio.current_time()) == (1, start)
+    _, polls, elapsed = await timed_restore(FakeTinker(future_try_again=0))
+    assert (polls, elapsed) == (1, 0)
 
 
 # --- saves --------------------------------------------------------------------------
