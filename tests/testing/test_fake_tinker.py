@@ -70,6 +70,27 @@ def test_exports_sorted():
         assert hasattr(testing, name)
 
 
+async def test_send_json_answers_for_a_middleware(fake_tinker, autojump_clock):
+    """send_json answers an ASGI request with JSON, its length and extra headers."""
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/teapot":
+            await testing.send_json(send, 418, {"tea": "é"}, [("x-extra", "1")])
+        else:
+            await fake_tinker.app(scope, receive, send)
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://f"
+    ) as client:
+        teapot = await client.get("/teapot")
+        passed = await client.get("/api/v1/healthz", headers={"X-API-Key": KEY})
+    assert (teapot.status_code, teapot.json()) == (418, {"tea": "é"})
+    assert teapot.headers["content-type"] == "application/json"
+    assert teapot.headers["content-length"] == str(len(teapot.content))
+    assert teapot.headers["x-extra"] == "1"
+    assert passed.json() == {"status": "ok"}
+
+
 # --- runs and checkpoints ----------------------------------------------------
 
 
@@ -185,19 +206,6 @@ async def test_delete_checkpoint_endpoint(fake_tinker, client, autojump_clock):
     assert (await client.delete(path)).status_code == 200
     assert [c.checkpoint_id for c in fake_tinker.checkpoints("run-1")] == ["weights/c1"]
     assert (await client.delete(path)).status_code == 404
-
-
-async def test_list_training_runs_pages(fake_tinker, client, autojump_clock):
-    """GET training_runs pages through every run with a cursor."""
-    for i in range(5):
-        fake_tinker.add_run(f"run-{i}")
-    body = (
-        await client.get("/api/v1/training_runs", params={"limit": 2, "offset": 2})
-    ).json()
-    assert [r["training_run_id"] for r in body["training_runs"]] == ["run-2", "run-3"]
-    assert body["cursor"] == {"offset": 2, "limit": 2, "total_count": 5}
-    bad = await client.get("/api/v1/training_runs", params={"limit": "x"})
-    assert bad.status_code == 422
 
 
 async def test_weights_info(fake_tinker, client, autojump_clock):
