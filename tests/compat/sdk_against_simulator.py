@@ -114,6 +114,7 @@ def main() -> int:
         RUN,
         checkpoints=["ckpt-0001", "ckpt-0002", "ckpt-0003"],
         user_metadata={"team": "compat"},
+        project_id="compat",
     )
     fake.corrupt(RUN)
     checks = Checks()
@@ -176,6 +177,22 @@ def main() -> int:
                 )
             else:
                 checks.check("unknown run: NotFoundError 404", False, "no error")
+            page = rest.list_training_runs(limit=1).result()
+            checks.check(
+                "list_training_runs: a page and its cursor",
+                [r.training_run_id for r in page.training_runs] == [RUN]
+                and (page.cursor.offset, page.cursor.limit, page.cursor.total_count)
+                == (0, 1, 1),
+                page,
+            )
+            scoped = rest.list_training_runs(
+                limit=5, offset=1, access_scope="accessible", project_id="compat"
+            ).result()
+            checks.check(
+                "list_training_runs: offset, scope and project",
+                scoped.training_runs == [] and scoped.cursor.total_count == 1,
+                scoped,
+            )
             direct = tinker.RestClient(base_url=sim.url, api_key=API_KEY)
             checks.check(
                 "RestClient() direct",

@@ -83,6 +83,30 @@ async def test_rest_client_reads_a_corrupted_run(fake_tinker_url, corrupted_run)
         await call(lambda: rest.get_training_run("ghost").result())
 
 
+async def test_rest_client_lists_runs(fake_tinker, fake_tinker_url):
+    """list_training_runs pages with limit/offset/access_scope/project_id."""
+    for i in range(5):
+        fake_tinker.add_run(f"run-{i}", project_id="p1" if i % 2 else None)
+    rest = await call(lambda: tinker.RestClient(base_url=fake_tinker_url, api_key=KEY))
+    first = await call(lambda: rest.list_training_runs(limit=2).result())
+    assert [r.training_run_id for r in first.training_runs] == ["run-4", "run-3"]
+    assert (first.cursor.offset, first.cursor.limit) == (0, 2)
+    assert first.cursor.total_count == 5
+    rest_of = await call(
+        lambda: rest.list_training_runs(
+            limit=10, offset=2, access_scope="accessible"
+        ).result()
+    )
+    assert [r.training_run_id for r in rest_of.training_runs] == [
+        "run-2",
+        "run-1",
+        "run-0",
+    ]
+    project = await call(lambda: rest.list_training_runs(project_id="p1").result())
+    assert [r.training_run_id for r in project.training_runs] == ["run-3", "run-1"]
+    assert fake_tinker.list_requests == 3
+
+
 async def test_restore_and_save(fake_tinker, service, fake_tinker_url, corrupted_run):
     """from_state and _with_optimizer restore; save_state becomes last_checkpoint."""
     plain = await call(

@@ -70,9 +70,18 @@ class Endpoints:
     async def _list_training_runs(
         self, request: WireRequest, params: Mapping[str, str]
     ) -> Any:
-        limit = query_int(request, "limit", 20)
+        state = self._state
+        state.list_requests += 1
+        limit = min(query_int(request, "limit", 20), state.list_page_max)
         offset = query_int(request, "offset", 0)
-        runs = [self._run(run_id) for run_id in self._state.run_ids]
+        scope = request.query.get("access_scope", "owned")
+        if scope not in ("owned", "accessible"):
+            raise WireError(
+                422, "query parameter 'access_scope' must be 'owned' or 'accessible'"
+            )
+        runs = state.listed_runs(
+            owned_only=scope == "owned", project_id=request.query.get("project_id")
+        )
         return {
             "training_runs": [r.to_json() for r in runs[offset : offset + limit]],
             "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)},
@@ -134,6 +143,7 @@ class Endpoints:
         session_id = self._state.create_session(
             field(body, "tags", list, required=False) or [],
             field(body, "user_metadata", dict, required=False) or {},
+            field(body, "project_id", str, required=False),
         )
         return {"type": "create_session", "session_id": session_id}
 
@@ -278,6 +288,7 @@ class Endpoints:
                             body, "user_metadata", dict, required=False
                         ),
                         corrupted=bool(field(body, "corrupted", bool, required=False)),
+                        project_id=field(body, "project_id", str, required=False),
                     )
                 except (KeyError, ValueError, TypeError) as exc:
                     raise WireError(400, str(exc)) from exc

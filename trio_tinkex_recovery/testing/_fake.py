@@ -45,14 +45,27 @@ class FakeTinker(TinkerState):
         request_log_limit: Keep only the latest this many requests in
             `requests` (``None``: keep all), e.g. for long benchmarks;
             `requests_received` still counts every one.
+        list_order: The order ``GET /api/v1/training_runs`` lists runs in:
+            ``"recent"`` (by ``last_request_time``, newest first), ``"id"``
+            (by run id) or ``"shuffled"`` (a new order, drawn from ``seed``,
+            on every request).
+        list_page_max: The largest page it answers: a larger ``limit`` is
+            clamped, and the cursor's ``limit`` says so.
 
     Attributes:
         faults: The scripted faults and fault rates (see `script` and
             `add_fault_rate`).
         idempotent_replays: How many requests were answered from the
             ``X-Idempotency-Key`` cache instead of acting again.
+        list_requests: How many ``GET /api/v1/training_runs`` list requests
+            reached the endpoint (faults that answer first are not counted).
         requests_received: How many requests arrived (admin ones excepted).
         telemetry_batches: How many ``/api/v1/telemetry`` batches arrived.
+
+    The list shows restored models too, and filters by the caller's runs
+    (``access_scope=owned``: owner `model_owner`) and by ``project_id``
+    (``add_run(project_id=...)``; a restored model joins the project of the
+    session that created it).
 
     The constructor's options are attributes of the same name and may be
     changed between requests (e.g. ``fake.base_latency = 0.01``).  The state

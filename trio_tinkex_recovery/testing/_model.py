@@ -67,6 +67,8 @@ class StoredRun:
     checkpoints: dict[tuple[str, str], StoredCheckpoint] = attrs.field(factory=dict)
     #: For a restored model: the checkpoint it was restored from.
     restored_from: Checkpoint | None = None
+    #: The project it belongs to (list requests can filter by it).
+    project_id: str | None = None
 
     def path(self, ckpt: StoredCheckpoint) -> str:
         """The checkpoint's ``tinker://`` path."""
@@ -148,6 +150,8 @@ class StoredSession:
     session_id: str
     tags: tuple[str, ...]
     user_metadata: dict[str, Any]
+    #: The project its models belong to.
+    project_id: str | None = None
     heartbeats: int = 0
     finished: str | None = None
     #: model_seq_id -> the load_weights that used it

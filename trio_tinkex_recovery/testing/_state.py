@@ -16,6 +16,7 @@ use Trio time, so everything works under ``MockClock``.
 from __future__ import annotations
 
 import datetime as dt
+import random
 from typing import TYPE_CHECKING, Any, Literal
 
 import trio
@@ -35,10 +36,14 @@ from ._traffic import Traffic
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-__all__ = ["DEFAULT_EPOCH", "Refused", "TinkerState"]
+__all__ = ["DEFAULT_EPOCH", "LIST_ORDERS", "ListOrder", "Refused", "TinkerState"]
 
 #: The default start of the simulator's logical wall clock.
 DEFAULT_EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+#: The orders ``GET /api/v1/training_runs`` can list runs in.
+ListOrder = Literal["recent", "id", "shuffled"]
+LIST_ORDERS: tuple[ListOrder, ...] = ("recent", "id", "shuffled")
 
 
 class Refused(Exception):
@@ -78,6 +83,8 @@ class TinkerState(Traffic):
         dynamic_config: Mapping[str, Any] | None = None,
         epoch: dt.datetime = DEFAULT_EPOCH,
         request_log_limit: int | None = None,
+        list_order: ListOrder = "recent",
+        list_page_max: int = 100,
     ) -> None:
         if future_try_again < 0:
             raise ValueError(f"future_try_again must be >= 0, got {future_try_again}")
@@ -90,6 +97,15 @@ class TinkerState(Traffic):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if epoch.tzinfo is None:
             raise ValueError("epoch must be timezone-aware")
+        if list_order not in LIST_ORDERS:
+            raise ValueError(
+                f"list_order must be one of {', '.join(LIST_ORDERS)}, "
+                f"got {list_order!r}"
+            )
+        if isinstance(list_page_max, bool) or not isinstance(list_page_max, int):
+            raise TypeError("list_page_max must be an int")
+        if list_page_max < 1:
+            raise ValueError(f"list_page_max must be >= 1, got {list_page_max}")
         self.api_key = api_key
         self.model_owner = model_owner
         self.future_try_again = future_try_again
@@ -100,8 +116,12 @@ class TinkerState(Traffic):
         self.dynamic_config: dict[str, Any] | None = (
             None if dynamic_config is None else dict(dynamic_config)
         )
+        self.list_order: ListOrder = list_order
+        self.list_page_max = list_page_max
         super().__init__(seed=seed, request_log_limit=request_log_limit)
         self.telemetry_batches = 0
+        self.list_requests = 0
+        self._list_rng = random.Random(f"list:{seed}")
         self._epoch = epoch
         self._ticks = 0
         self._runs: dict[str, StoredRun] = {}
@@ -130,6 +150,7 @@ class TinkerState(Traffic):
         user_metadata: Mapping[str, Any] | None = None,
         model_owner: str | None = None,
         corrupted: bool = False,
+        project_id: str | None = None,
     ) -> TrainingRun:
         """Add a training run with training checkpoints, oldest first.
 
@@ -144,6 +165,8 @@ class TinkerState(Traffic):
             user_metadata: Its user metadata.
             model_owner: Its owner (default: the simulator's ``model_owner``).
             corrupted: Whether it starts out corrupted.
+            project_id: Its project: listing with a ``project_id`` shows only
+                the runs of that project.
 
         Returns:
             The run, as ``GET /api/v1/training_runs/{run_id}`` reports it.
@@ -165,6 +188,7 @@ class TinkerState(Traffic):
             user_metadata=None if user_metadata is None else dict(user_metadata),
             last_request_time=self._stamp(),
             corrupted=corrupted,
+            project_id=project_id,
         )
         for name in checkpoints:
             self.add_checkpoint(run_id, name)
@@ -332,19 +356,49 @@ class TinkerState(Traffic):
         """A run or restored model by id, or ``None``."""
         return self._runs.get(run_id)
 
+    def listed_runs(
+        self, *, owned_only: bool, project_id: str | None = None
+    ) -> list[StoredRun]:
+        """The runs a list request shows, in `list_order`, restored models included.
+
+        Args:
+            owned_only: Only the runs whose owner is `model_owner` (the
+                caller: ``access_scope=owned``), else every run
+                (``access_scope=accessible``).
+            project_id: Only the runs of this project, if given.
+        """
+        runs = [
+            run
+            for run in self._runs.values()
+            if (not owned_only or run.model_owner == self.model_owner)
+            and (project_id is None or run.project_id == project_id)
+        ]
+        if self.list_order == "recent":
+            # Newest first; stable, so runs of one time stay in creation order.
+            runs.sort(key=lambda run: run.last_request_time, reverse=True)
+        elif self.list_order == "id":
+            runs.sort(key=lambda run: run.run_id)
+        else:
+            self._list_rng.shuffle(runs)
+        return runs
+
     def find_future(self, request_id: str) -> PendingFuture | None:
         """A future by its request id, or ``None``."""
         return self._futures.get(request_id)
 
     def create_session(
-        self, tags: Iterable[str], user_metadata: Mapping[str, Any]
+        self,
+        tags: Iterable[str],
+        user_metadata: Mapping[str, Any],
+        project_id: str | None = None,
     ) -> str:
-        """Open a session; its id."""
+        """Open a session (its models belong to ``project_id``); its id."""
         session_id = self._next_id("session")
         self._sessions[session_id] = StoredSession(
             session_id=session_id,
             tags=tuple(map(str, tags)),
             user_metadata=dict(user_metadata),
+            project_id=project_id,
         )
         return session_id
 
@@ -442,6 +496,7 @@ class TinkerState(Traffic):
                 user_metadata=user_metadata,
                 last_request_time=self._stamp(),
                 restored_from=Checkpoint.from_json(source.checkpoint_json(ckpt)),
+                project_id=session.project_id,
             )
             self._restores.append(
                 Restore(
