@@ -43,8 +43,10 @@ class FakeTinker(TinkerState):
             ``None`` (the default) answers 404, as older servers do.
         epoch: The start of the logical clock behind wire timestamps.
         request_log_limit: Keep only the latest this many requests in
-            `requests` (``None``: keep all), e.g. for long benchmarks;
-            `requests_received` still counts every one.
+            `requests` (``None``: keep all, what tests want), e.g. for long
+            benchmarks or a long-running ``simulate``, where the log would
+            grow by about 1.7 KB a request; `requests_received` still
+            counts every one.
         list_order: The order ``GET /api/v1/training_runs`` lists runs in:
             ``"recent"`` (by ``last_request_time``, newest first), ``"id"``
             (by run id) or ``"shuffled"`` (a new order, drawn from ``seed``,
@@ -67,7 +69,8 @@ class FakeTinker(TinkerState):
     (``add_run(project_id=...)``; a restored model joins the project of the
     session that created it).
 
-    The constructor's options are attributes of the same name and may be
+    The constructor's options but ``seed``, ``epoch`` and
+    ``request_log_limit`` are attributes of the same name and may be
     changed between requests (e.g. ``fake.base_latency = 0.01``).  The state
     API (``add_run``, ``corrupt``, ``requests``, ...) and the operations the
     endpoints perform are `TinkerState`'s.
