@@ -134,6 +134,50 @@ async def test_restore_and_save(fake_tinker, service, fake_tinker_url, corrupted
     assert not run.corrupted
 
 
+async def test_training_steps_and_save(fake_tinker, service, corrupted_run):
+    """forward_backward (protobuf), optim_step and save_state are recorded in order."""
+    datum = tinker.types.Datum(
+        model_input=tinker.types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={
+            "target_tokens": tinker.types.TensorData(
+                data=[2, 3, 4], dtype="int64", shape=[3]
+            )
+        },
+    )
+    client = await call(
+        lambda: service.create_training_client_from_state_with_optimizer(
+            PATHS[1]
+        ).result()
+    )
+    losses = []
+    for _ in range(2):
+        step = await call(lambda: client.forward_backward([datum] * 2, "cross_entropy"))
+        optim = await call(
+            lambda: client.optim_step(tinker.types.AdamParams(learning_rate=1e-4))
+        )
+        losses.append((await call(step.result)).metrics["loss:sum"])
+        await call(optim.result)
+    saved = await call(
+        lambda: client.save_state("step-2", user_metadata={"step": "2"}).result()
+    )
+    steps = fake_tinker.training_steps(client.model_id)
+    assert [(s.kind, s.seq_id) for s in steps] == [
+        ("forward_backward", 1),
+        ("optim_step", 2),
+        ("forward_backward", 3),
+        ("optim_step", 4),
+        ("save_weights", 5),
+    ]
+    assert [s.examples for s in steps if s.kind == "forward_backward"] == [2, 2]
+    assert losses == [2.0, 1.0]
+    assert fake_tinker.restore_of(client.model_id).optimizer is True
+    checkpoint = fake_tinker.run(client.model_id).last_checkpoint
+    assert (checkpoint.tinker_path, checkpoint.user_metadata) == (
+        saved.path,
+        {"step": "2"},
+    )
+
+
 async def test_lost_load_response_restores_once(fake_tinker, service, corrupted_run):
     """The SDK's retry after a dropped load_weights response is replayed, not redone."""
     fake_tinker.script(Fault.drop(after_action=True, path="/api/v1/load_weights"))

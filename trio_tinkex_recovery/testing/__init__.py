@@ -21,6 +21,7 @@ from ._faults import FaultKind as FaultKind
 from ._records import RecordedRequest as RecordedRequest
 from ._records import Restore as Restore
 from ._records import SessionInfo as SessionInfo
+from ._records import TrainingStep as TrainingStep
 from ._server import serve_fake_tinker as serve_fake_tinker
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "RecordedRequest",
     "Restore",
     "SessionInfo",
+    "TrainingStep",
     "send_json",
     "serve_fake_tinker",
 ]

@@ -70,10 +70,14 @@ async def send_json(
 
 
 async def _send_bytes(
-    send: Send, status: int, payload: bytes, headers: Iterable[tuple[str, str]]
+    send: Send,
+    status: int,
+    payload: bytes,
+    headers: Iterable[tuple[str, str]],
+    content_type: str = "application/json",
 ) -> None:
     head = [
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type.encode("latin-1")),
         (b"content-length", str(len(payload)).encode()),
     ]
     head.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
@@ -240,11 +244,14 @@ class FakeTinkerApp:
             headers=headers,
             json=value,
             json_error=error,
+            body=body,
         )
 
     @staticmethod
     async def _send(send: Send, reply: Reply) -> None:
-        await _send_bytes(send, reply.status, reply.encode(), reply.headers)
+        await _send_bytes(
+            send, reply.status, reply.encode(), reply.headers, reply.content_type
+        )
 
     async def _drop(self, scope: Scope, send: Send) -> None:
         if not self._served:

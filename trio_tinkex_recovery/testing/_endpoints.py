@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from ._state import Refused, TinkerState
+from ._model import Refused
+from ._proto import PROTOBUF, decode_fields, encode_forward_backward_output
 from ._wire import Reply, WireError, WireRequest, body_of, field, query_int
+
+if TYPE_CHECKING:
+    from ._model import StoredRun
+    from ._state import TinkerState
 
 __all__ = ["Endpoints"]
 
@@ -45,11 +50,12 @@ class Endpoints:
                 allowed.append(method)
                 continue
             try:
-                return Reply(200, await handler(self, request, match.groupdict()))
+                answer = await handler(self, request, match.groupdict())
             except Refused as exc:
                 return WireError(_REFUSAL_STATUS[exc.reason], exc.message).reply()
             except WireError as exc:
                 return exc.reply()
+            return answer if isinstance(answer, Reply) else Reply(200, answer)
         if allowed:
             return WireError(
                 405, "method not allowed", headers=(("allow", ", ".join(allowed)),)
@@ -236,7 +242,62 @@ class Endpoints:
                 return _try_again(request_id)
             if trio.current_time() < future.ready_at:
                 return _try_again(request_id)
-        return future.result
+        result = future.result
+        # The SDK takes a ForwardBackwardOutput in protobuf only, and says so.
+        if "loss_fn_outputs" in result and PROTOBUF in request.headers.get(
+            "accept", ""
+        ):
+            raw = encode_forward_backward_output(result)
+            return Reply(200, result, raw=raw, content_type=PROTOBUF)
+        return result
+
+    async def _forward_backward(
+        self, request: WireRequest, params: Mapping[str, str]
+    ) -> Any:
+        if PROTOBUF in request.headers.get("content-type", ""):
+            if request.headers.get("content-encoding", "identity") != "identity":
+                raise WireError(415, "the simulator reads uncompressed bodies only")
+            try:
+                fields = decode_fields(request.body)
+                model_id = _proto_bytes(fields, 1).decode()
+                seq: int | None = _proto_int(fields, 2)
+                loss_fn = _proto_bytes(fields, 4).decode()
+                forward_only = bool(_proto_int(fields, 6))
+            except ValueError as exc:  # UnicodeDecodeError included
+                raise WireError(400, f"bad ForwardBackwardRequest: {exc}") from exc
+            examples = len(fields.get(3, ()))
+        else:  # JSON, as earlier SDKs sent it
+            body = body_of(request)
+            model_id = field(body, "model_id", str)
+            seq = field(body, "seq_id", int, required=False)
+            given = field(body, "forward_backward_input", dict)
+            examples = len(field(given, "data", list))
+            loss_fn = field(given, "loss_fn", str)
+            forward_only = bool(field(body, "forward_only", bool, required=False))
+        request_id = self._state.forward_backward(
+            model_id,
+            seq,
+            examples=examples,
+            loss_fn=loss_fn,
+            forward_only=forward_only,
+        )
+        return {"request_id": request_id, "model_id": model_id}
+
+    async def _optim_step(self, request: WireRequest, params: Mapping[str, str]) -> Any:
+        body = body_of(request)
+        model_id = field(body, "model_id", str)
+        given = (
+            field(body, "adam_params", dict, required=False)
+            or field(body, "optimizer_params", dict, required=False)
+            or field(body, "optim_params", dict)
+        )
+        rate = field(given, "learning_rate", float, required=False)
+        request_id = self._state.optim_step(
+            model_id,
+            field(body, "seq_id", int, required=False),
+            learning_rate=None if rate is None else float(rate),
+        )
+        return {"request_id": request_id, "model_id": model_id}
 
     async def _get_info(self, request: WireRequest, params: Mapping[str, str]) -> Any:
         model_id = field(body_of(request), "model_id", str)
@@ -253,7 +314,7 @@ class Endpoints:
             "model_name": run.base_model,
         }
 
-    def _run(self, run_id: str, *, what: str = "training run") -> Any:
+    def _run(self, run_id: str, *, what: str = "training run") -> StoredRun:
         run = self._state.find_run(run_id)
         if run is None:
             raise WireError(404, f"{what} {run_id!r} not found")
@@ -318,6 +379,22 @@ class Endpoints:
             return exc.reply()
 
 
+def _proto_int(fields: Mapping[int, list[int | bytes]], number: int) -> int:
+    """The last value of an integer protobuf field (0 when absent)."""
+    value = (fields.get(number) or [0])[-1]
+    if not isinstance(value, int):
+        raise ValueError(f"field {number} is not an integer")
+    return value
+
+
+def _proto_bytes(fields: Mapping[int, list[int | bytes]], number: int) -> bytes:
+    """The last value of a string or bytes protobuf field (empty when absent)."""
+    value = (fields.get(number) or [b""])[-1]
+    if not isinstance(value, bytes):
+        raise ValueError(f"field {number} is not a string")
+    return value
+
+
 def _try_again(request_id: str) -> dict[str, Any]:
     return {"type": "try_again", "request_id": request_id, "queue_state": "active"}
 
@@ -364,5 +441,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], _Handler]] = [
             Endpoints._save_weights_for_sampler,
         ),
         ("POST", r"/api/v1/telemetry", Endpoints._telemetry),
+        ("POST", r"/api/v1/forward_backward", Endpoints._forward_backward),
+        ("POST", r"/api/v1/optim_step", Endpoints._optim_step),
     ]
 ]

@@ -69,6 +69,12 @@ class FakeTinker(TinkerState):
     (``add_run(project_id=...)``; a restored model joins the project of the
     session that created it).
 
+    Models train: ``forward_backward`` (protobuf, as the official SDK sends
+    it, or JSON) and ``optim_step`` answer through futures like saves and
+    restores.  `training_steps` lists what each model received, in order,
+    with ``seq_id`` and whether the model was superseded or its session had
+    finished; `restore_of` tells whether a model got its optimizer state.
+
     The constructor's options but ``seed``, ``epoch`` and
     ``request_log_limit`` are attributes of the same name and may be
     changed between requests (e.g. ``fake.base_latency = 0.01``).  The state

@@ -1,8 +1,9 @@
-"""The records the simulator's state is made of: runs, checkpoints, sessions.
+"""What the simulator's state is made of: runs, checkpoints, sessions.
 
 Mutable, internal to the simulator: users see them through `FakeTinker`'s
 methods, as the library's value objects (`TrainingRun`, `Checkpoint`).  The
-``*_json`` methods render them as the service does on the wire.
+``*_json`` methods render them as the service does on the wire.  `Refused`
+is how the state turns an operation down.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ if TYPE_CHECKING:
     from .._types import Checkpoint
 
 __all__ = [
+    "DEFAULT_EPOCH",
     "KIND_SEGMENT",
+    "LIST_ORDERS",
+    "ListOrder",
     "PendingFuture",
+    "Refused",
     "StoredCheckpoint",
     "StoredLoad",
     "StoredRun",
@@ -30,6 +35,30 @@ __all__ = [
 KIND_SEGMENT = {"training": "weights", "sampler": "sampler_weights"}
 
 CheckpointKind = Literal["training", "sampler"]
+
+#: The default start of the simulator's logical wall clock.
+DEFAULT_EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+#: The orders ``GET /api/v1/training_runs`` can list runs in.
+ListOrder = Literal["recent", "id", "shuffled"]
+LIST_ORDERS: tuple[ListOrder, ...] = ("recent", "id", "shuffled")
+
+
+class Refused(Exception):
+    """The service refuses an operation (the endpoints answer an HTTP error).
+
+    Args:
+        reason: ``"not_found"`` (no such thing), ``"gone"`` (it has ended)
+            or ``"conflict"`` (it contradicts an earlier request).
+        message: What the client is told.
+    """
+
+    def __init__(
+        self, reason: Literal["not_found", "gone", "conflict"], message: str
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 @attrs.define(eq=False)
@@ -69,6 +98,8 @@ class StoredRun:
     restored_from: Checkpoint | None = None
     #: The project it belongs to (list requests can filter by it).
     project_id: str | None = None
+    #: For a restored model: the session that created it.
+    session_id: str | None = None
 
     def path(self, ckpt: StoredCheckpoint) -> str:
         """The checkpoint's ``tinker://`` path."""

@@ -7,6 +7,12 @@ operations the endpoints perform (``create_session``, ``load_weights``,
 ...); an operation the service refuses raises `Refused`, which the
 endpoints answer as an HTTP error.
 
+It is one class of some 700 lines on purpose: every operation reads or
+changes the same runs, sessions and futures, and splitting them apart would
+trade private attributes for public plumbing on `FakeTinker`.  What needs
+none of that lives beside it: the records (``_model``), the request log and
+faults (``_traffic``) and the per-model request log (``_training``).
+
 Times on the wire (checkpoint ``time``, ``last_request_time``) come from a
 logical clock that starts at ``epoch`` and advances one minute per event, so
 they are deterministic and strictly increasing.  Futures and the request log
@@ -19,48 +25,30 @@ import datetime as dt
 import random
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import trio
 
 from .._types import Checkpoint, TrainingRun, WeightsInfo, parse_tinker_path
 from ._model import (
+    DEFAULT_EPOCH,
     KIND_SEGMENT,
+    LIST_ORDERS,
+    ListOrder,
     PendingFuture,
+    Refused,
     StoredCheckpoint,
     StoredLoad,
     StoredRun,
     StoredSession,
 )
-from ._records import Restore, SessionInfo
+from ._records import Restore, SessionInfo, TrainingStep
 from ._traffic import Traffic
+from ._training import ModelLog
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
-__all__ = ["DEFAULT_EPOCH", "LIST_ORDERS", "ListOrder", "Refused", "TinkerState"]
-
-#: The default start of the simulator's logical wall clock.
-DEFAULT_EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-
-#: The orders ``GET /api/v1/training_runs`` can list runs in.
-ListOrder = Literal["recent", "id", "shuffled"]
-LIST_ORDERS: tuple[ListOrder, ...] = ("recent", "id", "shuffled")
-
-
-class Refused(Exception):
-    """The service refuses an operation (the endpoints answer an HTTP error).
-
-    Args:
-        reason: ``"not_found"`` (no such thing), ``"gone"`` (it has ended)
-            or ``"conflict"`` (it contradicts an earlier request).
-        message: What the client is told.
-    """
-
-    def __init__(
-        self, reason: Literal["not_found", "gone", "conflict"], message: str
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+__all__ = ["TinkerState"]
 
 
 class TinkerState(Traffic):
@@ -127,7 +115,7 @@ class TinkerState(Traffic):
         self._runs: dict[str, StoredRun] = {}
         self._sessions: dict[str, StoredSession] = {}
         self._futures: dict[str, PendingFuture] = {}
-        self._saves: dict[tuple[str, int], tuple[tuple[Any, ...], str]] = {}
+        self._model_log = ModelLog()
         self._restores: list[Restore] = []
         self._counter = 0
 
@@ -349,6 +337,25 @@ class TinkerState(Traffic):
         """Every restore performed, in order."""
         return list(self._restores)
 
+    def restore_of(self, model_id: str) -> Restore | None:
+        """How ``model_id`` was restored (``optimizer``: with optimizer state).
+
+        ``None`` for a run added with `add_run`, or a model never restored.
+        """
+        return next((r for r in self._restores if r.model_id == model_id), None)
+
+    def training_steps(self, model_id: str) -> list[TrainingStep]:
+        """The training steps and saves ``model_id`` received, in arrival order.
+
+        Each names its ``seq_id``, and whether the model had been superseded
+        (a restore from its checkpoints) or its session had finished.
+
+        Raises:
+            KeyError: No such run or model.
+        """
+        self._run(model_id)
+        return self._model_log.steps(model_id)
+
     # ------------------------------------------------------------------
     # Operations the endpoints perform
 
@@ -497,7 +504,9 @@ class TinkerState(Traffic):
                 last_request_time=self._stamp(),
                 restored_from=Checkpoint.from_json(source.checkpoint_json(ckpt)),
                 project_id=session.project_id,
+                session_id=session_id,
             )
+            self._model_log.supersede(source.run_id, model_id)
             self._restores.append(
                 Restore(
                     model_id=model_id,
@@ -530,40 +539,25 @@ class TinkerState(Traffic):
     ) -> str:
         """Save a model's weights as checkpoint ``name``; the future's id.
 
-        The future fails when the name is missing or taken (unless
-        ``overwrite``), or the model is corrupted.  Asking again for the
-        same ``seq`` with the same arguments answers the first future.
+        The future fails when the model is corrupted, or the name is missing
+        or taken (unless ``overwrite``).
 
         Raises:
             Refused: No such model, or ``seq`` was used for another request.
         """
-        run = self._runs.get(model_id)
-        if run is None:
-            raise Refused("not_found", f"model {model_id!r} not found")
-        identity = (kind, name, ttl, overwrite, repr(user_metadata))
-        if seq is not None:
-            previous = self._saves.get((model_id, seq))
-            if previous is not None:
-                if previous[0] != identity:
-                    raise Refused(
-                        "conflict", f"seq_id {seq} of {model_id!r} is already used"
-                    )
-                return previous[1]
-        result: dict[str, Any]
-        existing = None if name is None else run.checkpoints.get((kind, name))
-        if name is None:
-            result = {
-                "error": "the simulator needs a checkpoint name",
-                "category": "user",
-            }
-        elif run.corrupted:
-            result = {"error": f"model {model_id!r} is corrupted", "category": "server"}
-        elif existing is not None and not overwrite and not existing.deleted:
-            result = {
-                "error": f"checkpoint {name!r} exists; pass overwrite=true",
-                "category": "user",
-            }
-        else:
+
+        def act(run: StoredRun) -> dict[str, Any]:
+            existing = None if name is None else run.checkpoints.get((kind, name))
+            if name is None:
+                return {
+                    "error": "the simulator needs a checkpoint name",
+                    "category": "user",
+                }
+            if existing is not None and not overwrite and not existing.deleted:
+                return {
+                    "error": f"checkpoint {name!r} exists; pass overwrite=true",
+                    "category": "user",
+                }
             expires_at = None
             if ttl is not None:
                 expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
@@ -575,15 +569,99 @@ class TinkerState(Traffic):
                 expires_at=expires_at,
                 checkpoint_type=kind,
             )
-            result = {
-                "type": "save_weights"
-                if kind == "training"
-                else "save_weights_for_sampler",
-                "path": ckpt.tinker_path,
+            return {"type": endpoint, "path": ckpt.tinker_path}
+
+        endpoint = "save_weights" if kind == "training" else "save_weights_for_sampler"
+        return self._model_request(
+            TrainingStep(model_id, endpoint, seq, "", 0.0, name=name),
+            (ttl, overwrite, repr(user_metadata)),
+            act,
+        )
+
+    def forward_backward(
+        self,
+        model_id: str,
+        seq: int | None,
+        *,
+        examples: int,
+        loss_fn: str,
+        forward_only: bool = False,
+    ) -> str:
+        """A forward (and backward) pass over ``examples`` examples; the future's id.
+
+        The result is a ``ForwardBackwardOutput``: no per-example outputs, and
+        a ``loss:sum`` metric of ``examples / (1 + optimizer steps so far)``,
+        so the loss falls as the model trains.
+
+        Raises:
+            Refused: No such model, or ``seq`` was used for another request.
+        """
+
+        def act(run: StoredRun) -> dict[str, Any]:
+            done = sum(s.kind == "optim_step" for s in self._model_log.steps(model_id))
+            return {
+                "loss_fn_output_type": "ArrayRecord",
+                "loss_fn_outputs": [{} for _ in range(examples)],
+                "metrics": {"loss:sum": examples / (1 + done)},
             }
+
+        kind = "forward" if forward_only else "forward_backward"
+        step = TrainingStep(model_id, kind, seq, "", 0.0, examples, loss_fn)
+        return self._model_request(step, (), act)
+
+    def optim_step(
+        self, model_id: str, seq: int | None, *, learning_rate: float | None
+    ) -> str:
+        """An optimizer step; the future's id.
+
+        Raises:
+            Refused: No such model, or ``seq`` was used for another request.
+        """
+        step = TrainingStep(
+            model_id, "optim_step", seq, "", 0.0, learning_rate=learning_rate
+        )
+        return self._model_request(step, (), lambda run: {"metrics": {}})
+
+    def _model_request(
+        self,
+        step: TrainingStep,
+        identity: tuple[Any, ...],
+        act: Callable[[StoredRun], dict[str, Any]],
+    ) -> str:
+        """Act on a model for ``step`` once per ``seq_id``; record it; the future."""
+        model_id = step.model_id
+        run = self._runs.get(model_id)
+        if run is None:
+            raise Refused("not_found", f"model {model_id!r} not found")
+        # What the request asked: a retry with its seq_id must ask the same.
+        identity = (
+            step.kind,
+            step.examples,
+            step.loss_fn,
+            step.learning_rate,
+            step.name,
+            *identity,
+        )
+        earlier = self._model_log.earlier(model_id, step.seq_id, identity)
+        if earlier is not None:
+            return earlier
+        if run.corrupted:
+            result = {"error": f"model {model_id!r} is corrupted", "category": "server"}
+        else:
+            result = act(run)
         request_id = self._new_future(result)
-        if seq is not None:
-            self._saves[(model_id, seq)] = (identity, request_id)
+        session = self._sessions.get(run.session_id or "")
+        self._model_log.add(
+            attrs.evolve(
+                step,
+                request_id=request_id,
+                time=trio.current_time(),
+                superseded_by=self._model_log.successor(model_id),
+                session_finished=session is not None and session.finished is not None,
+            ),
+            identity,
+        )
+        run.last_request_time = self._stamp()
         return request_id
 
     # ------------------------------------------------------------------

@@ -51,6 +51,8 @@ class WireRequest:
     json: Any
     #: Why the body is not JSON, if it is not.
     json_error: str | None = None
+    #: The body's bytes (for bodies that are not JSON).
+    body: bytes = b""
 
 
 @attrs.frozen
@@ -65,6 +67,8 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
     #: Raw bytes to send instead of the encoded `body` (mangled answers).
     raw: bytes | None = None
+    #: The media type of the body.
+    content_type: str = "application/json"
 
     def encode(self) -> bytes:
         """The body's bytes."""
@@ -110,7 +114,7 @@ def body_of(request: WireRequest) -> dict[str, Any]:
 def field(
     body: Mapping[str, Any], name: str, kind: type, *, required: bool = True
 ) -> Any:
-    """A field of a JSON object body, checked to be a ``kind`` (``None`` if absent).
+    """A field of a JSON object, checked to be a ``kind`` (``None`` if absent).
 
     Raises:
         WireError: 422 when it is required and absent, or of another type.
@@ -120,7 +124,10 @@ def field(
         if required:
             raise WireError(422, f"field {name!r} is required")
         return None
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+    accepted = (float, int) if kind is float else kind  # a JSON number is a float
+    if not isinstance(value, accepted) or (
+        kind is not bool and isinstance(value, bool)
+    ):
         raise WireError(
             422, f"field {name!r} must be {kind.__name__}, got {type(value).__name__}"
         )
