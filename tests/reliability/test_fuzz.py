@@ -258,7 +258,7 @@ FORBIDDEN = frozenset("/\\?#%")
 
 
 def acceptable(run_id: str) -> bool:
-    """The rule DESIGN.md states, written independently of the code."""
+    """The documented run-id rule, written independently of the code."""
     return (
         1 <= len(run_id) <= 256
         and run_id not in (".", "..")
