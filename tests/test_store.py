@@ -115,7 +115,7 @@ async def test_a_corrupt_file_is_refused_and_left_untouched(tmp_path):
     path = tmp_path / "state.db"
     path.write_bytes(b"not a database at all" * 100)
     before = digest(path)
-    with pytest.raises(StoreError, match="state.db is not a trio-tinkex-recovery"):
+    with pytest.raises(StoreError, match=r"state\.db is not a trio-tinkex-recovery"):
         async with open_store(path):
             pass
     assert digest(path) == before
@@ -130,7 +130,7 @@ async def test_a_newer_schema_is_refused_and_left_untouched(tmp_path):
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.close()
     before = digest(path)
-    with pytest.raises(StoreError, match="newer version.*schema 99"):
+    with pytest.raises(StoreError, match=r"newer version.*schema 99"):
         async with open_store(path):
             pass
     assert digest(path) == before
@@ -151,7 +151,7 @@ async def test_an_uncreatable_state_file_is_a_clear_error(tmp_path):
     """A state file that cannot be created (its folder is a file) names the file."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    with pytest.raises(StoreError, match="not-a-folder/state.db"):
+    with pytest.raises(StoreError, match=r"not-a-folder/state\.db"):
         async with open_store(blocker / "state.db"):
             pass
 
