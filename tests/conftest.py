@@ -144,14 +144,19 @@ class FakeService:
         return await self._create(path, True)
 
 
-def drain(events: trio.MemoryReceiveChannel[Any]) -> list[Any]:
-    """Every event already buffered on a subscription, without waiting."""
+def drain(events: trio.MemoryReceiveChannel[Any], *, polls: bool = False) -> list[Any]:
+    """Every event already buffered on a subscription, without waiting.
+
+    Poll outcomes (``polled``) are left out unless ``polls`` is true.
+    """
     got = []
     while True:
         try:
-            got.append(events.receive_nowait())
+            event = events.receive_nowait()
         except trio.WouldBlock:
             return got
+        if polls or event.name != "polled":
+            got.append(event)
 
 
 @pytest.fixture

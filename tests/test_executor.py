@@ -545,10 +545,11 @@ async def test_leaving_cancels_recoveries(service, rest, autojump_clock):
         await trio.sleep(1)  # run-2 is attempting
         assert executor.recovery_state("run-1").phase == "waiting"
         assert executor.recovery_state("run-2").phase == "attempting"
-    for run_id in ("run-1", "run-2"):
-        state = executor.recovery_state(run_id)
-        assert (state.phase, state.error) == ("exhausted", "Cancelled")
-    assert executor.statistics().in_progress == 0
+    assert executor.recovery_state("run-1").phase == "interrupted"
+    assert executor.recovery_state("run-1").error == "RuntimeError: x"
+    assert executor.recovery_state("run-2").phase == "interrupted"
+    stats = executor.statistics()
+    assert (stats.in_progress, stats.interrupted, stats.exhausted) == (0, 2, 0)
 
 
 async def test_recover_checkpoints(service):
@@ -577,3 +578,20 @@ async def test_executor_repr_and_constructor():
         Executor()
     async with open_executor(service=FakeService()) as executor:
         assert repr(executor) == "<Executor max_concurrent=1 in_progress=0>"
+
+
+async def test_outcomes_tell_how_each_recovery_ended(service, rest, autojump_clock):
+    """Every recovery's end reaches outcomes(), with the new client when done."""
+    rest.add("run-1", "0001")
+    rest.add("run-2")  # no checkpoint at all: exhausted at once
+    async with open_executor(service=service) as executor:
+        async with executor.outcomes() as outcomes:
+            await executor.recover("run-1", None, ENABLED)
+            await executor.recover("run-2", None, ENABLED)
+            await executor.wait_idle()
+            got = {o.run_id: o for o in [outcomes.receive_nowait() for _ in range(2)]}
+    assert got["run-1"].state.phase == "done"
+    assert got["run-1"].client.model_id == got["run-1"].state.new_run_id
+    assert got["run-1"].checkpoint.tinker_path == "tinker://run-1/weights/0001"
+    assert got["run-2"].state.phase == "exhausted"
+    assert got["run-2"].client is None

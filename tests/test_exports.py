@@ -27,6 +27,7 @@ EXPECTED = [
     "RateLimitError",
     "RecoveryDisabledError",
     "RecoveryError",
+    "RecoveryOutcome",
     "RecoveryPhase",
     "RecoveryState",
     "RequestFailedError",

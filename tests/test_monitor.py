@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 import pytest
 import trio
 import trio.lowlevel
@@ -23,9 +24,11 @@ ENABLED = Policy(enabled=True, jitter=0)
 
 
 async def collect_until(events, name, count=1):
-    """Receive events until ``count`` events called ``name`` arrived."""
+    """Receive events (``polled`` left out) until ``count`` called ``name`` arrived."""
     seen = []
     async for event in events:
+        if event.name == "polled" and name != "polled":
+            continue
         seen.append(event)
         if sum(e.name == name for e in seen) == count:
             return seen
@@ -234,8 +237,8 @@ async def test_poll_error_events_carry_the_error(service, rest, autojump_clock):
     assert event.metadata["team"] == "a"
 
 
-async def test_refused_hand_over_keeps_watching(service, rest, autojump_clock):
-    """If the executor already has the run pending, the monitor keeps polling."""
+async def test_run_pending_elsewhere_is_detected_once(service, rest, autojump_clock):
+    """A run the executor already has pending is detected once, never restored twice."""
     rest.add("run-1", "0001", corrupted=True)
     service.delay = 100  # the first recovery takes a while
     async with open_executor(service=service) as executor:
@@ -247,9 +250,12 @@ async def test_refused_hand_over_keeps_watching(service, rest, autojump_clock):
         ) as monitor:
             await monitor.monitor_run("run-1")
             await trio.sleep(65)
-            assert monitor.monitored_runs == {"run-1"}
-            assert rest.poll_times("run-1") == [0, 30, 60]
-            assert monitor.statistics().detected == 3
+            assert monitor.monitored_runs == frozenset()
+            assert rest.poll_times("run-1") == [0]
+            assert monitor.statistics().detected == 1
+            await trio.sleep(100)
+            # Its outcome is followed all the same.
+            assert monitor.monitored_runs == {"session-1:train:1"}
     assert len(service.calls) == 1
 
 
@@ -376,8 +382,10 @@ async def test_leaving_the_block_ends_polls_and_attempts(service, rest, autojump
         assert count_tasks() > before
         executor = monitor.executor
     assert count_tasks() == before
-    assert executor.recovery_state("run-1").phase == "exhausted"
+    assert executor.recovery_state("run-1").phase == "interrupted"
     assert executor.statistics().in_progress == 0
+    assert executor.statistics().interrupted == 1
+    assert executor.statistics().exhausted == 0
 
 
 async def test_crashing_callback_does_not_stop_the_monitor(
@@ -414,3 +422,162 @@ async def test_no_public_constructor():
 
     with pytest.raises(TypeError, match="open_monitor"):
         Monitor()  # type: ignore[call-arg]
+
+
+async def test_every_poll_is_an_event(service, rest, autojump_clock):
+    """Each poll emits polled with the corrupted flag, checkpoint and duration."""
+    rest.add("run-1", "0001", "0002")
+    rest.poll_delay = 2
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1", metadata={"team": "a"})
+            await trio.sleep(33)
+            rest.poll_delay = 0
+            rest.fail_polls["run-1"] = [RuntimeError("down")]
+            await trio.sleep(28)
+            got = drain(events, polls=True)
+    assert [(e.name, e.time) for e in got] == [
+        ("polled", 2),
+        ("polled", 32),
+        ("poll_error", 60),
+    ]
+    first = got[0]
+    assert first.metadata["corrupted"] is False
+    assert first.metadata["checkpoint"] == "tinker://run-1/weights/0002"
+    assert first.metadata["team"] == "a"
+    assert first.measurements == {"duration": 2}
+    assert got[2].measurements == {"duration": 0}
+    assert monitor.statistics().polls == monitor.statistics().get_requests == 3
+
+
+async def test_rewatching_a_pending_run_hands_nothing_over(
+    service, rest, autojump_clock
+):
+    """monitor_run on a run being recovered: no second detected, one restore."""
+    rest.add("run-1", "0001", corrupted=True)
+    service.delay = 100
+    async with open_monitor(
+        policy=Policy(enabled=True, jitter=0, poll_interval=10), service=service
+    ) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1")
+            await trio.sleep(1)
+            for _ in range(3):
+                await monitor.monitor_run("run-1", metadata={"again": True})
+                await trio.sleep(20)
+            await monitor.executor.wait_idle()
+            got = drain(events)
+    assert [e.name for e in got].count("detected") == 1
+    assert len(service.calls) == 1
+    assert rest.poll_times("run-1") == [0]
+    # The follow-up uses what the last monitor_run said.
+    assert monitor.monitored_runs == frozenset()
+
+
+async def test_rewatching_a_recovered_run_watches_its_successor(
+    service, rest, autojump_clock
+):
+    """A run restored in this episode is not restored again; its successor is."""
+    rest.add("run-1", "0001", corrupted=True)
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1)
+        assert monitor.monitored_runs == {"session-1:train:1"}
+        monitor.stop_monitoring("session-1:train:1")
+        await monitor.monitor_run("run-1")
+        await trio.sleep(61)
+        assert monitor.monitored_runs == {"session-1:train:1"}
+    assert len(service.calls) == 1
+    assert rest.poll_times("run-1") == [0]
+
+
+async def test_episode_ends_with_a_healthy_poll(service, rest, autojump_clock):
+    """Without follow_recovered a re-watched run is polled, restored again only
+    after a healthy poll ended its episode."""
+    rest.add("run-1", "0001", corrupted=True)
+    policy = Policy(enabled=True, jitter=0, follow_recovered=False)
+    async with open_monitor(policy=policy, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1")
+            await trio.sleep(1)
+            await monitor.monitor_run("run-1")  # still corrupted: not again
+            await trio.sleep(60)
+            assert len(service.calls) == 1
+            rest.runs["run-1"] = attrs.evolve(rest.runs["run-1"], corrupted=False)
+            await trio.sleep(30)  # a healthy poll: the episode is over
+            rest.corrupt("run-1")
+            await trio.sleep(30)  # a new episode: restored once more
+            await monitor.executor.wait_idle()
+            got = drain(events)
+    assert [e.name for e in got].count("detected") == 2
+    assert len(service.calls) == 2
+
+
+async def test_hanging_callback_does_not_wedge_the_follow_up(
+    service, rest, autojump_clock
+):
+    """A never-returning on_recovery: the new run is still watched, nothing
+    stays in progress, and leaving the block cancels the callback."""
+    rest.add("run-1", "0001", corrupted=True)
+    rest.add("run-2", "0001", corrupted=True)
+    cancelled = []
+
+    async def hang(old, new, checkpoint):
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.append(new.model_id)
+
+    policy = Policy(enabled=True, jitter=0, on_recovery=hang)
+    async with open_monitor(policy=policy, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await monitor.monitor_run("run-2")
+        await trio.sleep(1)
+        assert monitor.monitored_runs == {"session-1:train:1", "session-1:train:2"}
+        assert monitor.statistics().in_progress == 0
+        assert monitor.statistics().completed == 2
+    assert sorted(cancelled) == ["session-1:train:1", "session-1:train:2"]
+
+
+async def test_monitor_run_after_the_block_is_a_clear_error(service, rest):
+    """After the block exits, monitor_run raises ClosedResourceError, keeps nothing."""
+    rest.add("run-1", "0001")
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        pass
+    with pytest.raises(trio.ClosedResourceError):
+        await monitor.monitor_run("run-1")
+    assert monitor.monitored_runs == frozenset()
+    assert rest.polls == []
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+async def test_max_concurrent_below_one_is_a_plain_value_error(service, bad):
+    """open_monitor(max_concurrent=0) raises ValueError, not an ExceptionGroup."""
+    with pytest.raises(ValueError, match="max_concurrent"):
+        async with open_monitor(policy=ENABLED, service=service, max_concurrent=bad):
+            pass
+
+
+async def test_interrupted_recovery_is_not_exhausted(service, rest, autojump_clock):
+    """Leaving the block mid-restore: phase interrupted, no exhausted, no on_failure."""
+    rest.add("run-1", "0001", corrupted=True)
+    service.delay = 100
+    failures = []
+    policy = Policy(
+        enabled=True, jitter=0, on_failure=lambda run_id, exc: failures.append(run_id)
+    )
+    async with open_monitor(policy=policy, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_run("run-1")
+            await trio.sleep(1)
+        executor = monitor.executor
+        subscription = monitor.subscribe()
+        events = await subscription.__aenter__()
+    got = drain(events)
+    await subscription.__aexit__(None, None, None)
+    assert [e.name for e in got] == ["interrupted"]
+    assert got[0].measurements == {"attempt": 1}
+    assert executor.recovery_state("run-1").phase == "interrupted"
+    stats = monitor.statistics()
+    assert (stats.interrupted, stats.exhausted, stats.in_progress) == (1, 0, 0)
+    assert failures == []

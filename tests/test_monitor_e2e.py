@@ -35,8 +35,11 @@ async def test_config_alone_recovers_over_http(nursery):
                 await monitor.monitor_run("healthy")
                 fake.corrupt("run-1")
                 seen = await wait_for(events, lambda e: e.name == "completed")
-            new_run = seen[-1].metadata["new_run_id"]
-            # The recovered run is a run of its own and is now watched.
+                new_run = seen[-1].metadata["new_run_id"]
+                # The recovered run is a run of its own and is now watched.
+                await wait_for(
+                    events, lambda e: e.name == "polled" and e.run_id == new_run
+                )
             assert monitor.monitored_runs == {"healthy", new_run}
             assert fake.run(new_run).last_checkpoint.tinker_path == (
                 "tinker://run-1/weights/ckpt-0002"

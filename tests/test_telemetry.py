@@ -74,12 +74,13 @@ async def test_every_subscriber_gets_every_event(service, rest, autojump_clock):
             await monitor.monitor_run("run-1")
             await trio.testing.wait_all_tasks_blocked()
             await monitor.executor.wait_idle()
-            got_a = [a.receive_nowait().name for _ in range(5)]
-            got_b = [b.receive_nowait().name for _ in range(5)]
+            got_a = [a.receive_nowait().name for _ in range(6)]
+            got_b = [b.receive_nowait().name for _ in range(6)]
     assert (
         got_a
         == got_b
         == [
+            "polled",
             "detected",
             "started",
             "checkpoint_selected",

@@ -33,6 +33,7 @@ from ._errors import TinkexRecoveryError as TinkexRecoveryError
 from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._errors import UnsupportedStrategyError as UnsupportedStrategyError
 from ._executor import Executor as Executor
+from ._executor import RecoveryOutcome as RecoveryOutcome
 from ._executor import RecoveryPhase as RecoveryPhase
 from ._executor import RecoveryState as RecoveryState
 from ._executor import open_executor as open_executor
@@ -79,6 +80,7 @@ __all__ = [
     "RateLimitError",
     "RecoveryDisabledError",
     "RecoveryError",
+    "RecoveryOutcome",
     "RecoveryPhase",
     "RecoveryState",
     "RequestFailedError",

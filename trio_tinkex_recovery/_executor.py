@@ -3,7 +3,10 @@
 Hand-offs arrive on a memory channel and are served in arrival order by a
 single task, which holds a `trio.CapacityLimiter` slot for each attempt so at
 most ``max_concurrent`` attempts run at once.  Each run's progress lives in
-one `RecoveryState` record, replaced on every transition.
+one `RecoveryState` record, replaced on every transition.  Which
+checkpoints an attempt tries is `_selection`'s business; how a recovery
+ended goes out on `Executor.outcomes` before any user callback runs, and
+callbacks run in tasks of their own, holding no slot.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import inspect
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, final
 
 import attrs
 import trio
@@ -24,30 +27,34 @@ from ._errors import (
     CheckpointUnavailableError,
     NoCheckpointError,
     RecoveryDisabledError,
-    UnsupportedStrategyError,
     is_retryable,
 )
-from ._policy import Best, Latest, Policy, Specific
+from ._policy import Policy
+from ._selection import candidates
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._types import Checkpoint, validate_run_id
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from ._config import Config
     from ._protocols import RestClientProtocol, ServiceProtocol
     from ._types import TrainingRun
 
-__all__ = ["Executor", "RecoveryPhase", "RecoveryState", "open_executor"]
+__all__ = [
+    "Executor",
+    "RecoveryOutcome",
+    "RecoveryPhase",
+    "RecoveryState",
+    "check_max_concurrent",
+    "new_executor",
+    "open_executor",
+]
 
 logger = logging.getLogger("trio_tinkex_recovery")
 
 RecoveryPhase: TypeAlias = Literal[
-    "queued", "attempting", "waiting", "done", "exhausted"
+    "queued", "attempting", "waiting", "done", "exhausted", "interrupted"
 ]
 _PENDING: Final = frozenset({"queued", "attempting", "waiting"})
-
-#: Called as ``follow(new_run_id, service, metadata)`` to watch a recovered run.
-FollowHook: TypeAlias = Callable[[str, Any, Mapping[str, Any]], Awaitable[None]]
 
 
 @attrs.frozen
@@ -56,7 +63,8 @@ class RecoveryState:
 
     #: The run being recovered.
     run_id: str
-    #: ``queued``, ``attempting``, ``waiting`` (to retry), ``done`` or ``exhausted``.
+    #: ``queued``, ``attempting``, ``waiting`` (to retry), ``done``,
+    #: ``exhausted`` (gave up) or ``interrupted`` (cut short by cancellation).
     phase: RecoveryPhase
     #: Attempts started so far.
     attempt: int = 0
@@ -75,6 +83,23 @@ class RecoveryState:
         return self.phase in _PENDING
 
 
+@attrs.frozen
+class RecoveryOutcome:
+    """How one recovery ended, as `Executor.outcomes` hands it out."""
+
+    #: The run's final record: phase ``done``, ``exhausted`` or ``interrupted``.
+    state: RecoveryState
+    #: The new training client, when ``done``.
+    client: Any = None
+    #: The checkpoint restored, when ``done``.
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run that was recovered."""
+        return self.state.run_id
+
+
 @attrs.define(eq=False)
 class _Request:
     run_id: str
@@ -84,8 +109,6 @@ class _Request:
     last_checkpoint: Checkpoint | None
     run: TrainingRun | None
     rest: RestClientProtocol | None
-    follow: FollowHook | None
-    config: Config | None = None
 
     def event_metadata(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -95,11 +118,13 @@ class _Request:
         }
 
 
+@final
 class Executor(metaclass=NoPublicConstructor):
     """Runs recoveries; made by `open_executor`, not constructed directly.
 
-    Use `recover` to hand over a corrupted run, `subscribe` for events,
-    `statistics` for counters and `recovery_state` for one run's record.
+    Use `recover` to hand over a corrupted run, `outcomes` to learn how
+    recoveries end, `subscribe` for events, `statistics` for counters and
+    `recovery_state` for one run's record.
     """
 
     _factory_hint = "use open_executor()"
@@ -119,7 +144,8 @@ class Executor(metaclass=NoPublicConstructor):
         self._telemetry = telemetry
         self._rng = rng
         self._states: dict[str, RecoveryState] = {}
-        # Hand-offs not yet finished (callbacks included), and its event.
+        self._outcome_sends: set[trio.MemorySendChannel[RecoveryOutcome]] = set()
+        # Hand-offs and callbacks not yet finished, and its event.
         self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -139,10 +165,10 @@ class Executor(metaclass=NoPublicConstructor):
         service: ServiceProtocol | None,
         policy: Policy,
         *,
-        config: Config | None = None,
         metadata: Mapping[str, Any] | None = None,
         last_checkpoint: Checkpoint | str | None = None,
         run: TrainingRun | None = None,
+        rest: RestClientProtocol | None = None,
     ) -> None:
         """Queue a recovery of ``run_id`` and return at once.
 
@@ -151,100 +177,27 @@ class Executor(metaclass=NoPublicConstructor):
             service: Creates the new training client; ``None`` for the
                 executor's default service.
             policy: How to recover; must be enabled.
-            config: Recorded with the recovery; not otherwise used here.
             metadata: User metadata, merged into every event; its
                 ``training_client`` (or ``training_pid``) entry is passed to
                 ``on_recovery`` as the old client.
             last_checkpoint: The run's newest checkpoint, when known
                 (a `Checkpoint` or a ``tinker://`` path).
             run: The run as last polled, when known.
+            rest: Reads the run and its checkpoints for this recovery; by
+                default the executor's ``rest``, else the service's
+                ``create_rest_client()``.
 
         Raises:
             RecoveryDisabledError: ``policy.enabled`` is false.
             AlreadyPendingError: The run is queued, attempting or waiting.
             ValueError: A bad run id, checkpoint path, or no service at all.
+            trio.ClosedResourceError: The executor has shut down.
+
+        Cancelled before it returns, it has queued nothing.
         """
         await trio.lowlevel.checkpoint()
         if isinstance(last_checkpoint, str):
             last_checkpoint = Checkpoint.from_path(last_checkpoint)
-        self._submit(
-            run_id,
-            service,
-            policy,
-            config=config,
-            metadata=metadata,
-            last_checkpoint=last_checkpoint,
-            run=run,
-        )
-
-    async def wait_idle(self) -> None:
-        """Return once every recovery handed over so far has finished.
-
-        Finished means done or exhausted, with its callbacks (and the
-        follow-up of a recovered run) returned.  Returns at once (after a
-        checkpoint) when the executor is idle.
-        """
-        await trio.lowlevel.checkpoint()
-        while self._busy:
-            await self._idle.wait()
-
-    def recovery_state(self, run_id: str) -> RecoveryState | None:
-        """The run's recovery record, or ``None`` if it was never handed over."""
-        return self._states.get(run_id)
-
-    @property
-    def recoveries(self) -> Mapping[str, RecoveryState]:
-        """Every run's recovery record (a snapshot)."""
-        return dict(self._states)
-
-    def statistics(self) -> Statistics:
-        """Counters of attempts, outcomes and dropped events."""
-        counts = self._telemetry.counts
-        return Statistics(
-            attempts=counts["started"],
-            completed=counts["completed"],
-            failed=counts["failed"],
-            exhausted=counts["exhausted"],
-            in_progress=self._in_progress(),
-            dropped_events=self._telemetry.dropped,
-        )
-
-    def subscribe(
-        self, max_buffer: int = 1024
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[TelemetryEvent]]:
-        """Receive this executor's events while the ``async with`` block runs.
-
-        The buffer holds ``max_buffer`` events; past that, events are dropped
-        and counted rather than slowing the executor down.
-        """
-        return self._telemetry.subscribe(max_buffer)
-
-    # -- hand-off ------------------------------------------------------------
-
-    def _in_progress(self) -> int:
-        return self._busy
-
-    def _add_busy(self, delta: int) -> None:
-        self._busy += delta
-        if self._busy and self._idle.is_set():
-            self._idle = trio.Event()
-        elif not self._busy:
-            self._idle.set()
-
-    def _submit(
-        self,
-        run_id: str,
-        service: ServiceProtocol | None,
-        policy: Policy,
-        *,
-        config: Config | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        last_checkpoint: Checkpoint | None = None,
-        run: TrainingRun | None = None,
-        rest: RestClientProtocol | None = None,
-        follow: FollowHook | None = None,
-    ) -> None:
-        """Queue a recovery; synchronous, so a caller cannot be cancelled midway."""
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a Policy, got {policy!r}")
         if not policy.enabled:
@@ -271,13 +224,105 @@ class Executor(metaclass=NoPublicConstructor):
             last_checkpoint=last_checkpoint,
             run=run,
             rest=rest,
-            follow=follow,
-            config=config,
         )
         # An unbounded buffer: send_nowait only fails once the executor is gone.
         self._send.send_nowait(request)
         self._store(RecoveryState(run_id=run_id, phase="queued"))
         self._add_busy(1)
+
+    async def wait_idle(self) -> None:
+        """Return once every recovery handed over so far has finished.
+
+        Finished means done, exhausted or interrupted, with its callbacks
+        returned.  Returns at once (after a checkpoint) when the executor
+        is idle.
+        """
+        await trio.lowlevel.checkpoint()
+        while self._busy:
+            await self._idle.wait()
+
+    def recovery_state(self, run_id: str) -> RecoveryState | None:
+        """The run's recovery record, or ``None`` if it was never handed over."""
+        return self._states.get(run_id)
+
+    @property
+    def recoveries(self) -> Mapping[str, RecoveryState]:
+        """Every run's recovery record (a snapshot)."""
+        return dict(self._states)
+
+    def statistics(self) -> Statistics:
+        """Counters of attempts, outcomes and dropped events."""
+        counts = self._telemetry.counts
+        return Statistics(
+            attempts=counts["started"],
+            completed=counts["completed"],
+            failed=counts["failed"],
+            exhausted=counts["exhausted"],
+            interrupted=counts["interrupted"],
+            in_progress=self._in_progress(),
+            dropped_events=self._telemetry.dropped,
+        )
+
+    def subscribe(
+        self, max_buffer: int = 1024
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[TelemetryEvent]]:
+        """Receive this executor's events while the ``async with`` block runs.
+
+        The buffer holds ``max_buffer`` events; past that, events are dropped
+        and counted rather than slowing the executor down.
+        """
+        return self._telemetry.subscribe(max_buffer)
+
+    @asynccontextmanager
+    async def outcomes(
+        self,
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[RecoveryOutcome]]:
+        """Receive how each recovery ends while the ``async with`` block runs.
+
+        Unlike events, outcomes are never dropped: the buffer is unbounded
+        (one outcome per recovery).  An outcome is sent before the
+        recovery's callbacks run, so a reader (the monitor following a
+        recovered run) is never held up by a slow callback.
+        """
+        send, receive = trio.open_memory_channel[RecoveryOutcome](math.inf)
+        self._outcome_sends.add(send)
+        await trio.lowlevel.checkpoint()
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._outcome_sends.discard(send)
+            send.close()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve hand-offs in arrival order until cancelled.
+
+        `open_executor` runs this for you; call it yourself (with
+        ``nursery.start``) only for an executor made by another owner.
+        Cancelling it interrupts the recoveries in progress.
+        """
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async with self._receive:
+                async for request in self._receive:
+                    # Take the slot here, in arrival order; the run's task
+                    # gives it back when its attempt ends.
+                    await self._limiter.acquire_on_behalf_of(request)
+                    nursery.start_soon(self._recover, request, nursery)
+
+    # -- internals ---------------------------------------------------------
+
+    def _in_progress(self) -> int:
+        return sum(1 for state in self._states.values() if state.pending)
+
+    def _add_busy(self, delta: int) -> None:
+        self._busy += delta
+        if self._busy and self._idle.is_set():
+            self._idle = trio.Event()
+        elif not self._busy:
+            self._idle.set()
 
     def _set(self, run_id: str, **changes: Any) -> RecoveryState:
         return self._store(attrs.evolve(self._states[run_id], **changes))
@@ -286,22 +331,32 @@ class Executor(metaclass=NoPublicConstructor):
         self._states[state.run_id] = state
         return state
 
-    # -- the executor task -------------------------------------------------
+    def _publish(self, outcome: RecoveryOutcome) -> None:
+        for send in list(self._outcome_sends):
+            try:
+                send.send_nowait(outcome)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._outcome_sends.discard(send)
 
-    async def _run(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    def _call_back_soon(
+        self,
+        nursery: trio.Nursery,
+        name: str,
+        callback: Callable[..., Any],
+        *args: Any,
     ) -> None:
-        """Serve hand-offs in arrival order until cancelled."""
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            async with self._receive:
-                async for request in self._receive:
-                    # Take the slot here, in arrival order; the run's task
-                    # gives it back when its attempt ends.
-                    await self._limiter.acquire_on_behalf_of(request)
-                    nursery.start_soon(self._recover, request)
+        """Run a user callback in its own task: it holds no slot, delays nothing."""
+        self._add_busy(1)
 
-    async def _recover(self, request: _Request) -> None:
+        async def call() -> None:
+            try:
+                await _call_back(name, callback, *args)
+            finally:
+                self._add_busy(-1)
+
+        nursery.start_soon(call)
+
+    async def _recover(self, request: _Request, nursery: trio.Nursery) -> None:
         run_id = request.run_id
         holding = True
         try:
@@ -314,26 +369,36 @@ class Executor(metaclass=NoPublicConstructor):
                     self._limiter.release_on_behalf_of(request)
                     holding = False
                     failures += 1
-                    if not await self._after_failure(request, attempt, exc):
+                    if not await self._after_failure(request, attempt, exc, nursery):
                         return
                     await self._limiter.acquire_on_behalf_of(request)
                     holding = True
                     continue
                 self._limiter.release_on_behalf_of(request)
                 holding = False
-                await self._complete(request, attempt, client, checkpoint)
+                self._complete(request, attempt, client, checkpoint, nursery)
                 return
         finally:
             if holding:
                 self._limiter.release_on_behalf_of(request)
             state = self._states.get(run_id)
             if state is not None and state.pending:
-                # Cancelled mid-way (the executor is closing): not pending any more.
-                self._set(run_id, phase="exhausted", retry_at=None, error="Cancelled")
+                # Cut short by cancellation (the executor is closing): the
+                # recovery did not fail, it was interrupted.
+                state = self._set(run_id, phase="interrupted", retry_at=None)
+                self._telemetry.emit(
+                    "interrupted",
+                    run_id,
+                    request.event_metadata(
+                        attempt=state.attempt, checkpoint=state.checkpoint
+                    ),
+                    attempt=state.attempt,
+                )
+                self._publish(RecoveryOutcome(state))
             self._add_busy(-1)
 
     async def _after_failure(
-        self, request: _Request, attempt: int, exc: Exception
+        self, request: _Request, attempt: int, exc: Exception, nursery: trio.Nursery
     ) -> bool:
         """Record a failed attempt; wait out the backoff if another may follow.
 
@@ -355,15 +420,18 @@ class Executor(metaclass=NoPublicConstructor):
             attempt=attempt,
         )
         if attempt >= policy.max_attempts or not is_retryable(exc):
-            self._set(run_id, phase="exhausted", retry_at=None)
+            state = self._set(run_id, phase="exhausted", retry_at=None)
             self._telemetry.emit(
                 "exhausted",
                 run_id,
                 request.event_metadata(attempt=attempt, error=exc),
                 attempt=attempt,
             )
+            self._publish(RecoveryOutcome(state))
             if policy.on_failure is not None:
-                await _call_back("on_failure", policy.on_failure, run_id, exc)
+                self._call_back_soon(
+                    nursery, "on_failure", policy.on_failure, run_id, exc
+                )
             return False
         delay = self._jittered(policy.backoff_delay(attempt), policy.jitter)
         retry_at = trio.current_time() + delay
@@ -372,132 +440,80 @@ class Executor(metaclass=NoPublicConstructor):
         return True
 
     async def _attempt(self, request: _Request, attempt: int) -> tuple[Any, Checkpoint]:
-        """One attempt: select a checkpoint, restore it, falling back on older ones."""
+        """One attempt: restore the first usable candidate checkpoint."""
         run_id = request.run_id
         policy = request.policy
         self._set(run_id, phase="attempting", attempt=attempt, retry_at=None)
         self._telemetry.emit(
             "started", run_id, request.event_metadata(attempt=attempt), attempt=attempt
         )
-        queue, complete = await self._first_candidates(request)
-        tried: set[str] = set()
+        found = candidates(
+            policy.checkpoint_strategy,
+            run_id=run_id,
+            rest=self._rest_for(request),
+            last_checkpoint=request.last_checkpoint,
+            run=request.run,
+        )
         last_error: CheckpointUnavailableError | None = None
-        while True:
-            if not queue and not complete:
-                ranked = await self._ranked(request)
-                queue = [c for c in ranked if c.tinker_path not in tried]
-                complete = True
-            if not queue:
-                break
-            checkpoint = queue.pop(0)
-            tried.add(checkpoint.tinker_path)
-            self._set(run_id, checkpoint=checkpoint.tinker_path)
-            self._telemetry.emit(
-                "checkpoint_selected",
-                run_id,
-                request.event_metadata(
-                    attempt=attempt, checkpoint=checkpoint.tinker_path
-                ),
-                attempt=attempt,
-            )
-            service = request.service
-            try:
-                if policy.restore_optimizer:
-                    client = (
-                        await service.create_training_client_from_state_with_optimizer(
-                            checkpoint.tinker_path
-                        )
-                    )
-                else:
-                    client = await service.create_training_client_from_state(
-                        checkpoint.tinker_path
-                    )
-            except CheckpointUnavailableError as exc:
-                if not policy.fallback:
-                    raise
-                logger.warning(
-                    "recovery of run %s: checkpoint %s unavailable (%s); "
-                    "trying an older one",
+        async with aclosing(found):
+            async for checkpoint in found:
+                self._set(run_id, checkpoint=checkpoint.tinker_path)
+                self._telemetry.emit(
+                    "checkpoint_selected",
                     run_id,
-                    checkpoint.tinker_path,
-                    exc,
+                    request.event_metadata(
+                        attempt=attempt, checkpoint=checkpoint.tinker_path
+                    ),
+                    attempt=attempt,
                 )
-                last_error = exc
-                continue
-            self._telemetry.emit(
-                "client_created",
-                run_id,
-                request.event_metadata(
-                    attempt=attempt, checkpoint=checkpoint.tinker_path, client=client
-                ),
-                attempt=attempt,
-            )
-            return client, checkpoint
+                try:
+                    client = await _restore(request.service, checkpoint, policy)
+                except CheckpointUnavailableError as exc:
+                    if not policy.fallback:
+                        raise
+                    logger.warning(
+                        "recovery of run %s: checkpoint %s unavailable (%s); "
+                        "trying an older one",
+                        run_id,
+                        checkpoint.tinker_path,
+                        exc,
+                    )
+                    last_error = exc
+                    continue
+                self._telemetry.emit(
+                    "client_created",
+                    run_id,
+                    request.event_metadata(
+                        attempt=attempt,
+                        checkpoint=checkpoint.tinker_path,
+                        client=client,
+                    ),
+                    attempt=attempt,
+                )
+                return client, checkpoint
         if last_error is not None:
             raise last_error
         raise NoCheckpointError(f"run {run_id!r} has no checkpoint to restore from")
 
-    async def _first_candidates(
-        self, request: _Request
-    ) -> tuple[list[Checkpoint], bool]:
-        """The checkpoints to try first, and whether that list is complete.
-
-        An incomplete list (``Latest`` with a known newest checkpoint) is
-        extended by listing the run's checkpoints only if fallback needs it.
-        """
-        strategy = request.policy.checkpoint_strategy
-        if isinstance(strategy, Specific):
-            return [Checkpoint.from_path(strategy.path)], True
-        if isinstance(strategy, Latest):
-            first = request.last_checkpoint
-            if first is None:
-                run = request.run or await self._rest_for(request).get_training_run(
-                    request.run_id
-                )
-                first = run.last_checkpoint
-            if first is None or first.is_expired():
-                return [], False
-            return [first], False
-        if isinstance(strategy, Best):
-            return await self._ranked(request), True
-        # Policy validates the strategy's type; this guards subclasses.
-        raise UnsupportedStrategyError(f"unsupported strategy {strategy!r}")
-
-    async def _ranked(self, request: _Request) -> list[Checkpoint]:
-        """Every usable checkpoint of the run, best first."""
-        strategy = request.policy.checkpoint_strategy
-        checkpoints = await self._rest_for(request).list_checkpoints(request.run_id)
-        usable = [
-            c
-            for c in checkpoints
-            if c.checkpoint_type == "training" and not c.is_expired()
-        ]
-        if not isinstance(strategy, Best):
-            return _newest_first(usable)
-        ranked = _best_first(usable, strategy)
-        if not ranked:
-            raise NoCheckpointError(
-                f"run {request.run_id!r} has no checkpoint with a usable "
-                f"{'key' if strategy.key else repr(strategy.metric)} value"
-            )
-        return ranked
-
     def _rest_for(self, request: _Request) -> RestClientProtocol:
-        if self._rest is not None:
-            return self._rest
         if request.rest is None:
-            request.rest = request.service.create_rest_client()
+            request.rest = self._rest or request.service.create_rest_client()
         return request.rest
 
-    async def _complete(
-        self, request: _Request, attempt: int, client: Any, checkpoint: Checkpoint
+    def _complete(
+        self,
+        request: _Request,
+        attempt: int,
+        client: Any,
+        checkpoint: Checkpoint,
+        nursery: trio.Nursery,
     ) -> None:
         run_id = request.run_id
         policy = request.policy
         new_run_id = getattr(client, "model_id", None)
         if not isinstance(new_run_id, str):
             new_run_id = None
-        self._set(run_id, phase="done", new_run_id=new_run_id, error=None)
+        state = self._set(run_id, phase="done", new_run_id=new_run_id, error=None)
         self._telemetry.emit(
             "completed",
             run_id,
@@ -509,20 +525,14 @@ class Executor(metaclass=NoPublicConstructor):
             ),
             attempt=attempt,
         )
+        self._publish(RecoveryOutcome(state, client=client, checkpoint=checkpoint))
         if policy.on_recovery is not None:
             old = request.metadata.get(
                 "training_client", request.metadata.get("training_pid")
             )
-            await _call_back("on_recovery", policy.on_recovery, old, client, checkpoint)
-        if policy.follow_recovered and request.follow is not None and new_run_id:
-            metadata = {**request.metadata, "training_client": client}
-            metadata.pop("training_pid", None)
-            try:
-                await request.follow(new_run_id, request.service, metadata)
-            except Exception:
-                logger.exception(
-                    "could not follow run %s recovered from %s", new_run_id, run_id
-                )
+            self._call_back_soon(
+                nursery, "on_recovery", policy.on_recovery, old, client, checkpoint
+            )
 
     def _jittered(self, delay: float, jitter: float) -> float:
         if jitter == 0 or delay == 0:
@@ -530,26 +540,19 @@ class Executor(metaclass=NoPublicConstructor):
         return delay * self._rng.uniform(1 - jitter, 1 + jitter)
 
 
+async def _restore(
+    service: ServiceProtocol, checkpoint: Checkpoint, policy: Policy
+) -> Any:
+    if policy.restore_optimizer:
+        return await service.create_training_client_from_state_with_optimizer(
+            checkpoint.tinker_path
+        )
+    return await service.create_training_client_from_state(checkpoint.tinker_path)
+
+
 def _describe_error(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _newest_first(checkpoints: list[Checkpoint]) -> list[Checkpoint]:
-    # Checkpoints without a time sort last; ties keep the server's order.
-    return sorted(
-        checkpoints,
-        key=lambda c: c.time.timestamp() if c.time is not None else -math.inf,
-        reverse=True,
-    )
-
-
-def _best_first(checkpoints: list[Checkpoint], strategy: Best) -> list[Checkpoint]:
-    scored = [(strategy.score(c), c) for c in _newest_first(checkpoints)]
-    usable = [(score, c) for score, c in scored if score is not None]
-    # sorted() is stable: among equal scores the newest stays first.
-    usable.sort(key=lambda pair: pair[0] if strategy.mode == "min" else -pair[0])
-    return [c for _, c in usable]
 
 
 async def _call_back(name: str, callback: Callable[..., Any], *args: Any) -> None:
@@ -578,21 +581,29 @@ async def open_executor(
             ``None``.
         max_concurrent: How many attempts may run at once (≥ 1).
 
-    Leaving the block cancels recoveries still in progress; their records
-    end as ``exhausted`` with ``error="Cancelled"``.
+    Leaving the block cancels recoveries still in progress (their records
+    end as ``interrupted``) and callbacks still running.
     """
-    executor = _new_executor(
+    executor = new_executor(
         rest=rest, service=service, max_concurrent=max_concurrent, telemetry=Telemetry()
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(executor._run)
+        await nursery.start(executor.run)
         try:
             yield executor
         finally:
             nursery.cancel_scope.cancel()
 
 
-def _new_executor(
+def check_max_concurrent(max_concurrent: object) -> None:
+    """Reject a ``max_concurrent`` that is not an int ≥ 1."""
+    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int):
+        raise TypeError(f"max_concurrent must be an int, got {max_concurrent!r}")
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
+
+
+def new_executor(
     *,
     rest: RestClientProtocol | None,
     service: ServiceProtocol | None,
@@ -600,10 +611,8 @@ def _new_executor(
     telemetry: Telemetry,
     rng: random.Random | None = None,
 ) -> Executor:
-    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int):
-        raise TypeError(f"max_concurrent must be an int, got {max_concurrent!r}")
-    if max_concurrent < 1:
-        raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
+    """Make an executor that emits through ``telemetry`` (a monitor's own)."""
+    check_max_concurrent(max_concurrent)
     return Executor._create(
         rest=rest,
         service=service,

@@ -15,14 +15,14 @@ import math
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
 
 from ._client import open_service_client
 from ._errors import AlreadyPendingError, RecoveryDisabledError
-from ._executor import Executor, _new_executor
+from ._executor import Executor, check_max_concurrent, new_executor
 from ._policy import Policy
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._types import validate_run_id
@@ -46,9 +46,13 @@ class _Watch:
     service: ServiceProtocol | None
     rest: RestClientProtocol
     metadata: Mapping[str, Any]
+    #: Restored already in its current corruption episode: a corrupted poll
+    #: hands nothing over until a healthy poll ends the episode.
+    recovered: bool = False
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
 
+@final
 class Monitor(metaclass=NoPublicConstructor):
     """Watches runs and hands corrupted ones to an executor.
 
@@ -61,25 +65,30 @@ class Monitor(metaclass=NoPublicConstructor):
         self,
         *,
         policy: Policy,
-        config: Config | None,
         service: ServiceProtocol | None,
         rest: RestClientProtocol | None,
         rest_for_service: RestClientFactory | None,
         executor: Executor,
+        owns_executor: bool,
         telemetry: Telemetry,
         nursery: trio.Nursery,
         rng: random.Random,
     ) -> None:
         self._policy = policy
-        self._config = config
         self._service = service
         self._rest = rest
         self._rest_for_service = rest_for_service
         self._executor = executor
+        self._owns_executor = owns_executor
         self._telemetry = telemetry
         self._nursery = nursery
         self._rng = rng
+        self._closed = False
+        # Runs polled now; runs handed to the executor, awaiting the outcome;
+        # runs restored in their current episode, with their successor.
         self._watches: dict[str, _Watch] = {}
+        self._handed: dict[str, _Watch] = {}
+        self._successors: dict[str, str | None] = {}
         self._polls = 0
 
     def __repr__(self) -> str:
@@ -109,7 +118,13 @@ class Monitor(metaclass=NoPublicConstructor):
         """Start watching ``run_id``; the first poll happens at once.
 
         Watching a run that is already watched updates its service and
-        metadata; there is still one polling task.
+        metadata; there is still one polling task.  A run is restored at
+        most once per corruption episode (from the first poll that sees it
+        corrupted until one sees it healthy again): watching a run whose
+        recovery is pending only updates what its follow-up will use, and
+        watching a run already restored in this episode watches its
+        successor instead (with ``follow_recovered``) or polls it without
+        restoring it again.
 
         Args:
             run_id: The run to watch.
@@ -124,9 +139,11 @@ class Monitor(metaclass=NoPublicConstructor):
             RecoveryDisabledError: The policy is not enabled; nothing is scheduled.
             ValueError: ``run_id`` is not a valid run id, or there is no
                 service to poll it with.  Nothing was sent.
+            trio.ClosedResourceError: The monitor's block has exited.
             Exception: Whatever ``rest_for_service`` raised; nothing is scheduled.
         """
         await trio.lowlevel.checkpoint()
+        self._check_open()
         if not self._policy.enabled:
             raise RecoveryDisabledError(
                 "recovery is disabled; pass Policy(enabled=True) to opt in"
@@ -136,13 +153,30 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(f"metadata must be a mapping, got {metadata!r}")
         if service is None:
             service = self._service
+        handed = self._handed.get(run_id)
+        if handed is not None:
+            handed.service = service or handed.service
+            handed.metadata = dict(metadata or {})
+            return
+        successor = self._successors.get(run_id)
+        if successor is not None and self._policy.follow_recovered:
+            if successor not in self._watches:
+                await self.monitor_run(successor, service, metadata)
+            return
         rest = await self._rest_client(run_id, service)
+        self._check_open()
         metadata = dict(metadata or {})
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.rest, watch.metadata = service, rest, metadata
             return
-        watch = _Watch(run_id=run_id, service=service, rest=rest, metadata=metadata)
+        watch = _Watch(
+            run_id=run_id,
+            service=service,
+            rest=rest,
+            metadata=metadata,
+            recovered=run_id in self._successors,
+        )
         self._watches[run_id] = watch
         self._nursery.start_soon(self._watch, watch)
 
@@ -161,15 +195,15 @@ class Monitor(metaclass=NoPublicConstructor):
         counts = self._telemetry.counts
         executor = self._executor.statistics()
         own_dropped = self._telemetry.dropped
-        shared = self._executor._telemetry is self._telemetry
         return attrs.evolve(
             executor,
             monitored=len(self._watches),
             polls=self._polls,
             poll_errors=counts["poll_error"],
+            get_requests=self._polls,
             detected=counts["detected"],
             dropped_events=own_dropped
-            if shared
+            if self._owns_executor
             else own_dropped + executor.dropped_events,
         )
 
@@ -185,6 +219,10 @@ class Monitor(metaclass=NoPublicConstructor):
         return self._telemetry.subscribe(max_buffer)
 
     # -- internals -----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the monitor's async with block has exited")
 
     async def _rest_client(
         self, run_id: str, service: ServiceProtocol | None
@@ -232,16 +270,35 @@ class Monitor(metaclass=NoPublicConstructor):
     async def _poll(self, watch: _Watch) -> bool:
         """Poll once; return whether the watch is over (run handed over)."""
         self._polls += 1
+        began = trio.current_time()
         try:
             run = await watch.rest.get_training_run(watch.run_id)
         except Exception as exc:
             # Per-run failures become events; they never trigger recovery.
             if self._current(watch):
                 self._telemetry.emit(
-                    "poll_error", watch.run_id, {**watch.metadata, "error": exc}
+                    "poll_error",
+                    watch.run_id,
+                    {**watch.metadata, "error": exc},
+                    duration=trio.current_time() - began,
                 )
             return False
-        if not self._current(watch) or not run.corrupted:
+        if not self._current(watch):
+            return False
+        checkpoint = run.last_checkpoint.tinker_path if run.last_checkpoint else None
+        self._telemetry.emit(
+            "polled",
+            watch.run_id,
+            {**watch.metadata, "corrupted": run.corrupted, "checkpoint": checkpoint},
+            duration=trio.current_time() - began,
+        )
+        if not run.corrupted:
+            if watch.recovered:
+                # A healthy poll ends the corruption episode.
+                watch.recovered = False
+                self._successors.pop(watch.run_id, None)
+            return False
+        if watch.recovered:
             return False
         self._telemetry.emit(
             "detected",
@@ -249,42 +306,70 @@ class Monitor(metaclass=NoPublicConstructor):
             {
                 **watch.metadata,
                 "strategy": str(self._policy.checkpoint_strategy),
-                "checkpoint": run.last_checkpoint.tinker_path
-                if run.last_checkpoint
-                else None,
+                "checkpoint": checkpoint,
             },
         )
-        return self._hand_over(watch, run)
+        return await self._hand_over(watch, run)
 
-    def _hand_over(self, watch: _Watch, run: TrainingRun) -> bool:
+    async def _hand_over(self, watch: _Watch, run: TrainingRun) -> bool:
+        run_id = watch.run_id
         try:
-            self._executor._submit(
-                watch.run_id,
+            await self._executor.recover(
+                run_id,
                 watch.service,
                 self._policy,
-                config=self._config,
                 metadata=watch.metadata,
                 last_checkpoint=run.last_checkpoint,
                 run=run,
                 rest=watch.rest,
-                follow=self._follow,
             )
         except AlreadyPendingError:
-            return False
-        except (ValueError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Handed over by someone else sharing the executor: its outcome
+            # is followed all the same.
+            pass
+        except (
+            ValueError,
+            TypeError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as exc:
             logger.error(
-                "run %s is corrupted but could not be handed over: %s",
-                watch.run_id,
-                exc,
+                "run %s is corrupted but could not be handed over: %s", run_id, exc
             )
             return False
-        del self._watches[watch.run_id]
+        if self._current(watch):
+            del self._watches[run_id]
+        self._handed[run_id] = watch
         return True
+
+    async def _follow_outcomes(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Drain the executor's outcomes; watch each run this monitor recovered."""
+        async with self._executor.outcomes() as outcomes:
+            task_status.started()
+            async for outcome in outcomes:
+                watch = self._handed.pop(outcome.run_id, None)
+                if watch is None or outcome.state.phase != "done":
+                    continue
+                successor = outcome.state.new_run_id
+                self._successors[outcome.run_id] = successor
+                if self._policy.follow_recovered and successor:
+                    metadata = {**watch.metadata, "training_client": outcome.client}
+                    metadata.pop("training_pid", None)
+                    self._nursery.start_soon(
+                        self._follow, successor, watch.service, metadata
+                    )
 
     async def _follow(
         self, run_id: str, service: ServiceProtocol | None, metadata: Mapping[str, Any]
     ) -> None:
-        await self.monitor_run(run_id, service=service, metadata=metadata)
+        try:
+            await self.monitor_run(run_id, service=service, metadata=metadata)
+        except trio.ClosedResourceError:
+            pass
+        except Exception:
+            logger.exception("could not follow recovered run %s", run_id)
 
 
 @asynccontextmanager
@@ -326,31 +411,37 @@ async def open_monitor(
         raise TypeError(f"policy must be a Policy, got {policy!r}")
     telemetry = Telemetry()
     rng = random.Random()
+    owns_executor = executor is None
+    if owns_executor:
+        # Checked before any nursery opens, so a bad value is a plain error.
+        check_max_concurrent(max_concurrent)
     async with AsyncExitStack() as stack:
         if service is None and rest is None and config is not None:
             service = await stack.enter_async_context(open_service_client(config))
         nursery = await stack.enter_async_context(trio.open_nursery())
         if executor is None:
-            executor = _new_executor(
+            executor = new_executor(
                 rest=rest,
                 service=service,
                 max_concurrent=max_concurrent,
                 telemetry=telemetry,
                 rng=rng,
             )
-            await nursery.start(executor._run)
+            await nursery.start(executor.run)
         monitor = Monitor._create(
             policy=policy,
-            config=config,
             service=service,
             rest=rest,
             rest_for_service=rest_for_service,
             executor=executor,
+            owns_executor=owns_executor,
             telemetry=telemetry,
             nursery=nursery,
             rng=rng,
         )
+        await nursery.start(monitor._follow_outcomes)
         try:
             yield monitor
         finally:
+            monitor._closed = True
             nursery.cancel_scope.cancel()

@@ -26,6 +26,7 @@ __all__ = ["EVENT_NAMES", "EventName", "Statistics", "TelemetryEvent"]
 logger = logging.getLogger("trio_tinkex_recovery")
 
 EventName: TypeAlias = Literal[
+    "polled",
     "detected",
     "poll_error",
     "started",
@@ -34,9 +35,11 @@ EventName: TypeAlias = Literal[
     "completed",
     "failed",
     "exhausted",
+    "interrupted",
 ]
 #: Every event name, in the order a recovery emits them.
 EVENT_NAMES: tuple[EventName, ...] = (
+    "polled",
     "detected",
     "poll_error",
     "started",
@@ -45,9 +48,11 @@ EVENT_NAMES: tuple[EventName, ...] = (
     "completed",
     "failed",
     "exhausted",
+    "interrupted",
 )
 
 _LEVELS: dict[str, int] = {
+    "polled": logging.DEBUG,
     "poll_error": logging.WARNING,
     "failed": logging.WARNING,
     "exhausted": logging.ERROR,
@@ -121,6 +126,10 @@ class Statistics:
     polls: int = 0
     #: Polls that failed (``poll_error`` events).
     poll_errors: int = 0
+    #: API requests sent to poll runs one at a time (``GET`` of one run).
+    get_requests: int = 0
+    #: API requests sent to poll many runs at once (pages of the run list).
+    list_requests: int = 0
     #: Corrupted runs detected.
     detected: int = 0
     #: Recovery attempts started.
@@ -131,7 +140,9 @@ class Statistics:
     failed: int = 0
     #: Recoveries that gave up.
     exhausted: int = 0
-    #: Recoveries queued, attempting, waiting to retry or finishing callbacks.
+    #: Recoveries cut short by cancellation (neither completed nor exhausted).
+    interrupted: int = 0
+    #: Recoveries queued, attempting or waiting to retry.
     in_progress: int = 0
     #: Events a slow subscriber lost.
     dropped_events: int = 0

@@ -146,9 +146,13 @@ async def service_client(
 
 @attrs.define
 class Recorder:
-    """Every event of a subscription, kept by a task in a caller's nursery."""
+    """Every event of a subscription, kept by a task in a caller's nursery.
+
+    Poll outcomes (``polled``) are left out unless ``polls`` is true.
+    """
 
     events: list[TelemetryEvent] = attrs.field(factory=list)
+    polls: bool = False
     changed: trio.Event = attrs.field(factory=trio.Event)
 
     async def run(
@@ -162,6 +166,8 @@ class Recorder:
         async with source.subscribe(max_buffer) as events:
             task_status.started()
             async for event in events:
+                if event.name == "polled" and not self.polls:
+                    continue
                 self.events.append(event)
                 self.changed.set()
                 self.changed = trio.Event()

@@ -65,7 +65,10 @@ class Subscribers:
         """Events each subscriber got (read or still buffered), drained now."""
         assert self.never is not None
         assert self.slow is not None
-        return len(drain(self.never)), self.slow_received + len(drain(self.slow))
+        return (
+            len(drain(self.never, polls=True)),
+            self.slow_received + len(drain(self.slow, polls=True)),
+        )
 
 
 async def check_drops(
@@ -98,7 +101,7 @@ async def test_slow_subscribers_never_delay_polls_of_a_thousand_runs(autojump_cl
         enabled=True, jitter=0, poll_interval=interval, follow_recovered=False
     )
     subs = Subscribers()
-    everything = Recorder()
+    everything = Recorder(polls=True)
     async with (
         open_monitor(policy=policy, service=service) as monitor,
         trio.open_nursery() as side,
@@ -182,7 +185,7 @@ async def test_polls_of_a_thousand_runs_stay_on_schedule_over_loopback():
                 url = (await server.stdout.receive_some(200)).decode().strip()
             policy = Policy(enabled=True, jitter=jitter, poll_interval=interval)
             subs = Subscribers()
-            everything = Recorder()
+            everything = Recorder(polls=True)
             async with service_client(
                 base_url=url, settings=FAST, max_retries=0, timeout=10
             ) as service:
