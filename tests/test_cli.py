@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import pytest
 import trio
 
-from trio_tinkex_recovery.cli._view import LinesView, make_view
 from trio_tinkex_recovery.testing import FakeTinker, serve_fake_tinker
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import trio
 
 from .._errors import AuthenticationError
 from .._telemetry import Statistics, describe
-from .._types import parse_tinker_path
+from .._types import parse_tinker_path, validate_run_id
 from ._view import SummaryTable
 
 if TYPE_CHECKING:
@@ -161,8 +161,8 @@ class Board:
         self.stats = stats
         for run_id, rec in recoveries.items():
             row = self.row(run_id)
-            if rec.phase == "done" and rec.new_run_id and self.policy.follow_recovered:
-                self.add(rec.new_run_id, origin=run_id)
+            if rec.phase == "done" and rec.new_run_id:
+                self._follow(rec.new_run_id, run_id)
             if rec.phase == "interrupted":
                 self._interrupted(row, rec.attempt)
 
@@ -209,8 +209,18 @@ class Board:
                 f"{run_id}: recovered → {describe(new_run_id or '?')} "
                 f"from {short_path(checkpoint, run_id)}"
             )
-            if self.policy.follow_recovered and isinstance(new_run_id, str):
-                self.add(new_run_id, origin=run_id)
+            if isinstance(new_run_id, str):
+                self._follow(new_run_id, run_id)
+
+    def _follow(self, new_run_id: str, origin: str) -> None:
+        """A row for the run a recovery created, if the monitor will watch it."""
+        if not self.policy.follow_recovered:
+            return
+        try:
+            validate_run_id(new_run_id)
+        except ValueError:
+            return  # the monitor cannot watch it either (and logs why)
+        self.add(new_run_id, origin=origin)
 
     def _polled(
         self, row: RunRow, time: float, checkpoint: object, *, corrupted: object
