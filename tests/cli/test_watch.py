@@ -24,7 +24,7 @@ async def watch(service, *run_ids, duration, policy=POLICY):
     board = Board(policy=policy, view=view)
     stop = Stop()
     await monitor_runs(
-        service,
+        service=service,
         policy=policy,
         max_concurrent=1,
         run_ids=run_ids,

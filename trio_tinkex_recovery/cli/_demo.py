@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
-from .._client import open_service_client
 from .._config import Config
 from .._errors import TinkexRecoveryError
 from .._policy import Policy
 from ..testing import FakeTinker, Fault, serve_fake_tinker
 from ._board import Board
-from ._options import OutputOptions, add_output_options, number
+from ._options import OutputOptions, add_output_options, default_help, number
 from ._runtime import (
     EXIT_FAILED,
     EXIT_OK,
@@ -71,11 +71,6 @@ class DemoOptions:
     output: OutputOptions = attrs.field(factory=OutputOptions)
 
 
-def _default(name: str) -> str:
-    value = attrs.fields_dict(DemoOptions)[name].default
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def parser(prog: str) -> Parser:
     """The parser of ``demo``'s options."""
     parser = Parser(
@@ -94,7 +89,7 @@ def parser(prog: str) -> Parser:
     ):
         name = flag[2:].replace("-", "_")
         parser.add_argument(
-            flag, metavar=metavar, help=f"{text} (default: {_default(name)})"
+            flag, metavar=metavar, help=f"{text} {default_help(DemoOptions, name)}"
         )
     add_output_options(parser)
     return parser
@@ -145,22 +140,19 @@ def run(options: DemoOptions, out: Output, err: Output) -> int:
             # HTTP retries are off so that injected faults reach the monitor
             # and the executor, where the demo shows what they do with them.
             config = Config(api_key=DEMO_API_KEY, base_url=url, max_retries=0)
-
-            async def body() -> None:
-                async with open_service_client(config) as service:
-                    await monitor_runs(
-                        service,
-                        policy=policy,
-                        max_concurrent=options.max_concurrent,
-                        run_ids=scenario.run_ids,
-                        board=board,
-                        headline=scenario.headline(url),
-                        until=lambda monitor: scenario.until(board.view),
-                        duration=None,
-                        stop=stop,
-                        beside=lambda nursery: scenario.start(nursery, board),
-                    )
-
+            body = partial(
+                monitor_runs,
+                config=config,
+                policy=policy,
+                max_concurrent=options.max_concurrent,
+                run_ids=scenario.run_ids,
+                board=board,
+                headline=scenario.headline(url),
+                until=lambda monitor: scenario.until(board.view),
+                duration=None,
+                stop=stop,
+                beside=lambda nursery: scenario.start(nursery, board),
+            )
             try:
                 await until_stopped(body, stop)
             finally:

@@ -38,6 +38,8 @@ __all__ = [
     "build_config",
     "build_policy",
     "convert",
+    "default_help",
+    "field_default",
     "number",
 ]
 
@@ -52,8 +54,11 @@ def field_default(owner: type, name: str) -> Any:
     return default if factory is None else factory()
 
 
-def _shown(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def default_help(owner: type, name: str) -> str:
+    """``(default: …)`` for the help of an option that sets ``owner.name``."""
+    value = field_default(owner, name)
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"(default: {shown})"
 
 
 @attrs.frozen
@@ -71,18 +76,13 @@ class FieldOption:
     #: What it does (the default is added from the field).
     help: str
 
-    @property
-    def default(self) -> Any:
-        """The field's default."""
-        return field_default(self.owner, self.field)
-
     def add(self, group: argparse._ActionsContainer) -> None:
         """Add the option to a parser; unset, it leaves the field's default."""
         group.add_argument(
             self.flag,
             dest=self.field,
             metavar=self.metavar,
-            help=f"{self.help} (default: {_shown(self.default)})",
+            help=f"{self.help} {default_help(self.owner, self.field)}",
         )
 
     def value(self, args: argparse.Namespace) -> Any:
@@ -90,7 +90,7 @@ class FieldOption:
         text: str | None = getattr(args, self.field, None)
         if text is None:
             return None
-        return convert(text, self.flag, type(self.default))
+        return convert(text, self.flag, type(field_default(self.owner, self.field)))
 
 
 POLICY_OPTIONS: Final = (
@@ -209,24 +209,23 @@ def add_policy_options(group: argparse._ActionsContainer) -> None:
     """The options of `build_policy`."""
     for option in POLICY_OPTIONS:
         option.add(group)
-    strategy = field_default(Policy, "checkpoint_strategy")
     group.add_argument(
         "--strategy",
         metavar="latest|best|tinker://…",
         help="the checkpoint to restore: the latest, the best by --metric, or a "
-        f"given tinker:// path (default: {strategy})",
+        f"given tinker:// path {default_help(Policy, 'checkpoint_strategy')}",
     )
     group.add_argument(
         "--metric",
         metavar="NAME",
         help="with --strategy best: the checkpoint user_metadata entry to rank by "
-        f"(default: {field_default(Best, 'metric')})",
+        f"{default_help(Best, 'metric')}",
     )
     group.add_argument(
         "--mode",
         metavar="min|max",
         help="with --strategy best: lower (min) or higher (max) is better "
-        f"(default: {field_default(Best, 'mode')})",
+        f"{default_help(Best, 'mode')}",
     )
     for flag, field, text in (
         ("--no-fallback", "fallback", "do not try older checkpoints when one fails"),

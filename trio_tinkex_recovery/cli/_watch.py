@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
-from .._client import open_service_client
 from .._monitor import open_monitor
 from .._types import validate_run_id
 from ._board import Board
@@ -24,6 +23,7 @@ from ._options import (
     add_policy_options,
     build_config,
     build_policy,
+    default_help,
     number,
 )
 from ._runtime import (
@@ -88,7 +88,9 @@ def parser(prog: str) -> Parser:
     policy = parser.add_argument_group("recovery policy")
     add_policy_options(policy)
     policy.add_argument(
-        "--max-concurrent", metavar="K", help="restore attempts at once (default: 1)"
+        "--max-concurrent",
+        metavar="K",
+        help=f"restore attempts at once {default_help(WatchOptions, 'max_concurrent')}",
     )
     parser.add_argument(
         "--duration", metavar="S", help="stop after S seconds (default: until Ctrl-C)"
@@ -112,17 +114,19 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         except ValueError as exc:
             raise UsageError(f"argument RUN_ID: {run_id[:80]!r}: {exc}") from None
         run_ids[run_id] = None
+    given: dict[str, Any] = {}
+    if args.max_concurrent is not None:
+        given["max_concurrent"] = number(
+            args.max_concurrent, "--max-concurrent", int, low=1
+        )
+    if args.duration is not None:
+        given["duration"] = number(args.duration, "--duration", float, low=0.0)
     return WatchOptions(
         run_ids=tuple(run_ids),
         policy=build_policy(args),
         config=build_config(args),
-        max_concurrent=1
-        if args.max_concurrent is None
-        else number(args.max_concurrent, "--max-concurrent", int, low=1),
-        duration=None
-        if args.duration is None
-        else number(args.duration, "--duration", float, low=0.0),
         output=OutputOptions.from_args(args),
+        **given,
     )
 
 
@@ -145,21 +149,18 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
     async def main() -> int:
         board = Board(policy=policy, view=view)
         stop = Stop()
-
-        async def body() -> None:
-            async with open_service_client(config) as service:
-                await monitor_runs(
-                    service,
-                    policy=policy,
-                    max_concurrent=options.max_concurrent,
-                    run_ids=options.run_ids,
-                    board=board,
-                    headline=headline,
-                    until=partial(_nothing_left, board),
-                    duration=options.duration,
-                    stop=stop,
-                )
-
+        body = partial(
+            monitor_runs,
+            config=config,
+            policy=policy,
+            max_concurrent=options.max_concurrent,
+            run_ids=options.run_ids,
+            board=board,
+            headline=headline,
+            until=partial(_nothing_left, board),
+            duration=options.duration,
+            stop=stop,
+        )
         try:
             await until_stopped(body, stop)
         finally:
@@ -205,8 +206,9 @@ def _nothing_left(board: Board, monitor: Monitor) -> str | None:
 
 
 async def monitor_runs(
-    service: ServiceProtocol,
     *,
+    config: Config | None = None,
+    service: ServiceProtocol | None = None,
     policy: Policy,
     max_concurrent: int,
     run_ids: Sequence[str],
@@ -224,7 +226,8 @@ async def monitor_runs(
     recovery cut short shows as interrupted).
 
     Args:
-        service: Polls and restores the runs.
+        config: Where Tinker is: the monitor opens a native client for it.
+        service: Polls and restores the runs, instead (e.g. a fake).
         policy: How to recover them.
         max_concurrent: Restore attempts at once.
         run_ids: The runs to watch.
@@ -239,7 +242,10 @@ async def monitor_runs(
     try:
         async with (
             open_monitor(
-                policy=policy, service=service, max_concurrent=max_concurrent
+                policy=policy,
+                config=config,
+                service=service,
+                max_concurrent=max_concurrent,
             ) as monitor,
             trio.open_nursery() as nursery,
         ):
