@@ -35,6 +35,7 @@ from ._selection import candidates
 from ._state import RecoveryPhase, RecoveryState
 from ._store import StoredRecovery, StoreError, json_safe
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._text import printable
 from ._types import Checkpoint, validate_run_id
 from ._util import NoPublicConstructor
 
@@ -538,9 +539,9 @@ class Executor(metaclass=NoPublicConstructor):
                     logger.warning(
                         "recovery of run %s: checkpoint %s unavailable (%s); "
                         "trying an older one",
-                        run_id,
-                        checkpoint.tinker_path,
-                        exc,
+                        printable(run_id),
+                        printable(checkpoint.tinker_path),
+                        printable(str(exc)),
                     )
                     last_error = exc
                     continue
