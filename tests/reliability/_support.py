@@ -15,7 +15,7 @@ import trio.lowlevel
 from trio_tinkex_recovery import Config
 from trio_tinkex_recovery._client import _open_service_client
 from trio_tinkex_recovery._http import HTTPSettings
-from trio_tinkex_recovery.testing import Fault
+from trio_tinkex_recovery.testing import Fault, send_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -271,18 +271,7 @@ class Intercept:
             await self.app(scope, replay, send)
             return
         status, payload = reply
-        data = json.dumps(payload).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+        await send_json(send, status, payload)
 
     def transport(self) -> httpx.ASGITransport:
         import httpx
