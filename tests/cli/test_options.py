@@ -204,6 +204,8 @@ def test_simulate_builds_its_simulator():
         ("drop", None, 0.1),
     ]
     assert {fault.path for fault, _ in rates} == {"/api/v1/training_runs"}
+    # Left running, it keeps a bounded request log.
+    assert options.fake.request_log_limit == _simulate.REQUEST_LOG_LIMIT
 
 
 @pytest.mark.parametrize(

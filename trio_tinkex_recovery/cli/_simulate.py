@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["COMMAND", "SimulateOptions", "Simulation", "parse", "simulated_loss"]
 
+#: Requests the simulator keeps in its log; older ones are dropped.
+REQUEST_LOG_LIMIT: Final = 10_000
+
 _FAULT_KINDS: Final = (
     "5xx status (e.g. 503), 429, 408, another 4xx status, drop, drop-request, "
     "malformed, truncated, missing_fields, latency=SECONDS"
@@ -180,6 +183,8 @@ def parse(argv: Sequence[str], prog: str = "simulate") -> SimulateOptions:
             seed=seed,
             api_key=args.api_key,
             base_latency=number(args.latency, "--latency", float),
+            # A simulator left running keeps memory bounded (≈ 17 MB of log).
+            request_log_limit=REQUEST_LOG_LIMIT,
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"argument --latency: {exc}") from None
@@ -252,7 +257,7 @@ def run(options: SimulateOptions, out: Output, err: Output) -> int:
         restores = fake.restores
         out.line()
         out.line(
-            f"served {len(fake.requests)} requests; restores: "
+            f"served {fake.requests_received} requests; restores: "
             + (", ".join(f"{r} x{n}" for r, n in restores.items()) or "none")
             + "; corrupted: "
             + (", ".join(simulation.corrupted) or "none")
