@@ -9,7 +9,7 @@ import time
 import pytest
 import trio
 
-from trio_tinkex_recovery import Policy, RecoveryState, open_executor
+from trio_tinkex_recovery import Policy, RecoveryState, open_executor, open_monitor
 from trio_tinkex_recovery._store import (
     LoadRecord,
     MemoryStore,
@@ -239,3 +239,78 @@ async def test_an_attempting_recovery_resumes_at_its_attempt(autojump_clock):
     state = executor.recovery_state("run-1")
     assert (state.phase, state.attempt) == ("exhausted", 3)
     assert len(service.calls) == 1
+
+
+async def test_a_restarted_monitor_watches_the_stored_runs(tmp_path):
+    """Runs watched by one monitor (SQLite file) are watched again by the next
+    process's monitor, with their JSON metadata."""
+    service = FakeService()
+    service.rest.add("run-1", "0001")
+    service.rest.add("run-2", "0001")
+    path = tmp_path / "state.db"
+    async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+        await monitor.monitor_run("run-1", metadata={"team": "a", "live": object()})
+        await monitor.monitor_run("run-2")
+    with trio.fail_after(10):
+        async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+            assert monitor.monitored_runs == {"run-1", "run-2"}
+            async with monitor.subscribe() as events:
+                first = await events.receive()
+    assert first.name == "polled"
+    expected = {"run-1": {"team": "a"}, "run-2": {}}[first.run_id]
+    assert {k: first.metadata[k] for k in expected} == expected
+    assert "live" not in first.metadata
+
+
+async def test_a_restarted_monitor_never_restores_a_recovered_run_again(
+    autojump_clock,
+):
+    """Restored before the restart: the successor is watched, no second restore."""
+    service = FakeService()
+    service.rest.add("run-1", "0001", corrupted=True)
+    path = MemoryStore()  # the same journal for both monitors
+    async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1)
+        assert monitor.monitored_runs == {"session-1:train:1"}
+    async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+        await trio.sleep(100)
+        assert monitor.monitored_runs == {"session-1:train:1"}
+    assert len(service.calls) == 1
+
+
+async def test_a_restarted_monitor_resumes_a_pending_recovery(autojump_clock):
+    """Interrupted while waiting to retry: the next monitor goes on at attempt 2."""
+    service = FakeService()
+    service.rest.add("run-1", "0001", corrupted=True)
+    service.failures = [RuntimeError("x")]
+    path = MemoryStore()  # the same journal for both monitors
+    async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1)
+        assert monitor.executor.recovery_state("run-1").phase == "waiting"
+    async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+        await trio.sleep(10)
+        state = monitor.executor.recovery_state("run-1")
+        assert (state.phase, state.attempt) == ("done", 2)
+        assert monitor.monitored_runs == {"session-1:train:1"}
+        # Resumed, not detected (and handed over) a second time.
+        assert monitor.statistics().detected == 0
+    assert len(service.calls) == 2
+
+
+async def test_an_exhausted_run_is_not_retried_after_a_restart(
+    autojump_clock,
+):
+    """Attempts never exceed max_attempts across restarts."""
+    service = FakeService()
+    service.rest.add("run-1", corrupted=True)  # no checkpoint: exhausted at once
+    path = MemoryStore()  # the same journal for both monitors
+    async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1)
+        assert monitor.executor.recovery_state("run-1").phase == "exhausted"
+    async with open_monitor(policy=ENABLED, service=service, store=path) as monitor:
+        await trio.sleep(100)
+        assert monitor.monitored_runs == frozenset()
+        assert monitor.statistics().attempts == 0
