@@ -29,6 +29,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Each test (and the CLI processes it starts) keeps its state apart."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 def checkpoint(
     run_id: str,
     name: str,

@@ -237,7 +237,8 @@ class SQLiteStore:
         self._closed = True
         async with self._limiter:
             await trio.to_thread.run_sync(self._db.close)
-        os.close(self._lock_fd)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
 
 
 def _recovery(row: tuple[Any, ...]) -> StoredRecovery:
@@ -354,6 +355,27 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
+def _connect_readonly(path: str) -> sqlite3.Connection:
+    if not os.path.exists(path):
+        raise StoreError(f"state file {path} does not exist")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open state file {path}: {exc}") from exc
+    try:
+        version = _schema_version(db, path, exists=True)
+    except BaseException:
+        db.close()
+        raise
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise StoreError(
+            f"state file {path} has schema {version}; this version reads "
+            f"schema {SCHEMA_VERSION} (run watch with it once to migrate)"
+        )
+    return db
+
+
 def _schema_version(db: sqlite3.Connection, path: str, exists: bool) -> int:
     try:
         tables = {
@@ -383,8 +405,12 @@ def _schema_version(db: sqlite3.Connection, path: str, exists: bool) -> int:
         ) from None
 
 
-async def open_sqlite_store(path: str) -> SQLiteStore:
+async def open_sqlite_store(path: str, *, readonly: bool = False) -> SQLiteStore:
     """Open the SQLite store at ``path`` (created if missing, with its folder).
+
+    With ``readonly`` (for ``status``), the file must exist; it is read
+    without its lock, beside a watcher that may be writing it, and never
+    written.
 
     Raises:
         StoreError: The file is locked by another watcher, not a state file,
@@ -394,6 +420,8 @@ async def open_sqlite_store(path: str) -> SQLiteStore:
     def open_() -> SQLiteStore:
         nonlocal path
         path = os.path.abspath(os.path.expanduser(path))
+        if readonly:
+            return SQLiteStore(path, _connect_readonly(path), -1)
         with contextlib.suppress(FileExistsError):
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)

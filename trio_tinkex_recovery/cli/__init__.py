@@ -1,8 +1,10 @@
-"""The command line: ``watch``, ``demo`` and ``simulate``.
+"""The command line: ``watch``, ``status``, ``unwatch``, ``demo`` and ``simulate``.
 
 ::
 
-    trio-tinkex-recovery watch RUN_ID... [options]  watch runs on Tinker, recover them
+    trio-tinkex-recovery watch [RUN_ID...] [options]  watch runs on Tinker, recover them
+    trio-tinkex-recovery status [--json]            what the state file holds
+    trio-tinkex-recovery unwatch RUN_ID...          remove runs from the state file
     trio-tinkex-recovery demo [options]             simulator + corruptions + recoveries
     trio-tinkex-recovery simulate [options]         serve the simulator on a port
 
@@ -20,7 +22,8 @@ as plain lines when stdout is not a terminal (or with ``--plain``), or as
 telemetry events in JSON lines with ``--json`` (stdout carries nothing
 else; the summary goes to stderr).
 
-One module per command (``_watch``, ``_demo``, ``_simulate``); what they
+One module per command (``_watch``, ``_status``, ``_unwatch``, ``_demo``,
+``_simulate``); what they
 share: ``_runtime`` (exit codes, usage errors, signals, logging),
 ``_options`` (options turned into `Policy` and `Config`, the one place
 where values are checked), ``_board`` (what is known per run) and
@@ -32,7 +35,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _demo, _simulate, _watch
+from . import _demo, _simulate, _status, _unwatch, _watch
 from ._runtime import EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, prog
 
 if TYPE_CHECKING:
@@ -44,7 +47,13 @@ __all__ = ["main"]
 
 _COMMANDS: Final[dict[str, Command[Any]]] = {
     command.name: command
-    for command in (_watch.COMMAND, _demo.COMMAND, _simulate.COMMAND)
+    for command in (
+        _watch.COMMAND,
+        _status.COMMAND,
+        _unwatch.COMMAND,
+        _demo.COMMAND,
+        _simulate.COMMAND,
+    )
 }
 
 

@@ -7,6 +7,7 @@ its telemetry to a `Board` and redraws the view until told to stop.
 from __future__ import annotations
 
 import math
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -14,6 +15,7 @@ import attrs
 import trio
 
 from .._monitor import open_monitor
+from .._store import StoreError, default_state_path, open_store
 from .._types import validate_run_id
 from ._board import Board
 from ._options import (
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from .._monitor import Monitor
     from .._policy import Policy
     from .._protocols import ServiceProtocol
+    from .._store import Store
     from ._runtime import Output
 
 __all__ = ["COMMAND", "WatchOptions", "monitor_runs", "parse"]
@@ -59,7 +62,7 @@ EVENT_BUFFER: Final = 65_536
 class WatchOptions:
     """What ``watch`` was asked to do, validated."""
 
-    #: The runs to watch, without repeats.
+    #: The runs named on the command line, without repeats.
     run_ids: tuple[str, ...]
     #: How to recover them.
     policy: Policy
@@ -71,6 +74,8 @@ class WatchOptions:
     duration: float | None = None
     #: How progress is shown.
     output: OutputOptions = attrs.field(factory=OutputOptions)
+    #: The journal's file (``None``: in memory only, ``--no-state``).
+    state: str | None = None
 
 
 def parser(prog: str) -> Parser:
@@ -79,11 +84,31 @@ def parser(prog: str) -> Parser:
         prog=prog,
         description="Watch training runs on Tinker; restart each corrupted run "
         "from a checkpoint. Needs TINKER_API_KEY. Runs until Ctrl-C, SIGTERM, "
-        "--duration, or until nothing is left to watch. Exit status: 0 all good "
-        "(an interrupted recovery included), 1 a recovery was exhausted, 2 bad "
-        "usage or configuration.",
+        "--duration, or until nothing is left to watch. The runs and their "
+        "recoveries are kept in a state file, so a watcher started again (after "
+        "a crash too) watches them again and never restores a run twice. Exit "
+        "status: 0 all good (an interrupted recovery included), 1 a recovery "
+        "was exhausted, 2 bad usage or configuration.",
     )
-    parser.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs to watch")
+    parser.add_argument(
+        "run_ids",
+        nargs="*",
+        metavar="RUN_ID",
+        help="runs to watch, added to those the state file holds (none: watch "
+        "what it holds)",
+    )
+    state = parser.add_argument_group("state")
+    where = state.add_mutually_exclusive_group()
+    where.add_argument(
+        "--state",
+        metavar="PATH",
+        help=f"the state file (default: {default_state_path()})",
+    )
+    where.add_argument(
+        "--no-state",
+        action="store_true",
+        help="keep nothing: a restart forgets the runs and their recoveries",
+    )
     add_config_options(parser.add_argument_group("connection"))
     policy = parser.add_argument_group("recovery policy")
     add_policy_options(policy)
@@ -114,6 +139,9 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         except ValueError as exc:
             raise UsageError(f"argument RUN_ID: {run_id[:80]!r}: {exc}") from None
         run_ids[run_id] = None
+    state = None if args.no_state else (args.state or default_state_path())
+    if not run_ids and state is None:
+        raise UsageError("name the runs to watch (with --no-state nothing is stored)")
     given: dict[str, Any] = {}
     if args.max_concurrent is not None:
         given["max_concurrent"] = number(
@@ -126,6 +154,7 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         policy=build_policy(args),
         config=build_config(args),
         output=OutputOptions.from_args(args),
+        state=state,
         **given,
     )
 
@@ -133,20 +162,33 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
 def run(options: WatchOptions, out: Output, err: Output) -> int:
     """Watch until stopped; 1 if a recovery was exhausted."""
     policy, config = options.policy, options.config
-    count = len(options.run_ids)
     view = open_view(
         options.output,
-        title=f"watching {count} run(s) on {config.base_url}",
+        title=f"watching runs on {config.base_url}",
         out=out,
         err=err,
     )
     headline = (
-        f"watching {count} run(s) on {config.base_url}: poll every "
+        f"watching on {config.base_url}: poll every "
         f"{policy.poll_interval:g} s, strategy {policy.checkpoint_strategy}, "
         f"up to {policy.max_attempts} attempt(s). Ctrl-C to stop."
     )
 
     async def main() -> int:
+        async with AsyncExitStack() as stack:
+            try:
+                store = await stack.enter_async_context(open_store(options.state))
+                stored = len((await store.load()).runs)
+            except StoreError as exc:
+                raise UsageError(str(exc)) from None
+            if not options.run_ids and not stored:
+                raise UsageError(
+                    f"nothing to watch: the state file {options.state} holds no "
+                    "run; name the runs to watch"
+                )
+            return await watch(store, stored)
+
+    async def watch(store: Store, stored: int) -> int:
         board = Board(policy=policy, view=view)
         stop = Stop()
         body = partial(
@@ -156,10 +198,12 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
             max_concurrent=options.max_concurrent,
             run_ids=options.run_ids,
             board=board,
-            headline=headline,
+            headline=headline
+            + (f" {stored} run(s) came from {store.location}." if stored else ""),
             until=partial(_nothing_left, board),
             duration=options.duration,
             stop=stop,
+            store=store,
         )
         try:
             await until_stopped(body, stop)
@@ -218,6 +262,7 @@ async def monitor_runs(
     duration: float | None,
     stop: Stop,
     beside: Callable[[trio.Nursery], None] | None = None,
+    store: Store | None = None,
 ) -> None:
     """Watch ``run_ids`` until ``until`` gives a reason to stop, or ``duration``.
 
@@ -237,6 +282,8 @@ async def monitor_runs(
         duration: Seconds until it stops by itself (``None``: never).
         stop: Where the reason it stopped is recorded.
         beside: Starts the caller's own tasks next to the monitor.
+        store: The journal: its runs are watched too, its pending
+            recoveries resumed.
     """
     monitor: Monitor | None = None
     try:
@@ -246,12 +293,16 @@ async def monitor_runs(
                 config=config,
                 service=service,
                 max_concurrent=max_concurrent,
+                store=store,
             ) as monitor,
             trio.open_nursery() as nursery,
         ):
             await nursery.start(_feed, monitor, board)
             board.start = trio.current_time()
             board.view.open(headline)
+            pending = {r for r, s in monitor.executor.recoveries.items() if s.pending}
+            for run_id in sorted({*monitor.monitored_runs, *pending}):  # journal's
+                board.add(run_id)
             for run_id in run_ids:
                 board.add(run_id)
                 await monitor.monitor_run(run_id)
