@@ -129,8 +129,11 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
         return self._registry
 
     def health(self) -> Probe:
-        """Whether polls complete: fails when runs are watched but none was
-        answered within three poll intervals (counted from attaching at first).
+        """Whether polls are answered (``/healthz``).
+
+        Fails when runs are watched but no poll was answered within three
+        poll intervals, counted from attaching at first.  A poll that
+        fails (``poll_error``) is no answer.
         """
         watched = self._monitor.statistics().monitored
         if not watched:
@@ -147,7 +150,7 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
         return Probe(ok=True, reason=f"last poll answered {quiet:.1f} s ago")
 
     def readiness(self) -> Probe:
-        """Whether every watched run has been polled (answered) at least once."""
+        """Whether every watched run has been polled (answered) once (``/readyz``)."""
         watched = self._monitor.monitored_runs
         self._polled_runs &= watched
         waiting = len(watched) - len(self._polled_runs)
