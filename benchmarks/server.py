@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from trio_tinkex_recovery.testing import FakeTinker, serve_fake_tinker
+from trio_tinkex_recovery.testing import FakeTinker, send_json, serve_fake_tinker
 
 from ._protocol import run_name
 
@@ -117,18 +117,7 @@ class BenchApp:
             }
         else:
             status, answer = 404, {"detail": f"no route {route}"}
-        payload = json.dumps(answer).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_json(send, status, answer)
 
 
 async def serve(runs: int, latency: float, host: str, port: int) -> None:

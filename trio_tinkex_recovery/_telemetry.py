@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import attrs
 import trio
 
+from ._text import printable
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
@@ -179,7 +181,15 @@ class Telemetry:
                 for key in _LOGGED
                 if event.metadata.get(key) is not None
             )
-            logger.log(level, "recovery %s run_id=%s %s", name, run_id, details)
+            # Ids, paths and errors come from a server: no escape sequence
+            # or newline of theirs reaches a log line.
+            logger.log(
+                level,
+                "recovery %s run_id=%s %s",
+                name,
+                printable(run_id),
+                printable(details),
+            )
         for send in list(self._subscribers):
             try:
                 send.send_nowait(event)

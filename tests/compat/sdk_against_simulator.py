@@ -114,6 +114,7 @@ def main() -> int:
         RUN,
         checkpoints=["ckpt-0001", "ckpt-0002", "ckpt-0003"],
         user_metadata={"team": "compat"},
+        project_id="compat",
     )
     fake.corrupt(RUN)
     checks = Checks()
@@ -176,6 +177,22 @@ def main() -> int:
                 )
             else:
                 checks.check("unknown run: NotFoundError 404", False, "no error")
+            page = rest.list_training_runs(limit=1).result()
+            checks.check(
+                "list_training_runs: a page and its cursor",
+                [r.training_run_id for r in page.training_runs] == [RUN]
+                and (page.cursor.offset, page.cursor.limit, page.cursor.total_count)
+                == (0, 1, 1),
+                page,
+            )
+            scoped = rest.list_training_runs(
+                limit=5, offset=1, access_scope="accessible", project_id="compat"
+            ).result()
+            checks.check(
+                "list_training_runs: offset, scope and project",
+                scoped.training_runs == [] and scoped.cursor.total_count == 1,
+                scoped,
+            )
             direct = tinker.RestClient(base_url=sim.url, api_key=API_KEY)
             checks.check(
                 "RestClient() direct",
@@ -327,6 +344,37 @@ def main() -> int:
                 sim.call(lambda: fake.restores),
             )
 
+        def training() -> None:
+            tc = service.create_training_client_from_state_with_optimizer(
+                PATHS[1]
+            ).result()
+            datum = types.Datum(
+                model_input=types.ModelInput.from_ints([1, 2, 3]),
+                loss_fn_inputs={
+                    "target_tokens": types.TensorData(
+                        data=[2, 3, 4], dtype="int64", shape=[3]
+                    )
+                },
+            )
+            step = tc.forward_backward([datum, datum], "cross_entropy")
+            optim = tc.optim_step(types.AdamParams(learning_rate=1e-4))
+            output = step.result()
+            optim.result()
+            checks.check(
+                "forward_backward: protobuf both ways, loss metric",
+                output.metrics == {"loss:sum": 2.0}
+                and len(output.loss_fn_outputs) == 2,
+                output,
+            )
+            tc.save_state("trained", user_metadata={"step": "1"}).result()
+            steps = sim.call(fake.training_steps, tc.model_id)
+            checks.check(
+                "training_steps: forward_backward, optim_step, save in seq order",
+                [(s.kind, s.seq_id) for s in steps]
+                == [("forward_backward", 1), ("optim_step", 2), ("save_weights", 3)],
+                steps,
+            )
+
         def wire() -> None:
             requests = sim.call(lambda: fake.requests)
             checks.check(
@@ -371,6 +419,7 @@ def main() -> int:
         checks.run("RestClient reads", rest_reads)
         checks.run("RestClient under faults", rest_faults)
         checks.run("restores and saves", restores)
+        checks.run("training steps", training)
         checks.run("wire details", wire)
         checks.run("close", close)
         total = sim.call(fake.request_count)

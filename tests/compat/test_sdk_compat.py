@@ -83,6 +83,30 @@ async def test_rest_client_reads_a_corrupted_run(fake_tinker_url, corrupted_run)
         await call(lambda: rest.get_training_run("ghost").result())
 
 
+async def test_rest_client_lists_runs(fake_tinker, fake_tinker_url):
+    """list_training_runs pages with limit/offset/access_scope/project_id."""
+    for i in range(5):
+        fake_tinker.add_run(f"run-{i}", project_id="p1" if i % 2 else None)
+    rest = await call(lambda: tinker.RestClient(base_url=fake_tinker_url, api_key=KEY))
+    first = await call(lambda: rest.list_training_runs(limit=2).result())
+    assert [r.training_run_id for r in first.training_runs] == ["run-4", "run-3"]
+    assert (first.cursor.offset, first.cursor.limit) == (0, 2)
+    assert first.cursor.total_count == 5
+    rest_of = await call(
+        lambda: rest.list_training_runs(
+            limit=10, offset=2, access_scope="accessible"
+        ).result()
+    )
+    assert [r.training_run_id for r in rest_of.training_runs] == [
+        "run-2",
+        "run-1",
+        "run-0",
+    ]
+    project = await call(lambda: rest.list_training_runs(project_id="p1").result())
+    assert [r.training_run_id for r in project.training_runs] == ["run-3", "run-1"]
+    assert fake_tinker.list_requests == 3
+
+
 async def test_restore_and_save(fake_tinker, service, fake_tinker_url, corrupted_run):
     """from_state and _with_optimizer restore; save_state becomes last_checkpoint."""
     plain = await call(
@@ -108,6 +132,50 @@ async def test_restore_and_save(fake_tinker, service, fake_tinker_url, corrupted
     run = fake_tinker.run(full.model_id)
     assert run.last_checkpoint.tinker_path == saved.path
     assert not run.corrupted
+
+
+async def test_training_steps_and_save(fake_tinker, service, corrupted_run):
+    """forward_backward (protobuf), optim_step and save_state are recorded in order."""
+    datum = tinker.types.Datum(
+        model_input=tinker.types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={
+            "target_tokens": tinker.types.TensorData(
+                data=[2, 3, 4], dtype="int64", shape=[3]
+            )
+        },
+    )
+    client = await call(
+        lambda: service.create_training_client_from_state_with_optimizer(
+            PATHS[1]
+        ).result()
+    )
+    losses = []
+    for _ in range(2):
+        step = await call(lambda: client.forward_backward([datum] * 2, "cross_entropy"))
+        optim = await call(
+            lambda: client.optim_step(tinker.types.AdamParams(learning_rate=1e-4))
+        )
+        losses.append((await call(step.result)).metrics["loss:sum"])
+        await call(optim.result)
+    saved = await call(
+        lambda: client.save_state("step-2", user_metadata={"step": "2"}).result()
+    )
+    steps = fake_tinker.training_steps(client.model_id)
+    assert [(s.kind, s.seq_id) for s in steps] == [
+        ("forward_backward", 1),
+        ("optim_step", 2),
+        ("forward_backward", 3),
+        ("optim_step", 4),
+        ("save_weights", 5),
+    ]
+    assert [s.examples for s in steps if s.kind == "forward_backward"] == [2, 2]
+    assert losses == [2.0, 1.0]
+    assert fake_tinker.restore_of(client.model_id).optimizer is True
+    checkpoint = fake_tinker.run(client.model_id).last_checkpoint
+    assert (checkpoint.tinker_path, checkpoint.user_metadata) == (
+        saved.path,
+        {"step": "2"},
+    )
 
 
 async def test_lost_load_response_restores_once(fake_tinker, service, corrupted_run):

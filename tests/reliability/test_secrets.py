@@ -27,7 +27,12 @@ from trio_tinkex_recovery import (
     TinkexRecoveryError,
     open_monitor,
 )
-from trio_tinkex_recovery.testing import FakeTinker, Fault, serve_fake_tinker
+from trio_tinkex_recovery.testing import (
+    FakeTinker,
+    Fault,
+    send_json,
+    serve_fake_tinker,
+)
 
 from ._support import (
     FAST,
@@ -109,19 +114,10 @@ class EchoKey:
         headers = dict(scope["headers"])
         key = headers.get(b"x-api-key", b"").decode()
         status = self.rng.choice([400, 401, 500, 503])
-        body = json.dumps({"detail": f"key {key} refused; you sent {key!r}"}).encode()
         self.echoed += 1
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_json(
+            send, status, {"detail": f"key {key} refused; you sent {key!r}"}
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 def corrupted_runs(
@@ -296,7 +292,7 @@ async def run_cli(
 
 def cli_available() -> bool:
     try:
-        import trio_tinkex_recovery._cli  # noqa: F401
+        import trio_tinkex_recovery.cli  # noqa: F401
     except ImportError:
         return False
     return True

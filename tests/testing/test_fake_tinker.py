@@ -70,6 +70,27 @@ def test_exports_sorted():
         assert hasattr(testing, name)
 
 
+async def test_send_json_answers_for_a_middleware(fake_tinker, autojump_clock):
+    """send_json answers an ASGI request with JSON, its length and extra headers."""
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/teapot":
+            await testing.send_json(send, 418, {"tea": "é"}, [("x-extra", "1")])
+        else:
+            await fake_tinker.app(scope, receive, send)
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://f"
+    ) as client:
+        teapot = await client.get("/teapot")
+        passed = await client.get("/api/v1/healthz", headers={"X-API-Key": KEY})
+    assert (teapot.status_code, teapot.json()) == (418, {"tea": "é"})
+    assert teapot.headers["content-type"] == "application/json"
+    assert teapot.headers["content-length"] == str(len(teapot.content))
+    assert teapot.headers["x-extra"] == "1"
+    assert passed.json() == {"status": "ok"}
+
+
 # --- runs and checkpoints ----------------------------------------------------
 
 
@@ -185,19 +206,6 @@ async def test_delete_checkpoint_endpoint(fake_tinker, client, autojump_clock):
     assert (await client.delete(path)).status_code == 200
     assert [c.checkpoint_id for c in fake_tinker.checkpoints("run-1")] == ["weights/c1"]
     assert (await client.delete(path)).status_code == 404
-
-
-async def test_list_training_runs_pages(fake_tinker, client, autojump_clock):
-    """GET training_runs pages through every run with a cursor."""
-    for i in range(5):
-        fake_tinker.add_run(f"run-{i}")
-    body = (
-        await client.get("/api/v1/training_runs", params={"limit": 2, "offset": 2})
-    ).json()
-    assert [r["training_run_id"] for r in body["training_runs"]] == ["run-2", "run-3"]
-    assert body["cursor"] == {"offset": 2, "limit": 2, "total_count": 5}
-    bad = await client.get("/api/v1/training_runs", params={"limit": "x"})
-    assert bad.status_code == 422
 
 
 async def test_weights_info(fake_tinker, client, autojump_clock):
@@ -439,9 +447,8 @@ async def test_retrieve_unknown_future(client, autojump_clock):
     assert response.status_code == 404
 
 
-async def test_future_delay_long_polls_until_ready(autojump_clock):
-    """With a delay, polls long-poll in Trio time and wake when the result is ready."""
-    fake = FakeTinker(future_try_again=0, future_delay=1.0, long_poll=0.4)
+async def timed_restore(fake):
+    """Restore a checkpoint of run-1 and poll its future: (result, polls, seconds)."""
     fake.add_run("run-1")
     async with httpx.AsyncClient(
         transport=fake.transport(), base_url="http://f", headers={"X-API-Key": KEY}
@@ -452,25 +459,22 @@ async def test_future_delay_long_polls_until_ready(autojump_clock):
             await load(client, session_id, "tinker://run-1/weights/ckpt-0001")
         ).json()
         body, polls = await result_of(client, future["request_id"])
+    return body, polls, trio.current_time() - start
+
+
+async def test_future_delay_long_polls_until_ready(autojump_clock):
+    """With a delay, polls long-poll in Trio time and wake when the result is ready."""
+    fake = FakeTinker(future_try_again=0, future_delay=1.0, long_poll=0.4)
+    body, polls, elapsed = await timed_restore(fake)
     assert body["type"] == "load_weights"
     assert polls == 3  # 0.4 + 0.4 (try_again each), then wakes at 1.0
-    assert trio.current_time() - start == pytest.approx(1.0)
+    assert elapsed == pytest.approx(1.0)
 
 
 async def test_future_without_waiting(autojump_clock):
     """With no try_again and no delay the first poll answers at once."""
-    fake = FakeTinker(future_try_again=0)
-    fake.add_run("run-1")
-    async with httpx.AsyncClient(
-        transport=fake.transport(), base_url="http://f", headers={"X-API-Key": KEY}
-    ) as client:
-        session_id = await new_session(client)
-        start = trio.current_time()
-        future = (
-            await load(client, session_id, "tinker://run-1/weights/ckpt-0001")
-        ).json()
-        _, polls = await result_of(client, future["request_id"])
-    assert (polls, trio.current_time()) == (1, start)
+    _, polls, elapsed = await timed_restore(FakeTinker(future_try_again=0))
+    assert (polls, elapsed) == (1, 0)
 
 
 # --- saves --------------------------------------------------------------------------

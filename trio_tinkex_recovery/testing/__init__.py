@@ -8,17 +8,20 @@ The official ``tinker`` SDK works against it unchanged.
 
 Faults (`Fault`) are injected by script or by rate; every request is
 recorded (`RecordedRequest`, the API key masked).  Pytest fixtures live in
-``trio_tinkex_recovery.testing.pytest_plugin``.
+``trio_tinkex_recovery.testing.pytest_plugin``.  `send_json` answers an
+ASGI request with JSON, for middleware wrapped around ``fake.app``.
 """
 
 from __future__ import annotations
 
+from ._app import send_json as send_json
 from ._fake import FakeTinker as FakeTinker
 from ._faults import Fault as Fault
 from ._faults import FaultKind as FaultKind
 from ._records import RecordedRequest as RecordedRequest
 from ._records import Restore as Restore
 from ._records import SessionInfo as SessionInfo
+from ._records import TrainingStep as TrainingStep
 from ._server import serve_fake_tinker as serve_fake_tinker
 
 __all__ = [
@@ -28,5 +31,7 @@ __all__ = [
     "RecordedRequest",
     "Restore",
     "SessionInfo",
+    "TrainingStep",
+    "send_json",
     "serve_fake_tinker",
 ]

@@ -2,8 +2,9 @@
 
 HTTP plumbing only: reading the request, recording it (key masked),
 injecting faults, checking ``X-API-Key``, honouring ``X-Idempotency-Key``,
-and encoding the answer.  What each endpoint does is decided by the
-`FakeTinker` it serves (``FakeTinker._dispatch``).
+and encoding the answer.  What each endpoint does is decided by
+`Endpoints`, over the `TinkerState` the app serves.  `send_json` is the one
+way a JSON answer is sent, here and in ASGI wrappers around the app.
 
 A dropped connection cannot be expressed in ASGI, so it is simulated per
 server: in process (``httpx.ASGITransport``) the app raises
@@ -15,7 +16,7 @@ and returns, which makes hypercorn close the connection with no response.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -23,13 +24,15 @@ import attrs
 import httpx
 import trio
 
+from ._endpoints import Endpoints
 from ._records import MASK, RecordedRequest
+from ._wire import NO_BODY, Reply, WireError, WireRequest, encode_json
 
 if TYPE_CHECKING:
-    from ._fake import FakeTinker
     from ._faults import Fault
+    from ._state import TinkerState
 
-__all__ = ["FakeTinkerApp", "Reply", "WireError", "WireRequest"]
+__all__ = ["FakeTinkerApp", "send_json"]
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
@@ -46,65 +49,40 @@ _MALFORMED_BODY = b"{malformed json"
 _DROP_STATUS = 199
 
 
-class _NoBody:
-    """The JSON body of a request that had none."""
+async def send_json(
+    send: Send,
+    status: int,
+    body: Any,
+    headers: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Answer an ASGI HTTP request with ``body`` as JSON.
+
+    For ASGI wrappers around the simulator's app (e.g. a middleware that
+    answers some requests itself).
+
+    Args:
+        send: The ASGI ``send`` callable of the request.
+        status: The HTTP status.
+        body: The JSON value to send.
+        headers: Extra headers; the content type and length are added.
+    """
+    await _send_bytes(send, status, encode_json(body), headers)
 
 
-NO_BODY: Any = _NoBody()
-
-
-@attrs.frozen
-class WireRequest:
-    """A request as the endpoints see it."""
-
-    #: The method, upper case.
-    method: str
-    #: The URL path (percent-decoded).
-    path: str
-    #: The query parameters.
-    query: dict[str, str]
-    #: The headers, names in lower case, values unmasked.
-    headers: dict[str, str]
-    #: The decoded JSON body; `NO_BODY` when the body was empty.
-    json: Any
-    #: Why the body is not JSON, if it is not.
-    json_error: str | None = None
-
-
-@attrs.frozen
-class Reply:
-    """An answer: a status, a JSON body and extra headers."""
-
-    #: The HTTP status.
-    status: int
-    #: The JSON value of the body.
-    body: Any
-    #: Extra headers (the content type and length are added on sending).
-    headers: tuple[tuple[str, str], ...] = ()
-    #: Raw bytes to send instead of the encoded `body` (mangled answers).
-    raw: bytes | None = None
-
-    def encode(self) -> bytes:
-        """The body's bytes."""
-        if self.raw is not None:
-            return self.raw
-        return json.dumps(self.body, separators=(",", ":")).encode()
-
-
-class WireError(Exception):
-    """Raised by an endpoint to answer an HTTP error with a JSON ``detail``."""
-
-    def __init__(
-        self, status: int, detail: str, *, headers: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers
-
-    def reply(self) -> Reply:
-        """The error as an answer."""
-        return Reply(self.status, {"detail": self.detail}, self.headers)
+async def _send_bytes(
+    send: Send,
+    status: int,
+    payload: bytes,
+    headers: Iterable[tuple[str, str]],
+    content_type: str = "application/json",
+) -> None:
+    head = [
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    head.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
 class _Drop(Exception):
@@ -121,24 +99,29 @@ class _Idempotent:
 
 
 class FakeTinkerApp:
-    """The ASGI application over a `FakeTinker` (its ``app`` attribute).
+    """The ASGI application over a simulator's state (``FakeTinker.app``).
 
     Args:
-        fake: The state it serves.
+        state: The state it serves (a `FakeTinker`).
         served: ``True`` when hypercorn serves it (drops close the
             connection) rather than ``httpx.ASGITransport`` (drops raise).
     """
 
-    def __init__(self, fake: FakeTinker, *, served: bool = False) -> None:
-        self._fake = fake
+    def __init__(self, state: TinkerState, *, served: bool = False) -> None:
+        self._state = state
         self._served = served
+        self._endpoints = Endpoints(state)
+        #: (method, path, key) -> the first request with that idempotency key
+        self._idempotency: dict[tuple[str, str, str], _Idempotent] = {}
 
     def __repr__(self) -> str:
-        return f"<FakeTinkerApp served={self._served} fake={self._fake!r}>"
+        return f"<FakeTinkerApp served={self._served} state={self._state!r}>"
 
     def for_server(self) -> FakeTinkerApp:
         """The same app, dropping connections the way a real server does."""
-        return FakeTinkerApp(self._fake, served=True)
+        app = FakeTinkerApp(self._state, served=True)
+        app._idempotency = self._idempotency  # one cache, however it is served
+        return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope (``http`` or ``lifespan``)."""
@@ -148,12 +131,12 @@ class FakeTinkerApp:
         if scope["type"] != "http":
             return  # no websockets here: returning closes the connection.
         request = await self._read(scope, receive)
-        fake = self._fake
+        state = self._state
         if request.path.startswith("/_fake/"):
-            await self._send(send, await fake._admin(request))
+            await self._send(send, await self._endpoints.admin(request))
             return
-        fault = fake.faults.pick(request.method, request.path)
-        fake._record(
+        fault = state.faults.pick(request.method, request.path)
+        state.record(
             RecordedRequest(
                 method=request.method,
                 path=request.path,
@@ -167,8 +150,8 @@ class FakeTinkerApp:
                 fault=None if fault is None else fault.kind,
             )
         )
-        if fake.base_latency:
-            await trio.sleep(fake.base_latency)
+        if state.base_latency:
+            await trio.sleep(state.base_latency)
         try:
             reply = await self._respond(request, fault)
         except _Drop:
@@ -195,7 +178,7 @@ class FakeTinkerApp:
         key = request.headers.get("x-api-key", "")
         if not key:
             return WireError(401, "missing X-API-Key header").reply()
-        if self._fake.api_key is not None and key != self._fake.api_key:
+        if self._state.api_key is not None and key != self._state.api_key:
             return WireError(401, "invalid API key").reply()
         reply = await self._act(request)
         if fault is not None and fault.acts_first:
@@ -207,25 +190,25 @@ class FakeTinkerApp:
 
     async def _act(self, request: WireRequest) -> Reply:
         """Dispatch once per idempotency key (non-GET requests that carry one)."""
-        fake = self._fake
+        dispatch = self._endpoints.dispatch
         key = request.headers.get("x-idempotency-key")
         if request.method == "GET" or not key:
-            return await fake._dispatch(request)
+            return await dispatch(request)
         ident = (request.method, request.path, key)
-        store = fake._idempotency
+        store = self._idempotency
         while (entry := store.get(ident)) is not None:
             if entry.reply is not None:
                 if entry.body != request.json:
                     return WireError(
                         422, "X-Idempotency-Key reused with a different request body"
                     ).reply()
-                fake.idempotent_replays += 1
+                self._state.idempotent_replays += 1
                 return entry.reply
             await entry.done.wait()  # the first is in flight: share its answer
         entry = _Idempotent(body=request.json)
         store[ident] = entry
         try:
-            entry.reply = await fake._dispatch(request)
+            entry.reply = await dispatch(request)
         finally:
             if entry.reply is None:
                 del store[ident]  # never answered: let a retry act
@@ -261,22 +244,14 @@ class FakeTinkerApp:
             headers=headers,
             json=value,
             json_error=error,
+            body=body,
         )
 
     @staticmethod
     async def _send(send: Send, reply: Reply) -> None:
-        payload = reply.encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        headers.extend(
-            (k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers
+        await _send_bytes(
+            send, reply.status, reply.encode(), reply.headers, reply.content_type
         )
-        await send(
-            {"type": "http.response.start", "status": reply.status, "headers": headers}
-        )
-        await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def _drop(self, scope: Scope, send: Send) -> None:
         if not self._served:

@@ -1,4 +1,4 @@
-"""What the simulator records and reports: requests, restores, sessions."""
+"""What the simulator records and reports: requests, restores, sessions, steps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import attrs
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["MASK", "RecordedRequest", "Restore", "SessionInfo", "iso"]
+__all__ = [
+    "MASK",
+    "RecordedRequest",
+    "Restore",
+    "SessionInfo",
+    "TrainingStep",
+    "iso",
+]
 
 #: What the request log shows instead of a secret header's value.
 MASK = "***"
@@ -78,3 +85,37 @@ class SessionInfo:
     finished: str | None
     #: The ids of the models created in it, in order.
     model_ids: tuple[str, ...]
+
+
+@attrs.frozen
+class TrainingStep:
+    """One request a model received: a training step or a save.
+
+    ``kind`` is ``"forward_backward"``, ``"forward"`` (a forward-only pass),
+    ``"optim_step"``, ``"save_weights"`` or ``"save_weights_for_sampler"``.
+    A request repeated with the same ``seq_id`` (a retry) is recorded once.
+    """
+
+    #: The model (training run) it went to.
+    model_id: str
+    #: What it asked.
+    kind: str
+    #: Its ``seq_id``: the client's order of the requests to this model.
+    seq_id: int | None
+    #: The future that answers it.
+    request_id: str
+    #: When it arrived, in Trio time.
+    time: float
+    #: How many examples (``Datum``) a forward pass carried; 0 otherwise.
+    examples: int = 0
+    #: The loss function of a forward pass.
+    loss_fn: str | None = None
+    #: The learning rate of an optimizer step.
+    learning_rate: float | None = None
+    #: The checkpoint name of a save.
+    name: str | None = None
+    #: The model restored from this model's checkpoints before the request
+    #: arrived, if any: the request went to a superseded model.
+    superseded_by: str | None = None
+    #: Whether the session that created the model had finished by then.
+    session_finished: bool = False
