@@ -1,4 +1,4 @@
-"""`serve_asgi`: an ASGI app on a socket, via hypercorn's Trio worker."""
+"""Serving an ASGI app with hypercorn's Trio worker, on a socket bound first."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import trio
 if TYPE_CHECKING:
     import logging
 
-__all__ = ["ASGIApp", "Receive", "Scope", "Send", "serve_asgi"]
+__all__ = ["ASGIApp", "Receive", "Scope", "Send", "bind_socket", "serve_asgi"]
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -20,27 +20,15 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def serve_asgi(
-    app: ASGIApp,
-    *,
-    host: str,
-    port: int,
-    logger: logging.Logger,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``app`` over HTTP/1.1 until cancelled; report the base URL.
+async def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host`` and ``port`` (0: any free port).
 
-    Needs hypercorn.  The socket is bound here rather than in hypercorn, so
-    a busy port raises a plain `OSError`; hypercorn adopts it through an
-    ``fd://`` bind.  ``port=0`` picks a free port: the URL given to
-    ``task_status.started`` names the port actually bound.
+    Bound here rather than in hypercorn, so that a busy port is a plain
+    `OSError` raised before anything starts.
 
     Raises:
         OSError: The address cannot be bound.
     """
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
     family, kind, proto, _, address = (
         await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     )[0]
@@ -51,6 +39,24 @@ async def serve_asgi(
     except BaseException:
         sock.close()
         raise
+    return sock
+
+
+async def serve_asgi(
+    app: ASGIApp,
+    sock: socket.socket,
+    *,
+    logger: logging.Logger,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` over HTTP/1.1 on ``sock`` until cancelled (needs hypercorn).
+
+    Takes ``sock`` over (hypercorn adopts it through an ``fd://`` bind) and
+    reports the base URL with the port actually bound.
+    """
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = None

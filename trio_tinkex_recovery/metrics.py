@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'trio-tinkex-recovery[metrics]'"
     ) from exc
 
-from ._asgi import serve_asgi
+from ._asgi import bind_socket, serve_asgi
 from ._telemetry import DEFAULT_BUFFER
 from ._util import NoPublicConstructor
 
@@ -99,9 +99,9 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
 
     _factory_hint = "use nursery.start(attach_metrics, monitor)"
 
-    def __init__(self, monitor: Monitor, registry: CollectorRegistry) -> None:
+    def __init__(self, monitor: Monitor, registry: CollectorRegistry | None) -> None:
         self._monitor = monitor
-        self._registry = registry
+        self._registry = CollectorRegistry() if registry is None else registry
         self._polls_ok = 0
         # Attaching counts as a fresh start for /healthz.
         self._last_poll = trio.current_time()
@@ -119,6 +119,8 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
             buckets=RECOVERY_BUCKETS,
             registry=None,
         )
+        self._collector = _Collector(self)
+        self._registry.register(self._collector)
 
     def __repr__(self) -> str:
         return f"<MonitorMetrics of {self._monitor!r}>"
@@ -160,6 +162,16 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
                 reason=f"{waiting} of {len(watched)} watched runs not polled yet",
             )
         return Probe(ok=True, reason=f"all {len(watched)} watched runs polled")
+
+    async def _follow(self, *, task_status: trio.TaskStatus[MonitorMetrics]) -> None:
+        """Observe the monitor's events until cancelled; then leave the registry."""
+        try:
+            async with self._monitor.subscribe(DEFAULT_BUFFER) as events:
+                task_status.started(self)
+                async for event in events:
+                    self._observe(event)
+        finally:
+            self._registry.unregister(self._collector)
 
     def _observe(self, event: TelemetryEvent) -> None:
         name = event.name
@@ -268,18 +280,8 @@ async def attach_metrics(
         ValueError: ``registry`` already has metrics of these names, e.g.
             another monitor's (a registry holds one monitor's metrics).
     """
-    if registry is None:
-        registry = CollectorRegistry()
     metrics = MonitorMetrics._create(monitor, registry)
-    collector = _Collector(metrics)
-    registry.register(collector)
-    try:
-        async with monitor.subscribe(DEFAULT_BUFFER) as events:
-            task_status.started(metrics)
-            async for event in events:
-                metrics._observe(event)
-    finally:
-        registry.unregister(collector)
+    await metrics._follow(task_status=task_status)
 
 
 async def serve_metrics(
@@ -315,12 +317,15 @@ async def serve_metrics(
         OSError: The address cannot be bound.
         ValueError: ``registry`` already has metrics of these names.
     """
-    async with trio.open_nursery() as nursery:
-        metrics: MonitorMetrics = await nursery.start(attach_metrics, monitor, registry)
-        url: str = await nursery.start(
-            partial(serve_asgi, _App(metrics), host=host, port=port, logger=logger)
-        )
-        task_status.started(url)
+    # Bound and registered before any task starts: errors are plain.
+    with await bind_socket(host, port) as sock:
+        metrics = MonitorMetrics._create(monitor, registry)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics._follow)
+            url: str = await nursery.start(
+                partial(serve_asgi, _App(metrics), sock, logger=logger)
+            )
+            task_status.started(url)
 
 
 @attrs.frozen(eq=False)

@@ -17,11 +17,14 @@ from .._monitor import open_monitor
 from .._types import validate_run_id
 from ._board import Board
 from ._options import (
+    MetricsOptions,
     OutputOptions,
     add_config_options,
+    add_metrics_options,
     add_output_options,
     add_policy_options,
     build_config,
+    build_metrics,
     build_policy,
     default_help,
     number,
@@ -71,6 +74,8 @@ class WatchOptions:
     duration: float | None = None
     #: How progress is shown.
     output: OutputOptions = attrs.field(factory=OutputOptions)
+    #: Where metrics and probes are served (``None``: nowhere).
+    metrics: MetricsOptions | None = None
 
 
 def parser(prog: str) -> Parser:
@@ -96,6 +101,7 @@ def parser(prog: str) -> Parser:
         "--duration", metavar="S", help="stop after S seconds (default: until Ctrl-C)"
     )
     add_output_options(parser)
+    add_metrics_options(parser)
     return parser
 
 
@@ -126,6 +132,7 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         policy=build_policy(args),
         config=build_config(args),
         output=OutputOptions.from_args(args),
+        metrics=build_metrics(args),
         **given,
     )
 
@@ -160,6 +167,7 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
             until=partial(_nothing_left, board),
             duration=options.duration,
             stop=stop,
+            metrics=options.metrics,
         )
         try:
             await until_stopped(body, stop)
@@ -218,6 +226,7 @@ async def monitor_runs(
     duration: float | None,
     stop: Stop,
     beside: Callable[[trio.Nursery], None] | None = None,
+    metrics: MetricsOptions | None = None,
 ) -> None:
     """Watch ``run_ids`` until ``until`` gives a reason to stop, or ``duration``.
 
@@ -237,6 +246,11 @@ async def monitor_runs(
         duration: Seconds until it stops by itself (``None``: never).
         stop: Where the reason it stopped is recorded.
         beside: Starts the caller's own tasks next to the monitor.
+        metrics: Where to serve the monitor's metrics and probes, from the
+            start, before any run is watched (the headline gives the URL).
+
+    Raises:
+        UsageError: The metrics address cannot be bound.
     """
     monitor: Monitor | None = None
     try:
@@ -250,6 +264,9 @@ async def monitor_runs(
             trio.open_nursery() as nursery,
         ):
             await nursery.start(_feed, monitor, board)
+            if metrics is not None:
+                url = await _serve_metrics(nursery, monitor, metrics)
+                headline = f"{headline} Metrics on {url}/metrics."
             board.start = trio.current_time()
             board.view.open(headline)
             for run_id in run_ids:
@@ -263,6 +280,24 @@ async def monitor_runs(
     finally:
         if monitor is not None:
             board.update(monitor.executor.recoveries, monitor.statistics())
+
+
+async def _serve_metrics(
+    nursery: trio.Nursery, monitor: Monitor, metrics: MetricsOptions
+) -> str:
+    """Serve ``monitor``'s metrics and probes in ``nursery``; the base URL."""
+    from ..metrics import serve_metrics
+
+    try:
+        url: str = await nursery.start(
+            partial(serve_metrics, monitor, host=metrics.host, port=metrics.port)
+        )
+    except OSError as exc:
+        raise UsageError(
+            f"argument --metrics-port: cannot serve on {metrics.host} port "
+            f"{metrics.port}: {exc.strerror or exc}"
+        ) from None
+    return url
 
 
 async def _feed(
