@@ -75,7 +75,7 @@ POLL_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 RECOVERY_BUCKETS: Final = (
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800,
 )  # fmt: skip
-#: ``/healthz`` fails after this many poll intervals without a completed poll.
+#: ``/healthz`` fails after this many poll intervals without an answered poll.
 HEALTHY_INTERVALS: Final = 3
 
 
