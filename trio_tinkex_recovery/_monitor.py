@@ -215,6 +215,7 @@ class Monitor(metaclass=NoPublicConstructor):
             executor,
             monitored=len(self._watches),
             polls=self._polls,
+            polled=counts["polled"],
             poll_errors=counts["poll_error"],
             get_requests=self._polls,
             detected=counts["detected"],

@@ -126,6 +126,8 @@ class Statistics:
     monitored: int = 0
     #: Polls started.
     polls: int = 0
+    #: Polls that Tinker answered (``polled`` events).
+    polled: int = 0
     #: Polls that failed (``poll_error`` events).
     poll_errors: int = 0
     #: API requests sent to poll runs one at a time (``GET`` of one run).

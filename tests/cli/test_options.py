@@ -5,12 +5,18 @@ In-process: the per-command parsers and `main`, no subprocess.
 
 from __future__ import annotations
 
+import sys
+
 import attrs
 import pytest
 
 from trio_tinkex_recovery import Best, Config, Latest, Policy, Specific
 from trio_tinkex_recovery.cli import _demo, _simulate, _watch, main
-from trio_tinkex_recovery.cli._options import CONFIG_OPTIONS, POLICY_OPTIONS
+from trio_tinkex_recovery.cli._options import (
+    CONFIG_OPTIONS,
+    POLICY_OPTIONS,
+    MetricsOptions,
+)
 from trio_tinkex_recovery.cli._runtime import UsageError
 
 KEY = "tml-cli-test-key"
@@ -162,6 +168,9 @@ def test_poll_interval_is_decided_by_policy(text):
         (["--state", "x.db", "--no-state"], "not allowed with argument"),
         (["run-1", "--bogus"], "unrecognized arguments: --bogus"),
         (["run-1", "--json", "--plain"], "not allowed with argument"),
+        (["run-1", "--metrics-port", "65536"], "argument --metrics-port: must be ≤"),
+        (["run-1", "--metrics-port", "x"], "argument --metrics-port: not an integer"),
+        (["run-1", "--metrics-host", "::"], "argument --metrics-host: needs --metr"),
     ],
 )
 def test_bad_watch_usage_names_the_option(argv, message):
@@ -177,6 +186,8 @@ def test_bad_watch_usage_names_the_option(argv, message):
         (_demo.parse, ["--duration", "0"], "argument --duration: must be > 0"),
         (_demo.parse, ["--fault-rate", "2"], "argument --fault-rate: must be ≤ 1"),
         (_demo.parse, ["--seed", "x"], "argument --seed: not an integer: 'x'"),
+        (_demo.parse, ["--metrics-port", "-1"], "argument --metrics-port: must be ≥"),
+        (_demo.parse, ["--metrics-host", "::"], "unrecognized arguments"),
         (_simulate.parse, ["--fault", "boom:0.1"], "unknown fault kind 'boom'"),
         (_simulate.parse, ["--fault", "503"], "argument --fault: expected KIND:RATE"),
         (_simulate.parse, ["--fault", "503:2"], "rate must be between 0 and 1"),
@@ -189,6 +200,28 @@ def test_bad_watch_usage_names_the_option(argv, message):
 def test_bad_demo_and_simulate_usage_names_the_option(parse, argv, message):
     """demo and simulate refuse bad options the same way."""
     assert message in usage_error(parse, *argv)
+
+
+def test_metrics_options_say_where_to_serve():
+    """--metrics-port serves on loopback unless --metrics-host says otherwise."""
+    assert _watch.parse(["run-1"]).metrics is None
+    assert _watch.parse(["run-1", "--metrics-port", "9464"]).metrics == (
+        MetricsOptions(port=9464, host="127.0.0.1")
+    )
+    options = _watch.parse(["run-1", "--metrics-port", "0", "--metrics-host", "::"])
+    assert options.metrics == MetricsOptions(port=0, host="::")
+    assert _demo.parse(["--metrics-port", "9464"]).metrics == MetricsOptions(9464)
+    assert _demo.parse([]).metrics is None
+
+
+def test_metrics_options_need_the_metrics_extra(monkeypatch):
+    """Without prometheus-client, --metrics-port says which extra to install."""
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    message = usage_error(_watch.parse, "run-1", "--metrics-port", "9464")
+    assert message == (
+        "argument --metrics-port: needs the metrics extra: "
+        "pip install 'trio-tinkex-recovery[metrics]'"
+    )
 
 
 def test_simulate_builds_its_simulator():

@@ -22,7 +22,15 @@ from .._errors import TinkexRecoveryError
 from .._policy import Policy
 from ..testing import FakeTinker, Fault, serve_fake_tinker
 from ._board import Board
-from ._options import OutputOptions, add_output_options, default_help, number
+from ._options import (
+    MetricsOptions,
+    OutputOptions,
+    add_metrics_options,
+    add_output_options,
+    build_metrics,
+    default_help,
+    number,
+)
 from ._runtime import (
     EXIT_FAILED,
     EXIT_OK,
@@ -69,6 +77,8 @@ class DemoOptions:
     max_concurrent: int = 2
     #: How progress is shown.
     output: OutputOptions = attrs.field(factory=OutputOptions)
+    #: Where metrics and probes are served (``None``: nowhere).
+    metrics: MetricsOptions | None = None
 
 
 def parser(prog: str) -> Parser:
@@ -92,6 +102,7 @@ def parser(prog: str) -> Parser:
             flag, metavar=metavar, help=f"{text} {default_help(DemoOptions, name)}"
         )
     add_output_options(parser)
+    add_metrics_options(parser, host=False)
     return parser
 
 
@@ -115,7 +126,9 @@ def parse(argv: Sequence[str], prog: str = "demo") -> DemoOptions:
         if text is not None:
             flag = "--" + name.replace("_", "-")
             given[name] = number(text, flag, kind, **bounds)
-    return DemoOptions(**given, output=OutputOptions.from_args(args))
+    return DemoOptions(
+        **given, output=OutputOptions.from_args(args), metrics=build_metrics(args)
+    )
 
 
 def run(options: DemoOptions, out: Output, err: Output) -> int:
@@ -152,6 +165,7 @@ def run(options: DemoOptions, out: Output, err: Output) -> int:
                 duration=None,
                 stop=stop,
                 beside=lambda nursery: scenario.start(nursery, board),
+                metrics=options.metrics,
             )
             try:
                 await until_stopped(body, stop)

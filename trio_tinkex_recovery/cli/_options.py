@@ -30,12 +30,15 @@ __all__ = [
     "CONFIG_OPTIONS",
     "POLICY_OPTIONS",
     "FieldOption",
+    "MetricsOptions",
     "OutputOptions",
     "add_config_options",
+    "add_metrics_options",
     "add_output_options",
     "add_policy_options",
     "build",
     "build_config",
+    "build_metrics",
     "build_policy",
     "convert",
     "default_help",
@@ -335,3 +338,56 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="log to stderr: -v logs every poll and event, -vv everything",
     )
+
+
+@attrs.frozen
+class MetricsOptions:
+    """Where ``--metrics-port`` serves ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    #: The port (0: any free one).
+    port: int
+    #: The address to bind; this machine only unless asked otherwise.
+    host: str = "127.0.0.1"
+
+
+def add_metrics_options(parser: argparse.ArgumentParser, *, host: bool = True) -> None:
+    """``--metrics-port`` and (with ``host``) ``--metrics-host``."""
+    group = parser.add_argument_group("monitoring")
+    group.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        help="serve Prometheus metrics on /metrics and probes on /healthz and "
+        "/readyz at this port (0: any free one; needs the metrics extra)",
+    )
+    if host:
+        group.add_argument(
+            "--metrics-host",
+            metavar="HOST",
+            help="the address --metrics-port binds; any other than loopback "
+            "exposes the metrics to the network "
+            f"{default_help(MetricsOptions, 'host')}",
+        )
+
+
+def build_metrics(args: argparse.Namespace) -> MetricsOptions | None:
+    """The options of `add_metrics_options`; ``None`` without ``--metrics-port``.
+
+    Raises:
+        UsageError: A bad port, ``--metrics-host`` alone, or the metrics
+            extra (prometheus-client, hypercorn) missing.
+    """
+    host: str | None = getattr(args, "metrics_host", None)
+    if args.metrics_port is None:
+        if host is not None:
+            raise UsageError("argument --metrics-host: needs --metrics-port")
+        return None
+    port = number(args.metrics_port, "--metrics-port", int, low=0, high=65535)
+    try:
+        import hypercorn  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "argument --metrics-port: needs the metrics extra: "
+            "pip install 'trio-tinkex-recovery[metrics]'"
+        ) from None
+    return MetricsOptions(port=port) if host is None else MetricsOptions(port, host)

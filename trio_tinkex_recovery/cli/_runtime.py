@@ -169,13 +169,24 @@ def _interrupted(exc: BaseException) -> bool:
 
 
 def run_trio(main: Callable[[], Awaitable[int]]) -> int:
-    """``trio.run(main)``; a Ctrl-C that gets through ends quietly (130)."""
+    """``trio.run(main)``; a Ctrl-C that gets through ends quietly (130).
+
+    Raises:
+        UsageError: Raised inside nurseries, unwrapped from their groups.
+    """
     try:
         return trio.run(main)
     except BaseException as exc:
         if _interrupted(exc):
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        if isinstance(exc, BaseExceptionGroup):
+            usage, rest = exc.split(UsageError)
+            if usage is not None and rest is None:
+                leaf: BaseException = usage
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                raise leaf from None
         raise
 
 

@@ -19,11 +19,14 @@ from .._store import StoreError, default_state_path, open_store
 from .._types import validate_run_id
 from ._board import Board
 from ._options import (
+    MetricsOptions,
     OutputOptions,
     add_config_options,
+    add_metrics_options,
     add_output_options,
     add_policy_options,
     build_config,
+    build_metrics,
     build_policy,
     default_help,
     number,
@@ -76,6 +79,8 @@ class WatchOptions:
     output: OutputOptions = attrs.field(factory=OutputOptions)
     #: The journal's file (``None``: in memory only, ``--no-state``).
     state: str | None = None
+    #: Where metrics and probes are served (``None``: nowhere).
+    metrics: MetricsOptions | None = None
 
 
 def parser(prog: str) -> Parser:
@@ -121,6 +126,7 @@ def parser(prog: str) -> Parser:
         "--duration", metavar="S", help="stop after S seconds (default: until Ctrl-C)"
     )
     add_output_options(parser)
+    add_metrics_options(parser)
     return parser
 
 
@@ -155,6 +161,7 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         config=build_config(args),
         output=OutputOptions.from_args(args),
         state=state,
+        metrics=build_metrics(args),
         **given,
     )
 
@@ -204,6 +211,7 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
             duration=options.duration,
             stop=stop,
             store=store,
+            metrics=options.metrics,
         )
         try:
             await until_stopped(body, stop)
@@ -263,6 +271,7 @@ async def monitor_runs(
     stop: Stop,
     beside: Callable[[trio.Nursery], None] | None = None,
     store: Store | None = None,
+    metrics: MetricsOptions | None = None,
 ) -> None:
     """Watch ``run_ids`` until ``until`` gives a reason to stop, or ``duration``.
 
@@ -284,6 +293,11 @@ async def monitor_runs(
         beside: Starts the caller's own tasks next to the monitor.
         store: The journal: its runs are watched too, its pending
             recoveries resumed.
+        metrics: Where to serve the monitor's metrics and probes, from the
+            start, before any run is watched (the headline gives the URL).
+
+    Raises:
+        UsageError: The metrics address cannot be bound.
     """
     monitor: Monitor | None = None
     try:
@@ -298,6 +312,9 @@ async def monitor_runs(
             trio.open_nursery() as nursery,
         ):
             await nursery.start(_feed, monitor, board)
+            if metrics is not None:
+                url = await _serve_metrics(nursery, monitor, metrics)
+                headline = f"{headline} Metrics on {url}/metrics."
             board.start = trio.current_time()
             board.view.open(headline)
             pending = {r for r, s in monitor.executor.recoveries.items() if s.pending}
@@ -314,6 +331,24 @@ async def monitor_runs(
     finally:
         if monitor is not None:
             board.update(monitor.executor.recoveries, monitor.statistics())
+
+
+async def _serve_metrics(
+    nursery: trio.Nursery, monitor: Monitor, metrics: MetricsOptions
+) -> str:
+    """Serve ``monitor``'s metrics and probes in ``nursery``; the base URL."""
+    from ..metrics import serve_metrics
+
+    try:
+        url: str = await nursery.start(
+            partial(serve_metrics, monitor, host=metrics.host, port=metrics.port)
+        )
+    except OSError as exc:
+        raise UsageError(
+            f"argument --metrics-port: cannot serve on {metrics.host} port "
+            f"{metrics.port}: {exc.strerror or exc}"
+        ) from None
+    return url
 
 
 async def _feed(
