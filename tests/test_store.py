@@ -11,6 +11,7 @@ import trio
 
 from trio_tinkex_recovery import Policy, RecoveryState, open_executor, open_monitor
 from trio_tinkex_recovery._store import (
+    LeaseLostError,
     LoadRecord,
     MemoryStore,
     SessionRecord,
@@ -314,3 +315,28 @@ async def test_an_exhausted_run_is_not_retried_after_a_restart(
         await trio.sleep(100)
         assert monitor.monitored_runs == frozenset()
         assert monitor.statistics().attempts == 0
+
+
+class LeaseTakenStore(MemoryStore):
+    """A shared journal in which another replica has just taken the run."""
+
+    async def put_recovery(self, recovery):
+        await trio.lowlevel.checkpoint()
+        raise LeaseLostError("run-1 is now owned by replica b")
+
+
+async def test_a_lost_lease_abandons_the_attempt_before_any_restore(autojump_clock):
+    """A fenced write that fails: nothing sent, not exhausted, no retry."""
+    service = FakeService()
+    service.rest.add("run-1", "0001")
+    failures = []
+    policy = Policy(
+        enabled=True, jitter=0, on_failure=lambda *args: failures.append(args)
+    )
+    async with open_executor(service=service, store=LeaseTakenStore()) as executor:
+        await executor.recover("run-1", None, policy)
+        await executor.wait_idle()
+    assert service.calls == []
+    assert executor.recovery_state("run-1").phase == "interrupted"
+    assert executor.statistics().exhausted == 0
+    assert failures == []

@@ -33,7 +33,7 @@ from ._errors import (
 from ._policy import Policy
 from ._selection import candidates
 from ._state import RecoveryPhase, RecoveryState
-from ._store import StoredRecovery, StoreError, json_safe
+from ._store import LeaseLostError, StoredRecovery, StoreError, json_safe
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._text import printable
 from ._types import Checkpoint, validate_run_id
@@ -421,6 +421,11 @@ class Executor(metaclass=NoPublicConstructor):
                 attempt = failures + 1
                 try:
                     client, checkpoint = await self._attempt(request, attempt)
+                except LeaseLostError as exc:
+                    # Another replica owns the run now: stop before any side
+                    # effect, record nothing; the run is theirs to finish.
+                    self._set(run_id, error=_describe_error(exc))
+                    return
                 except Exception as exc:
                     self._limiter.release_on_behalf_of(request)
                     holding = False
@@ -439,8 +444,8 @@ class Executor(metaclass=NoPublicConstructor):
                 self._limiter.release_on_behalf_of(request)
             state = self._states.get(run_id)
             if state is not None and state.pending:
-                # Cut short by cancellation (the executor is closing): the
-                # recovery did not fail, it was interrupted.
+                # Cut short by cancellation (the executor is closing) or by a
+                # lost lease: the recovery did not fail, it was interrupted.
                 state = self._set(run_id, phase="interrupted", retry_at=None)
                 self._telemetry.emit(
                     "interrupted",

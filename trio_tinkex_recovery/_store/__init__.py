@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ._base import (
     HistoryEntry,
+    LeaseLostError,
     LoadRecord,
     SessionRecord,
     Snapshot,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_VERSION",
     "HistoryEntry",
+    "LeaseLostError",
     "LoadRecord",
     "MemoryStore",
     "SQLiteStore",

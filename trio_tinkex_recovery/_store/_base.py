@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HistoryEntry",
+    "LeaseLostError",
     "LoadOutcome",
     "LoadRecord",
     "SessionRecord",
@@ -57,6 +58,16 @@ class StoreError(TinkexRecoveryError):
     """
 
     retryable = True
+
+
+class LeaseLostError(StoreError):
+    """This replica no longer holds the run's lease: another one took it.
+
+    Raised by a fenced write; whatever was about to follow it (a restore)
+    must not be sent.  Never retried by this replica.
+    """
+
+    retryable = False
 
 
 @attrs.frozen
