@@ -27,7 +27,7 @@ def tests(session: nox.Session) -> None:
 def nightly(session: nox.Session) -> None:
     """The whole suite, long chaos and load variants included."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": "nightly"})
 
 
 @nox.session(python=PYTHON)

@@ -1,4 +1,4 @@
-"""The targets of DESIGN section 5 / issue 5, and the Markdown table."""
+"""The benchmark targets, and the Markdown table."""
 
 from __future__ import annotations
 

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from trio_tinkex_recovery import Checkpoint, CheckpointUnavailableError, TrainingRun
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+pytest_plugins = ["trio_tinkex_recovery.testing.pytest_plugin"]
+
+# Property tests: 100 examples by default; HYPOTHESIS_PROFILE=nightly (nox -s
+# nightly) runs 2,000.  No deadline: the suite shares two cores.
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("nightly", settings.get_profile("default"), max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Each test (and the CLI processes it starts) keeps its state apart."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
 def checkpoint(

@@ -180,3 +180,21 @@ async def test_statistics_snapshot(service, rest, autojump_clock):
 
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         stats.polls = 0  # type: ignore[misc]
+
+
+async def test_log_lines_carry_no_control_characters(
+    service, rest, autojump_clock, caplog
+):
+    """A server's escape sequences and newlines never reach a log line."""
+    caplog.set_level(logging.DEBUG, logger="trio_tinkex_recovery")
+    rest.add("run-1", "0001")
+    rest.fail_polls["run-1"] = [
+        RuntimeError("x\r\n[ 99.9s] run-1: recovered \x1b]0;t\x07\x1b[2J")
+    ]
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        await monitor.monitor_run("run-1")
+        await trio.sleep(1)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("[ 99.9s] run-1: recovered" in m for m in messages)
+    for message in messages:
+        assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in message), message

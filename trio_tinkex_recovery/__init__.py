@@ -34,8 +34,6 @@ from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._errors import UnsupportedStrategyError as UnsupportedStrategyError
 from ._executor import Executor as Executor
 from ._executor import RecoveryOutcome as RecoveryOutcome
-from ._executor import RecoveryPhase as RecoveryPhase
-from ._executor import RecoveryState as RecoveryState
 from ._executor import open_executor as open_executor
 from ._monitor import Monitor as Monitor
 from ._monitor import open_monitor as open_monitor
@@ -46,6 +44,8 @@ from ._policy import Policy as Policy
 from ._policy import Specific as Specific
 from ._protocols import RestClientProtocol as RestClientProtocol
 from ._protocols import ServiceProtocol as ServiceProtocol
+from ._state import RecoveryPhase as RecoveryPhase
+from ._state import RecoveryState as RecoveryState
 from ._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._telemetry import Statistics as Statistics
 from ._telemetry import TelemetryEvent as TelemetryEvent

@@ -1,6 +1,6 @@
-"""``python -m trio_tinkex_recovery``: the command line (see ``_cli``)."""
+"""``python -m trio_tinkex_recovery``: the command line (see ``cli``)."""
 
-from ._cli import main
+from .cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,9 +15,10 @@ import inspect
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
@@ -31,12 +32,16 @@ from ._errors import (
 )
 from ._policy import Policy
 from ._selection import candidates
+from ._state import RecoveryPhase, RecoveryState
+from ._store import LeaseLostError, StoredRecovery, StoreError, json_safe
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._text import printable
 from ._types import Checkpoint, validate_run_id
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._protocols import RestClientProtocol, ServiceProtocol
+    from ._store import Store
     from ._types import TrainingRun
 
 __all__ = [
@@ -50,37 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trio_tinkex_recovery")
-
-RecoveryPhase: TypeAlias = Literal[
-    "queued", "attempting", "waiting", "done", "exhausted", "interrupted"
-]
-_PENDING: Final = frozenset({"queued", "attempting", "waiting"})
-
-
-@attrs.frozen
-class RecoveryState:
-    """Where one run's recovery stands.  One record per run, replaced whole."""
-
-    #: The run being recovered.
-    run_id: str
-    #: ``queued``, ``attempting``, ``waiting`` (to retry), ``done``,
-    #: ``exhausted`` (gave up) or ``interrupted`` (cut short by cancellation).
-    phase: RecoveryPhase
-    #: Attempts started so far.
-    attempt: int = 0
-    #: The checkpoint tried last (``tinker://`` path).
-    checkpoint: str | None = None
-    #: When the next attempt starts (Trio time), while ``waiting``.
-    retry_at: float | None = None
-    #: The run the recovery created, once ``done``.
-    new_run_id: str | None = None
-    #: The last failure, as ``Type: message``.
-    error: str | None = None
-
-    @property
-    def pending(self) -> bool:
-        """Whether the recovery is queued, attempting or waiting to retry."""
-        return self.phase in _PENDING
 
 
 @attrs.frozen
@@ -109,6 +83,10 @@ class _Request:
     last_checkpoint: Checkpoint | None
     run: TrainingRun | None
     rest: RestClientProtocol | None
+    #: Resumed from the journal: the attempt to start with, and no attempt
+    #: before this Trio time.
+    first_attempt: int = 1
+    not_before: float | None = None
 
     def event_metadata(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -137,13 +115,17 @@ class Executor(metaclass=NoPublicConstructor):
         max_concurrent: int,
         telemetry: Telemetry,
         rng: random.Random,
+        journal: Store | None,
     ) -> None:
         self._rest = rest
+        self._journal = journal
         self._service = service
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._telemetry = telemetry
         self._rng = rng
         self._states: dict[str, RecoveryState] = {}
+        # Hand-offs not yet picked up by the executor task.
+        self._queued: dict[str, _Request] = {}
         self._outcome_sends: set[trio.MemorySendChannel[RecoveryOutcome]] = set()
         # Hand-offs and callbacks not yet finished, and its event.
         self._busy = 0
@@ -227,8 +209,52 @@ class Executor(metaclass=NoPublicConstructor):
         )
         # An unbounded buffer: send_nowait only fails once the executor is gone.
         self._send.send_nowait(request)
-        self._store(RecoveryState(run_id=run_id, phase="queued"))
+        self._queued[run_id] = request
+        self._record(RecoveryState(run_id=run_id, phase="queued"))
         self._add_busy(1)
+
+    async def resume(
+        self,
+        recovery: StoredRecovery,
+        service: ServiceProtocol | None,
+        policy: Policy,
+        *,
+        rest: RestClientProtocol | None = None,
+    ) -> None:
+        """Queue a pending recovery read from the journal, where it stopped.
+
+        An ``attempting`` record starts again at its attempt (its restore is
+        reconciled, never blindly repeated); a ``waiting`` one waits out
+        what is left of its backoff (kept in wall-clock time), then starts
+        the next attempt.  Attempts count across restarts.
+
+        Raises:
+            ValueError: The record is not pending.
+            AlreadyPendingError: The run is already pending here.
+            RecoveryDisabledError: ``policy.enabled`` is false.
+        """
+        state = recovery.state
+        if not state.pending:
+            raise ValueError(f"the recovery of run {state.run_id!r} is not pending")
+        not_before = None
+        first = max(state.attempt, 1)
+        if state.phase == "waiting":
+            first = state.attempt + 1
+            if recovery.retry_at_wall is not None:
+                left = max(0.0, recovery.retry_at_wall - time.time())
+                not_before = trio.current_time() + left
+        await self.recover(
+            state.run_id,
+            service,
+            policy,
+            metadata=recovery.metadata,
+            last_checkpoint=None,
+            rest=rest,
+        )
+        request = self._queued[state.run_id]
+        request.first_attempt = first
+        request.not_before = not_before
+        self._set(state.run_id, attempt=state.attempt, checkpoint=state.checkpoint)
 
     async def wait_idle(self) -> None:
         """Return once every recovery handed over so far has finished.
@@ -307,6 +333,7 @@ class Executor(metaclass=NoPublicConstructor):
             task_status.started()
             async with self._receive:
                 async for request in self._receive:
+                    self._queued.pop(request.run_id, None)
                     # Take the slot here, in arrival order; the run's task
                     # gives it back when its attempt ends.
                     await self._limiter.acquire_on_behalf_of(request)
@@ -325,11 +352,32 @@ class Executor(metaclass=NoPublicConstructor):
             self._idle.set()
 
     def _set(self, run_id: str, **changes: Any) -> RecoveryState:
-        return self._store(attrs.evolve(self._states[run_id], **changes))
+        return self._record(attrs.evolve(self._states[run_id], **changes))
 
-    def _store(self, state: RecoveryState) -> RecoveryState:
+    def _record(self, state: RecoveryState) -> RecoveryState:
         self._states[state.run_id] = state
         return state
+
+    async def _persist(
+        self, request: _Request, *, retry_at_wall: float | None = None
+    ) -> None:
+        """Write the run's record to the journal (a no-op without one)."""
+        if self._journal is None:
+            return
+        await self._journal.put_recovery(
+            StoredRecovery(
+                state=self._states[request.run_id],
+                retry_at_wall=retry_at_wall,
+                metadata=json_safe(request.metadata),
+            )
+        )
+
+    async def _persist_outcome(self, request: _Request) -> None:
+        """Record how the recovery ended; a failure to is logged, not raised."""
+        try:
+            await self._persist(request)
+        except StoreError as exc:
+            logger.error("recovery of run %s: %s", request.run_id, exc)
 
     def _publish(self, outcome: RecoveryOutcome) -> None:
         for send in list(self._outcome_sends):
@@ -360,11 +408,24 @@ class Executor(metaclass=NoPublicConstructor):
         run_id = request.run_id
         holding = True
         try:
-            failures = 0
+            if request.not_before is not None:
+                # Resumed in its retry wait: wait out the rest, holding no slot.
+                self._limiter.release_on_behalf_of(request)
+                holding = False
+                self._set(run_id, phase="waiting", retry_at=request.not_before)
+                await trio.sleep_until(request.not_before)
+                await self._limiter.acquire_on_behalf_of(request)
+                holding = True
+            failures = request.first_attempt - 1
             while True:
                 attempt = failures + 1
                 try:
                     client, checkpoint = await self._attempt(request, attempt)
+                except LeaseLostError as exc:
+                    # Another replica owns the run now: stop before any side
+                    # effect, record nothing; the run is theirs to finish.
+                    self._set(run_id, error=_describe_error(exc))
+                    return
                 except Exception as exc:
                     self._limiter.release_on_behalf_of(request)
                     holding = False
@@ -376,15 +437,15 @@ class Executor(metaclass=NoPublicConstructor):
                     continue
                 self._limiter.release_on_behalf_of(request)
                 holding = False
-                self._complete(request, attempt, client, checkpoint, nursery)
+                await self._complete(request, attempt, client, checkpoint, nursery)
                 return
         finally:
             if holding:
                 self._limiter.release_on_behalf_of(request)
             state = self._states.get(run_id)
             if state is not None and state.pending:
-                # Cut short by cancellation (the executor is closing): the
-                # recovery did not fail, it was interrupted.
+                # Cut short by cancellation (the executor is closing) or by a
+                # lost lease: the recovery did not fail, it was interrupted.
                 state = self._set(run_id, phase="interrupted", retry_at=None)
                 self._telemetry.emit(
                     "interrupted",
@@ -421,6 +482,7 @@ class Executor(metaclass=NoPublicConstructor):
         )
         if attempt >= policy.max_attempts or not is_retryable(exc):
             state = self._set(run_id, phase="exhausted", retry_at=None)
+            await self._persist_outcome(request)
             self._telemetry.emit(
                 "exhausted",
                 run_id,
@@ -436,6 +498,11 @@ class Executor(metaclass=NoPublicConstructor):
         delay = self._jittered(policy.backoff_delay(attempt), policy.jitter)
         retry_at = trio.current_time() + delay
         self._set(run_id, phase="waiting", retry_at=retry_at)
+        try:
+            await self._persist(request, retry_at_wall=time.time() + delay)
+        except StoreError as exc:
+            # The wait goes on; a restart would retry at once instead.
+            logger.error("recovery of run %s: %s", run_id, exc)
         await trio.sleep_until(retry_at)
         return True
 
@@ -444,6 +511,9 @@ class Executor(metaclass=NoPublicConstructor):
         run_id = request.run_id
         policy = request.policy
         self._set(run_id, phase="attempting", attempt=attempt, retry_at=None)
+        # Written before any side effect of the attempt: a failure to write
+        # fails the attempt with nothing sent.
+        await self._persist(request)
         self._telemetry.emit(
             "started", run_id, request.event_metadata(attempt=attempt), attempt=attempt
         )
@@ -474,9 +544,9 @@ class Executor(metaclass=NoPublicConstructor):
                     logger.warning(
                         "recovery of run %s: checkpoint %s unavailable (%s); "
                         "trying an older one",
-                        run_id,
-                        checkpoint.tinker_path,
-                        exc,
+                        printable(run_id),
+                        printable(checkpoint.tinker_path),
+                        printable(str(exc)),
                     )
                     last_error = exc
                     continue
@@ -500,7 +570,7 @@ class Executor(metaclass=NoPublicConstructor):
             request.rest = self._rest or request.service.create_rest_client()
         return request.rest
 
-    def _complete(
+    async def _complete(
         self,
         request: _Request,
         attempt: int,
@@ -514,6 +584,7 @@ class Executor(metaclass=NoPublicConstructor):
         if not isinstance(new_run_id, str):
             new_run_id = None
         state = self._set(run_id, phase="done", new_run_id=new_run_id, error=None)
+        await self._persist_outcome(request)
         self._telemetry.emit(
             "completed",
             run_id,
@@ -571,6 +642,7 @@ async def open_executor(
     rest: RestClientProtocol | None = None,
     service: ServiceProtocol | None = None,
     max_concurrent: int = 1,
+    store: Store | None = None,
 ) -> AsyncIterator[Executor]:
     """Run an executor for the duration of the ``async with`` block.
 
@@ -580,12 +652,18 @@ async def open_executor(
         service: The default service for `Executor.recover` calls that pass
             ``None``.
         max_concurrent: How many attempts may run at once (≥ 1).
+        store: The journal each recovery's progress is written to (before
+            its side effects); see `open_store`.  ``None`` keeps it in memory.
 
     Leaving the block cancels recoveries still in progress (their records
     end as ``interrupted``) and callbacks still running.
     """
     executor = new_executor(
-        rest=rest, service=service, max_concurrent=max_concurrent, telemetry=Telemetry()
+        rest=rest,
+        service=service,
+        max_concurrent=max_concurrent,
+        telemetry=Telemetry(),
+        journal=store,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(executor.run)
@@ -610,6 +688,7 @@ def new_executor(
     max_concurrent: int,
     telemetry: Telemetry,
     rng: random.Random | None = None,
+    journal: Store | None = None,
 ) -> Executor:
     """Make an executor that emits through ``telemetry`` (a monitor's own)."""
     check_max_concurrent(max_concurrent)
@@ -619,4 +698,5 @@ def new_executor(
         max_concurrent=max_concurrent,
         telemetry=telemetry,
         rng=rng or random.Random(),
+        journal=journal,
     )

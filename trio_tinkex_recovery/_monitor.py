@@ -24,11 +24,15 @@ from ._client import open_service_client
 from ._errors import AlreadyPendingError, RecoveryDisabledError
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._policy import Policy
+from ._store import Snapshot, Store, StoredRun, json_safe, open_store
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._text import printable
 from ._types import validate_run_id
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
+    import os
+
     from ._config import Config
     from ._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
     from ._types import TrainingRun
@@ -73,8 +77,10 @@ class Monitor(metaclass=NoPublicConstructor):
         telemetry: Telemetry,
         nursery: trio.Nursery,
         rng: random.Random,
+        store: Store | None = None,
     ) -> None:
         self._policy = policy
+        self._store = store
         self._service = service
         self._rest = rest
         self._rest_for_service = rest_for_service
@@ -166,6 +172,16 @@ class Monitor(metaclass=NoPublicConstructor):
         rest = await self._rest_client(run_id, service)
         self._check_open()
         metadata = dict(metadata or {})
+        if self._store is not None:
+            await self._store.put_run(
+                StoredRun(
+                    run_id,
+                    json_safe(metadata),
+                    recovered=run_id in self._successors,
+                    successor=self._successors.get(run_id),
+                )
+            )
+            self._check_open()
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.rest, watch.metadata = service, rest, metadata
@@ -199,6 +215,7 @@ class Monitor(metaclass=NoPublicConstructor):
             executor,
             monitored=len(self._watches),
             polls=self._polls,
+            polled=counts["polled"],
             poll_errors=counts["poll_error"],
             get_requests=self._polls,
             detected=counts["detected"],
@@ -297,6 +314,11 @@ class Monitor(metaclass=NoPublicConstructor):
                 # A healthy poll ends the corruption episode.
                 watch.recovered = False
                 self._successors.pop(watch.run_id, None)
+                if self._store is not None:
+                    self._nursery.start_soon(
+                        self._store.put_run,
+                        StoredRun(watch.run_id, json_safe(watch.metadata)),
+                    )
             return False
         if watch.recovered:
             return False
@@ -354,22 +376,67 @@ class Monitor(metaclass=NoPublicConstructor):
                     continue
                 successor = outcome.state.new_run_id
                 self._successors[outcome.run_id] = successor
-                if self._policy.follow_recovered and successor:
-                    metadata = {**watch.metadata, "training_client": outcome.client}
-                    metadata.pop("training_pid", None)
-                    self._nursery.start_soon(
-                        self._follow, successor, watch.service, metadata
-                    )
+                self._nursery.start_soon(self._follow, watch, successor, outcome.client)
 
-    async def _follow(
-        self, run_id: str, service: ServiceProtocol | None, metadata: Mapping[str, Any]
-    ) -> None:
+    async def _follow(self, old: _Watch, successor: str | None, client: Any) -> None:
+        """Record that ``old`` was restored, and watch its successor."""
         try:
-            await self.monitor_run(run_id, service=service, metadata=metadata)
+            if self._store is not None:
+                await self._store.put_run(
+                    StoredRun(
+                        old.run_id,
+                        json_safe(old.metadata),
+                        recovered=True,
+                        successor=successor,
+                    )
+                )
+            if self._policy.follow_recovered and successor:
+                metadata = {**old.metadata, "training_client": client}
+                metadata.pop("training_pid", None)
+                await self.monitor_run(
+                    successor, service=old.service, metadata=metadata
+                )
         except trio.ClosedResourceError:
             pass
         except Exception:
-            logger.exception("could not follow recovered run %s", run_id)
+            logger.exception("could not follow recovered run %s", successor)
+
+    async def _resume(self, snapshot: Snapshot) -> None:
+        """Pick up what a journal holds: pending recoveries, then watched runs.
+
+        A pending recovery resumes where it stopped (its restore reconciled
+        by the executor); a run restored in its current episode is not
+        restored again (its successor is watched instead); a run whose
+        recovery was exhausted is left alone until watched again by name.
+        """
+        for stored in snapshot.runs.values():
+            if stored.recovered:
+                self._successors[stored.run_id] = stored.successor
+        for recovery in snapshot.recoveries.values():
+            if not recovery.state.pending:
+                continue
+            run_id = recovery.state.run_id
+            rest = await self._rest_client(run_id, self._service)
+            self._handed[run_id] = _Watch(
+                run_id=run_id,
+                service=self._service,
+                rest=rest,
+                metadata=dict(recovery.metadata),
+            )
+            await self._executor.resume(
+                recovery, self._service, self._policy, rest=rest
+            )
+        for stored in snapshot.runs.values():
+            record = snapshot.recoveries.get(stored.run_id)
+            if record is not None and record.state.phase == "exhausted":
+                logger.warning(
+                    "run %s: its recovery was exhausted; watch it again by name "
+                    "to retry",
+                    printable(stored.run_id),
+                )
+                continue
+            if stored.run_id not in self._handed:
+                await self.monitor_run(stored.run_id, metadata=stored.metadata)
 
 
 @asynccontextmanager
@@ -382,6 +449,7 @@ async def open_monitor(
     rest_for_service: RestClientFactory | None = None,
     executor: Executor | None = None,
     max_concurrent: int = 1,
+    store: Store | str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Monitor]:
     """Watch runs for the duration of the ``async with`` block.
 
@@ -400,6 +468,17 @@ async def open_monitor(
             own (with ``max_concurrent`` and ``rest``) in its nursery and
             forwards its events to the monitor's subscribers.
         max_concurrent: Attempts at once for the monitor's own executor.
+        store: The journal (a `Store`, or a path opened with `open_store`
+            and closed on the way out).  Every watched run, recovery and
+            restore is written there before it acts, and on entry the
+            monitor resumes what the journal holds: it watches every stored
+            run again and resumes pending recoveries where they stopped,
+            never restoring a run twice in one corruption episode.
+            ``None`` keeps everything in memory.
+
+    Raises:
+        StoreError: The journal cannot be opened (locked by another
+            watcher, corrupt, from a newer version, unwritable).
 
     Leaving the block cancels every polling task and recovery in flight.
     A crash of the monitor's own machinery (a bug, not a failed poll or
@@ -416,6 +495,8 @@ async def open_monitor(
         # Checked before any nursery opens, so a bad value is a plain error.
         check_max_concurrent(max_concurrent)
     async with AsyncExitStack() as stack:
+        if store is not None and not isinstance(store, Store):
+            store = await stack.enter_async_context(open_store(store))
         if service is None and rest is None and config is not None:
             service = await stack.enter_async_context(open_service_client(config))
         nursery = await stack.enter_async_context(trio.open_nursery())
@@ -426,6 +507,7 @@ async def open_monitor(
                 max_concurrent=max_concurrent,
                 telemetry=telemetry,
                 rng=rng,
+                journal=store,
             )
             await nursery.start(executor.run)
         monitor = Monitor._create(
@@ -438,8 +520,11 @@ async def open_monitor(
             telemetry=telemetry,
             nursery=nursery,
             rng=rng,
+            store=store,
         )
         await nursery.start(monitor._follow_outcomes)
+        if store is not None:
+            await monitor._resume(await store.load())
         try:
             yield monitor
         finally:

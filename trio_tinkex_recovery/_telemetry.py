@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import attrs
 import trio
 
+from ._text import printable
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
@@ -124,6 +126,8 @@ class Statistics:
     monitored: int = 0
     #: Polls started.
     polls: int = 0
+    #: Polls that Tinker answered (``polled`` events).
+    polled: int = 0
     #: Polls that failed (``poll_error`` events).
     poll_errors: int = 0
     #: API requests sent to poll runs one at a time (``GET`` of one run).
@@ -179,7 +183,15 @@ class Telemetry:
                 for key in _LOGGED
                 if event.metadata.get(key) is not None
             )
-            logger.log(level, "recovery %s run_id=%s %s", name, run_id, details)
+            # Ids, paths and errors come from a server: no escape sequence
+            # or newline of theirs reaches a log line.
+            logger.log(
+                level,
+                "recovery %s run_id=%s %s",
+                name,
+                printable(run_id),
+                printable(details),
+            )
         for send in list(self._subscribers):
             try:
                 send.send_nowait(event)

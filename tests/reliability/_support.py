@@ -154,6 +154,8 @@ class Recorder:
     events: list[TelemetryEvent] = attrs.field(factory=list)
     polls: bool = False
     changed: trio.Event = attrs.field(factory=trio.Event)
+    #: When each run's latest finished poll began (from ``polled``/``poll_error``).
+    poll_began: dict[str, float] = attrs.field(factory=dict)
 
     async def run(
         self,
@@ -166,7 +168,12 @@ class Recorder:
         async with source.subscribe(max_buffer) as events:
             task_status.started()
             async for event in events:
+                if event.name in ("polled", "poll_error"):
+                    began = event.time - event.measurements["duration"]
+                    self.poll_began[event.run_id] = began
                 if event.name == "polled" and not self.polls:
+                    self.changed.set()
+                    self.changed = trio.Event()
                     continue
                 self.events.append(event)
                 self.changed.set()
@@ -175,6 +182,13 @@ class Recorder:
     async def wait_for(self, condition: Callable[[list[TelemetryEvent]], bool]) -> None:
         """Return once ``condition(events)`` holds."""
         while not condition(self.events):
+            await self.changed.wait()
+
+    async def wait_all_polled_since(
+        self, since: float, runs: Callable[[], Iterable[str]]
+    ) -> None:
+        """Return once every run in ``runs()`` finished a poll begun after ``since``."""
+        while any(self.poll_began.get(r, -1.0) <= since for r in runs()):
             await self.changed.wait()
 
     def names(self, run_id: str | None = None) -> list[str]:

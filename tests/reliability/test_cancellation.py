@@ -266,24 +266,29 @@ async def check_leave(seed: int, count: int, event_log: EventLog) -> None:
         check_common(report)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-async def test_stop_monitoring_at_random_points(seed, event_log, autojump_clock):
+#: (seed, random points) run by default; the many-point ones with ``-m slow``.
+RANDOM_POINTS = [
+    pytest.param(1, 3, id="1"),
+    pytest.param(2, 3, id="2"),
+    *(
+        pytest.param(seed, 10, id=f"{seed}-many", marks=pytest.mark.slow)
+        for seed in range(3, 8)
+    ),
+]
+
+
+@pytest.mark.parametrize(("seed", "count"), RANDOM_POINTS)
+async def test_stop_monitoring_at_random_points(seed, count, event_log, autojump_clock):
     """stop_monitoring anywhere: no polling event, poll or task afterwards."""
-    await check_stop(seed, 3, event_log)
+    await check_stop(seed, count, event_log)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-async def test_leaving_open_monitor_at_random_points(seed, event_log, autojump_clock):
+@pytest.mark.parametrize(("seed", "count"), RANDOM_POINTS)
+async def test_leaving_open_monitor_at_random_points(
+    seed, count, event_log, autojump_clock
+):
     """Leaving open_monitor anywhere: nothing runs, nothing pends, no error."""
-    await check_leave(seed, 3, event_log)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", range(3, 8))
-async def test_stop_and_leave_at_many_random_points(seed, event_log, autojump_clock):
-    """Both stop paths at many more random points."""
-    await check_stop(seed, 10, event_log)
-    await check_leave(seed, 10, event_log)
+    await check_leave(seed, count, event_log)
 
 
 async def test_a_new_monitor_resumes_a_restore_cut_short_without_repeating_it(

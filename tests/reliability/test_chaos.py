@@ -43,38 +43,13 @@ from ._support import (
 )
 
 if TYPE_CHECKING:
-    from trio_tinkex_recovery import Checkpoint, Statistics, TrainingRun
+    from trio_tinkex_recovery import Statistics
     from trio_tinkex_recovery._executor import RecoveryState
     from trio_tinkex_recovery.testing import RecordedRequest
 
 #: The share of requests the simulator spoils.
 FAULT_RATE = 0.2
-
-
-class PollTracker:
-    """Wraps the polling REST client; tells when each run finished a poll."""
-
-    def __init__(self, rest: Any) -> None:
-        self._rest = rest
-        self.finished: dict[str, float] = {}  # run -> start of its last poll
-        self._changed = trio.Event()
-
-    async def get_training_run(self, run_id: str) -> TrainingRun:
-        started = trio.current_time()
-        try:
-            return await self._rest.get_training_run(run_id)
-        finally:
-            self.finished[run_id] = started
-            self._changed.set()
-            self._changed = trio.Event()
-
-    async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
-        return await self._rest.list_checkpoints(run_id)
-
-    async def wait_all_polled_since(self, since: float, runs: Any) -> None:
-        """Return once every run in ``runs()`` finished a poll begun after ``since``."""
-        while any(self.finished.get(r, -1.0) <= since for r in runs()):
-            await self._changed.wait()
+SLOW = pytest.mark.slow
 
 
 @attrs.frozen
@@ -132,12 +107,14 @@ async def chaos(
             service_client(max_retries=poll_retries, **client) as poller,
             service_client(max_retries=3, heartbeat_interval=5.0, **client) as restorer,
         ):
-            tracker = PollTracker(poller.create_rest_client())
             inject(fake, chaos_faults(timeout=timeout), FAULT_RATE)
             recorder = Recorder()
             async with (
                 open_monitor(
-                    policy=policy, service=restorer, rest=tracker, max_concurrent=4
+                    policy=policy,
+                    service=restorer,
+                    rest=poller.create_rest_client(),
+                    max_concurrent=4,
                 ) as monitor,
                 trio.open_nursery() as side,
             ):
@@ -165,7 +142,7 @@ async def chaos(
                     # Quiesce: no new faults; once every watched run has
                     # finished a poll begun now, every faulty poll has ended.
                     fake.clear_faults()
-                    await tracker.wait_all_polled_since(
+                    await recorder.wait_all_polled_since(
                         trio.current_time(), lambda: monitor.monitored_runs
                     )
                 stats = monitor.statistics()
@@ -226,65 +203,57 @@ def check(outcome: Outcome, *, poll_retries: int, timeouts: bool) -> None:
     assert outcome.stats.dropped_events == 0
 
 
-@pytest.mark.parametrize(("seed", "poll_retries"), [(1, 0), (2, 3)])
+#: Seeds run by default; the rest (``-m slow``) run longer.
+LOOPBACK_CASES = [
+    pytest.param(1, 0, 1.5, id="1-0"),
+    pytest.param(2, 3, 1.5, id="2-3"),
+    *(
+        pytest.param(seed, retries, 8.0, id=f"{seed}-{retries}-long", marks=SLOW)
+        for seed in range(3, 11)
+        for retries in (0, 3)
+    ),
+]
+
+
+@pytest.mark.parametrize(("seed", "poll_retries", "window"), LOOPBACK_CASES)
 async def test_loopback_chaos_recovers_each_corrupted_run_exactly_once(
-    seed, poll_retries
+    seed, poll_retries, window
 ):
     """50 runs over real HTTP with 20 % faults: one restore per corruption."""
     outcome = await chaos(
         seed,
         loopback=True,
         poll_interval=0.25,
-        window=1.5,
+        window=window,
         poll_retries=poll_retries,
-        budget=60,
+        budget=60 if window < 5 else 180,
     )
     check(outcome, poll_retries=poll_retries, timeouts=True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("poll_retries", [0, 3])
-@pytest.mark.parametrize("seed", range(3, 11))
-async def test_loopback_chaos_long(seed, poll_retries):
-    """The loopback chaos scenario, longer and over more seeds."""
-    outcome = await chaos(
-        seed,
-        loopback=True,
-        poll_interval=0.3,
-        window=8.0,
-        poll_retries=poll_retries,
-        budget=180,
-    )
-    check(outcome, poll_retries=poll_retries, timeouts=True)
+IN_PROCESS_CASES = [
+    pytest.param(0, 0, 600.0, id="0-0"),
+    pytest.param(1, 2, 600.0, id="1-2"),
+    pytest.param(2, 0, 600.0, id="2-0"),
+    *(
+        pytest.param(seed, retries, 1800.0, id=f"{seed}-{retries}-long", marks=SLOW)
+        for seed in range(3, 23)
+        for retries in (0, 2)
+    ),
+]
 
 
-@pytest.mark.parametrize(("seed", "poll_retries"), [(0, 0), (1, 2), (2, 0)])
+@pytest.mark.parametrize(("seed", "poll_retries", "window"), IN_PROCESS_CASES)
 async def test_in_process_chaos_recovers_each_corrupted_run_exactly_once(
-    seed, poll_retries, autojump_clock
+    seed, poll_retries, window, autojump_clock
 ):
     """The chaos scenario in process, in Trio time, over more seeds."""
     outcome = await chaos(
         seed,
         loopback=False,
         poll_interval=30.0,
-        window=600.0,
+        window=window,
         poll_retries=poll_retries,
-        budget=3600,
-    )
-    check(outcome, poll_retries=poll_retries, timeouts=False)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("poll_retries", [0, 2])
-@pytest.mark.parametrize("seed", range(3, 23))
-async def test_in_process_chaos_many_seeds(seed, poll_retries, autojump_clock):
-    """The in-process chaos scenario over twenty more seeds, for longer."""
-    outcome = await chaos(
-        seed,
-        loopback=False,
-        poll_interval=30.0,
-        window=1800.0,
-        poll_retries=poll_retries,
-        budget=36000,
+        budget=3600 if window < 1000 else 36000,
     )
     check(outcome, poll_retries=poll_retries, timeouts=False)

@@ -1,4 +1,4 @@
-"""Restore faults: each ends as DESIGN.md says, with events in causal order.
+"""Restore faults: each ends as documented, with events in causal order.
 
 - the newest checkpoint deleted or expired → fall back to the next older one;
 - ``load_weights`` failing with a ``user`` category → fall back, or without

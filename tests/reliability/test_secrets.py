@@ -292,7 +292,7 @@ async def run_cli(
 
 def cli_available() -> bool:
     try:
-        import trio_tinkex_recovery._cli  # noqa: F401
+        import trio_tinkex_recovery.cli  # noqa: F401
     except ImportError:
         return False
     return True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import assert_type
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from trio_tinkex_recovery import (
     Best,
@@ -18,6 +20,12 @@ from trio_tinkex_recovery import (
     TrainingRun,
     open_executor,
     open_monitor,
+)
+from trio_tinkex_recovery.metrics import (
+    MonitorMetrics,
+    Probe,
+    attach_metrics,
+    serve_metrics,
 )
 
 
@@ -73,6 +81,20 @@ async def main() -> None:
         )
         assert_type(executor.recovery_state("run-1"), RecoveryState | None)
         await executor.wait_idle()
+
+
+async def expose(monitor: Monitor) -> None:
+    async with trio.open_nursery() as nursery:
+        metrics: MonitorMetrics = await nursery.start(
+            attach_metrics, monitor, CollectorRegistry()
+        )
+        assert_type(metrics.registry, CollectorRegistry)
+        assert_type(metrics.health(), Probe)
+        assert_type(metrics.readiness().ok, bool)
+        url: str = await nursery.start(
+            partial(serve_metrics, monitor, host="::1", port=9464)
+        )
+        print(url)
 
 
 if __name__ == "__main__":

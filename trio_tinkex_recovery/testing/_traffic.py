@@ -50,6 +50,11 @@ class Traffic:
         self._requests.append(request)
 
     @property
+    def request_log_limit(self) -> int | None:
+        """How many requests `requests` keeps (``None``: all)."""
+        return self._requests.maxlen
+
+    @property
     def requests(self) -> list[RecordedRequest]:
         """The requests received, in order (the latest ``request_log_limit``).
 

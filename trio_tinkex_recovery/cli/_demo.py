@@ -1,30 +1,57 @@
-"""What happens on the simulator during ``demo`` and ``simulate``.
+"""``demo``: the simulator, training runs that break, and their recovery.
 
-Both drive a `FakeTinker` living in this process: training jobs that save
-checkpoints as they go, corruptions at seeded times, injected faults.  The
-CLI (``_cli.py``) serves the simulator on loopback and, for the demo, runs
-the monitor against it through the native HTTP client.
+The demo serves a `FakeTinker` on loopback, runs training jobs on it that
+save checkpoints, corrupts some at seeded times (`DemoScenario`), and
+watches them with the monitor through the native HTTP client, exactly as
+``watch`` does (`monitor_runs`).  It exits 0 only if every corrupted run
+was recovered exactly once.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
-from ._errors import TinkexRecoveryError
-from ._policy import Policy
-from ._view import SummaryTable
-from .testing import FakeTinker, Fault
+from .._config import Config
+from .._errors import TinkexRecoveryError
+from .._policy import Policy
+from ..testing import FakeTinker, Fault, serve_fake_tinker
+from ._board import Board
+from ._options import (
+    MetricsOptions,
+    OutputOptions,
+    add_metrics_options,
+    add_output_options,
+    build_metrics,
+    default_help,
+    number,
+)
+from ._runtime import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    Parser,
+    Stop,
+    run_trio,
+    until_stopped,
+)
+from ._simulate import require_hypercorn, simulated_loss
+from ._view import SummaryTable, open_view
+from ._watch import monitor_runs
 
 if TYPE_CHECKING:
-    from ._types import Checkpoint
-    from ._view import Board, View
+    from collections.abc import Sequence
 
-__all__ = ["DEMO_API_KEY", "DemoScenario", "Simulation"]
+    from .._types import Checkpoint
+    from ._runtime import Output
+    from ._view import View
+
+__all__ = ["COMMAND", "DEMO_API_KEY", "DemoOptions", "DemoScenario", "parse"]
 
 logger = logging.getLogger("trio_tinkex_recovery.cli")
 
@@ -34,9 +61,121 @@ DEMO_API_KEY: Final = "tml-demo-0000"
 DEMO_GRACE: Final = 15.0
 
 
-def simulated_loss(rng: random.Random, step: int) -> dict[str, str]:
-    """Checkpoint metadata with a falling, noisy ``loss`` (for ``--strategy best``)."""
-    return {"loss": f"{2.5 / (1 + 0.3 * step) + rng.uniform(-0.08, 0.08):.4f}"}
+@attrs.frozen
+class DemoOptions:
+    """What ``demo`` was asked to do, validated."""
+
+    #: Training runs (about half are corrupted).
+    runs: int = 5
+    #: Decides which runs break and when.
+    seed: int = 1
+    #: Seconds of training.
+    duration: float = 10.0
+    #: Share of polls that fail with HTTP 503.
+    fault_rate: float = 0.05
+    #: Restore attempts at once.
+    max_concurrent: int = 2
+    #: How progress is shown.
+    output: OutputOptions = attrs.field(factory=OutputOptions)
+    #: Where metrics and probes are served (``None``: nowhere).
+    metrics: MetricsOptions | None = None
+
+
+def parser(prog: str) -> Parser:
+    """The parser of ``demo``'s options."""
+    parser = Parser(
+        prog=prog,
+        description="Start the Tinker simulator on loopback, run training runs "
+        "that save checkpoints, corrupt some at seeded random times, and "
+        "recover them with the monitor through the real HTTP client. Exits 0 "
+        "only if every corrupted run was recovered exactly once.",
+    )
+    for flag, metavar, text in (
+        ("--runs", "N", "training runs, 1-100; about half are corrupted"),
+        ("--seed", "N", "decides which runs break and when"),
+        ("--duration", "S", "seconds of training"),
+        ("--fault-rate", "P", "share of polls that fail with HTTP 503"),
+        ("--max-concurrent", "K", "restore attempts at once"),
+    ):
+        name = flag[2:].replace("-", "_")
+        parser.add_argument(
+            flag, metavar=metavar, help=f"{text} {default_help(DemoOptions, name)}"
+        )
+    add_output_options(parser)
+    add_metrics_options(parser, host=False)
+    return parser
+
+
+def parse(argv: Sequence[str], prog: str = "demo") -> DemoOptions:
+    """``demo``'s options from its arguments.
+
+    Raises:
+        UsageError: Bad usage or an option out of its range.
+    """
+    args = parser(prog).parse_args(argv)
+    require_hypercorn("the demo")
+    given: dict[str, Any] = {}
+    for name, kind, bounds in (
+        ("runs", int, {"low": 1, "high": 100}),
+        ("seed", int, {}),
+        ("duration", float, {"above": 0.0}),
+        ("fault_rate", float, {"low": 0.0, "high": 1.0}),
+        ("max_concurrent", int, {"low": 1}),
+    ):
+        text = getattr(args, name)
+        if text is not None:
+            flag = "--" + name.replace("_", "-")
+            given[name] = number(text, flag, kind, **bounds)
+    return DemoOptions(
+        **given, output=OutputOptions.from_args(args), metrics=build_metrics(args)
+    )
+
+
+def run(options: DemoOptions, out: Output, err: Output) -> int:
+    """Run the demo; 0 only if every corrupted run was recovered exactly once."""
+    scenario = DemoScenario.create(
+        seed=options.seed,
+        runs=options.runs,
+        duration=options.duration,
+        fault_rate=options.fault_rate,
+    )
+    policy = scenario.policy()
+    view = open_view(
+        options.output, title=f"demo (seed {options.seed})", out=out, err=err
+    )
+
+    async def main() -> int:
+        board = Board(policy=policy, view=view)
+        stop = Stop()
+        ok = False
+        async with trio.open_nursery() as server:
+            url: str = await server.start(serve_fake_tinker, scenario.fake)
+            # HTTP retries are off so that injected faults reach the monitor
+            # and the executor, where the demo shows what they do with them.
+            config = Config(api_key=DEMO_API_KEY, base_url=url, max_retries=0)
+            body = partial(
+                monitor_runs,
+                config=config,
+                policy=policy,
+                max_concurrent=options.max_concurrent,
+                run_ids=scenario.run_ids,
+                board=board,
+                headline=scenario.headline(url),
+                until=lambda monitor: scenario.until(board.view),
+                duration=None,
+                stop=stop,
+                beside=lambda nursery: scenario.start(nursery, board),
+                metrics=options.metrics,
+            )
+            try:
+                await until_stopped(body, stop)
+            finally:
+                ok, table = scenario.verdict(board, stop.reason or "error")
+                view.close(table)
+                server.cancel_scope.cancel()
+        return EXIT_OK if ok else EXIT_FAILED
+
+    return run_trio(main)
 
 
 def _next_index(checkpoint: Checkpoint) -> int:
@@ -215,15 +354,15 @@ class DemoScenario:
             restores = self.fake.restore_count(run_id)
             rec = board.recovery(run_id)
             if at is None:
-                outcome, style = "healthy", "green"
+                outcome, style = "healthy", "healthy"
                 if restores:
                     problems.append(f"{run_id} was never corrupted but restored")
             elif rec is not None and rec.phase == "done":
-                outcome, style = f"recovered → {rec.new_run_id}", "bold cyan"
+                outcome, style = f"recovered → {rec.new_run_id}", "recovered"
                 if restores != 1:
                     problems.append(f"{run_id} restored {restores} times")
             else:
-                outcome, style = board.state(row)
+                outcome, style = board.state(row), board.phase(row)
                 problems.append(f"{run_id} is corrupted and {outcome}")
 
             def after(t: float | None, at: float | None = at) -> str:
@@ -245,12 +384,11 @@ class DemoScenario:
             styles.append(style)
         corrupted = len(self.corrupted_at)
         ok = not problems
-        polls = sum(row.polls for row in board.rows)
-        errors = sum(row.errors for row in board.rows)
-        failed = board.executor.statistics().failed if board.executor else 0
+        stats = board.stats
         footer = [
-            f"{polls} polls, {errors} failed (injected HTTP 503s, never a reason "
-            f"to recover); {failed} failed restore attempt(s), retried.",
+            f"{stats.polls} polls, {stats.poll_errors} failed (injected HTTP 503s, "
+            f"never a reason to recover); {stats.failed} failed restore "
+            "attempt(s), retried.",
             f"stopped after {trio.current_time() - self._start:.1f} s: {reason}",
         ]
         if ok:
@@ -286,93 +424,9 @@ class DemoScenario:
         return ok, table
 
 
-@attrs.define(eq=False)
-class Simulation:
-    """The ``simulate`` command's background activity on a served simulator."""
-
-    #: The simulator.
-    fake: FakeTinker
-    #: Where to report what happens.
-    out: TextIO
-    #: Seeds the choice of the run to corrupt.
-    seed: int = 0
-    #: Seconds between new checkpoints of every healthy run (0: never).
-    checkpoint_every: float = 0.0
-    #: Seconds between two corruptions (0: never).
-    corrupt_every: float = 0.0
-    #: The runs corrupted so far, in order.
-    corrupted: list[str] = attrs.field(factory=list)
-    _start: float = 0.0
-    _rngs: dict[str, random.Random] = attrs.field(factory=dict)
-
-    def say(self, text: str) -> None:
-        """Print a line stamped with the seconds since the start."""
-        elapsed = trio.current_time() - self._start
-        print(f"[{elapsed:6.1f}s] {text}", file=self.out, flush=True)
-
-    def start(self, nursery: trio.Nursery) -> None:
-        """Start checkpointing, corrupting and reporting restores."""
-        self._start = trio.current_time()
-        if self.checkpoint_every:
-            nursery.start_soon(self._checkpoints)
-        if self.corrupt_every:
-            nursery.start_soon(self._corruptions)
-        nursery.start_soon(self._report_restores)
-
-    def healthy(self) -> list[str]:
-        """The runs (restored models included) not corrupted now."""
-        return [r for r in self.fake.run_ids if not self.fake.run(r).corrupted]
-
-    def add_run(self, run_id: str, checkpoints: int = 2) -> None:
-        """Add a run with ``checkpoints`` checkpoints that report a ``loss``."""
-        self.fake.add_run(run_id, checkpoints=[])
-        for _ in range(checkpoints):
-            self.checkpoint(run_id)
-
-    def checkpoint(self, run_id: str) -> None:
-        """Save the run's next checkpoint, ``ckpt-NNNN``, with a ``loss``."""
-        rng = self._rngs.setdefault(run_id, random.Random(f"{self.seed}:{run_id}"))
-        index = len(self.fake.checkpoints(run_id)) + 1
-        while True:
-            try:
-                self.fake.add_checkpoint(
-                    run_id, f"ckpt-{index:04d}", metadata=simulated_loss(rng, index)
-                )
-            except ValueError:  # the name is taken: a client saved it
-                index += 1
-                continue
-            return
-
-    async def _checkpoints(self) -> None:
-        next_at = trio.current_time()
-        while True:
-            next_at += self.checkpoint_every
-            await trio.sleep_until(next_at)
-            for run_id in self.healthy():
-                self.checkpoint(run_id)
-
-    async def _corruptions(self) -> None:
-        rng = random.Random(self.seed)
-        next_at = trio.current_time()
-        while True:
-            next_at += self.corrupt_every
-            await trio.sleep_until(next_at)
-            healthy = self.healthy()
-            if not healthy:
-                continue
-            run_id = rng.choice(healthy)
-            self.fake.corrupt(run_id)
-            self.corrupted.append(run_id)
-            self.say(f"corrupted {run_id}")
-
-    async def _report_restores(self) -> None:
-        seen = 0
-        while True:
-            log = self.fake.restore_log
-            for restore in log[seen:]:
-                self.say(
-                    f"restored {restore.tinker_path} as {restore.model_id}"
-                    + (" (with optimizer)" if restore.optimizer else "")
-                )
-            seen = len(log)
-            await trio.sleep(0.2)
+COMMAND: Final = Command(
+    name="demo",
+    summary="the simulator, runs that break, and their recovery (the default)",
+    parse=parse,
+    run=run,
+)

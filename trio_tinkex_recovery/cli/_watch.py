@@ -1,0 +1,386 @@
+"""``watch RUN_ID...``: watch runs on Tinker and recover corrupted ones.
+
+`monitor_runs` is the part the demo shares: it runs the monitor, feeds
+its telemetry to a `Board` and redraws the view until told to stop.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+
+from .._monitor import open_monitor
+from .._store import StoreError, default_state_path, open_store
+from .._types import validate_run_id
+from ._board import Board
+from ._options import (
+    MetricsOptions,
+    OutputOptions,
+    add_config_options,
+    add_metrics_options,
+    add_output_options,
+    add_policy_options,
+    build_config,
+    build_metrics,
+    build_policy,
+    default_help,
+    number,
+)
+from ._runtime import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    Parser,
+    Stop,
+    UsageError,
+    run_trio,
+    until_stopped,
+)
+from ._view import open_view
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .._config import Config
+    from .._monitor import Monitor
+    from .._policy import Policy
+    from .._protocols import ServiceProtocol
+    from .._store import Store
+    from ._runtime import Output
+
+__all__ = ["COMMAND", "WatchOptions", "monitor_runs", "parse"]
+
+#: Seconds between two redraws of the view (and checks of the stop conditions).
+TICK: Final = 0.25
+#: Events the view's subscription holds before it drops (and counts) them.
+EVENT_BUFFER: Final = 65_536
+
+
+@attrs.frozen
+class WatchOptions:
+    """What ``watch`` was asked to do, validated."""
+
+    #: The runs named on the command line, without repeats.
+    run_ids: tuple[str, ...]
+    #: How to recover them.
+    policy: Policy
+    #: Where Tinker is, and the key.
+    config: Config
+    #: Restore attempts at once.
+    max_concurrent: int = 1
+    #: Seconds until it stops by itself (``None``: until Ctrl-C).
+    duration: float | None = None
+    #: How progress is shown.
+    output: OutputOptions = attrs.field(factory=OutputOptions)
+    #: The journal's file (``None``: in memory only, ``--no-state``).
+    state: str | None = None
+    #: Where metrics and probes are served (``None``: nowhere).
+    metrics: MetricsOptions | None = None
+
+
+def parser(prog: str) -> Parser:
+    """The parser of ``watch``'s options."""
+    parser = Parser(
+        prog=prog,
+        description="Watch training runs on Tinker; restart each corrupted run "
+        "from a checkpoint. Needs TINKER_API_KEY. Runs until Ctrl-C, SIGTERM, "
+        "--duration, or until nothing is left to watch. The runs and their "
+        "recoveries are kept in a state file, so a watcher started again (after "
+        "a crash too) watches them again and never restores a run twice. Exit "
+        "status: 0 all good (an interrupted recovery included), 1 a recovery "
+        "was exhausted, 2 bad usage or configuration.",
+    )
+    parser.add_argument(
+        "run_ids",
+        nargs="*",
+        metavar="RUN_ID",
+        help="runs to watch, added to those the state file holds (none: watch "
+        "what it holds)",
+    )
+    state = parser.add_argument_group("state")
+    where = state.add_mutually_exclusive_group()
+    where.add_argument(
+        "--state",
+        metavar="PATH",
+        help=f"the state file (default: {default_state_path()})",
+    )
+    where.add_argument(
+        "--no-state",
+        action="store_true",
+        help="keep nothing: a restart forgets the runs and their recoveries",
+    )
+    add_config_options(parser.add_argument_group("connection"))
+    policy = parser.add_argument_group("recovery policy")
+    add_policy_options(policy)
+    policy.add_argument(
+        "--max-concurrent",
+        metavar="K",
+        help=f"restore attempts at once {default_help(WatchOptions, 'max_concurrent')}",
+    )
+    parser.add_argument(
+        "--duration", metavar="S", help="stop after S seconds (default: until Ctrl-C)"
+    )
+    add_output_options(parser)
+    add_metrics_options(parser)
+    return parser
+
+
+def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
+    """``watch``'s options from its arguments.
+
+    Raises:
+        UsageError: Bad usage, a bad run id, or a value the policy or the
+            config rejects (the message names the option).
+    """
+    args = parser(prog).parse_args(argv)
+    run_ids: dict[str, None] = {}
+    for run_id in args.run_ids:
+        try:
+            validate_run_id(run_id)
+        except ValueError as exc:
+            raise UsageError(f"argument RUN_ID: {run_id[:80]!r}: {exc}") from None
+        run_ids[run_id] = None
+    state = None if args.no_state else (args.state or default_state_path())
+    if not run_ids and state is None:
+        raise UsageError("name the runs to watch (with --no-state nothing is stored)")
+    given: dict[str, Any] = {}
+    if args.max_concurrent is not None:
+        given["max_concurrent"] = number(
+            args.max_concurrent, "--max-concurrent", int, low=1
+        )
+    if args.duration is not None:
+        given["duration"] = number(args.duration, "--duration", float, low=0.0)
+    return WatchOptions(
+        run_ids=tuple(run_ids),
+        policy=build_policy(args),
+        config=build_config(args),
+        output=OutputOptions.from_args(args),
+        state=state,
+        metrics=build_metrics(args),
+        **given,
+    )
+
+
+def run(options: WatchOptions, out: Output, err: Output) -> int:
+    """Watch until stopped; 1 if a recovery was exhausted."""
+    policy, config = options.policy, options.config
+    view = open_view(
+        options.output,
+        title=f"watching runs on {config.base_url}",
+        out=out,
+        err=err,
+    )
+    headline = (
+        f"watching on {config.base_url}: poll every "
+        f"{policy.poll_interval:g} s, strategy {policy.checkpoint_strategy}, "
+        f"up to {policy.max_attempts} attempt(s). Ctrl-C to stop."
+    )
+
+    async def main() -> int:
+        async with AsyncExitStack() as stack:
+            try:
+                store = await stack.enter_async_context(open_store(options.state))
+                stored = len((await store.load()).runs)
+            except StoreError as exc:
+                raise UsageError(str(exc)) from None
+            if not options.run_ids and not stored:
+                raise UsageError(
+                    f"nothing to watch: the state file {options.state} holds no "
+                    "run; name the runs to watch"
+                )
+            return await watch(store, stored)
+
+    async def watch(store: Store, stored: int) -> int:
+        board = Board(policy=policy, view=view)
+        stop = Stop()
+        body = partial(
+            monitor_runs,
+            config=config,
+            policy=policy,
+            max_concurrent=options.max_concurrent,
+            run_ids=options.run_ids,
+            board=board,
+            headline=headline
+            + (f" {stored} run(s) came from {store.location}." if stored else ""),
+            until=partial(_nothing_left, board),
+            duration=options.duration,
+            stop=stop,
+            store=store,
+            metrics=options.metrics,
+        )
+        try:
+            await until_stopped(body, stop)
+        finally:
+            elapsed = trio.current_time() - board.start
+            view.close(
+                board.summary(
+                    title="summary",
+                    footer=[
+                        board.totals(),
+                        f"stopped after {elapsed:.1f} s: {stop.reason or 'error'}",
+                    ],
+                )
+            )
+        if board.fatal is not None:
+            status = getattr(board.fatal, "status", None)
+            raise UsageError(
+                f"Tinker rejected the API key (HTTP {status}); check TINKER_API_KEY"
+            )
+        return EXIT_FAILED if board.exhausted() else EXIT_OK
+
+    return run_trio(main)
+
+
+COMMAND: Final = Command(
+    name="watch",
+    summary="watch runs on Tinker and recover corrupted ones",
+    parse=parse,
+    run=run,
+)
+
+
+def _nothing_left(board: Board, monitor: Monitor) -> str | None:
+    if board.fatal is not None:
+        return "Tinker rejected the API key"
+    if board.view.output_closed:
+        return "the output was closed"
+    if not monitor.monitored_runs and monitor.statistics().in_progress == 0:
+        return "nothing left to watch"
+    return None
+
+
+# -- what watch and the demo share ---------------------------------------------
+
+
+async def monitor_runs(
+    *,
+    config: Config | None = None,
+    service: ServiceProtocol | None = None,
+    policy: Policy,
+    max_concurrent: int,
+    run_ids: Sequence[str],
+    board: Board,
+    headline: str,
+    until: Callable[[Monitor], str | None],
+    duration: float | None,
+    stop: Stop,
+    beside: Callable[[trio.Nursery], None] | None = None,
+    store: Store | None = None,
+    metrics: MetricsOptions | None = None,
+) -> None:
+    """Watch ``run_ids`` until ``until`` gives a reason to stop, or ``duration``.
+
+    The board follows the monitor through its telemetry, its recovery
+    records and its statistics, also once the monitor has closed (so a
+    recovery cut short shows as interrupted).
+
+    Args:
+        config: Where Tinker is: the monitor opens a native client for it.
+        service: Polls and restores the runs, instead (e.g. a fake).
+        policy: How to recover them.
+        max_concurrent: Restore attempts at once.
+        run_ids: The runs to watch.
+        board: Gathers what happens, for the view.
+        headline: What the view says first.
+        until: Called every tick: a reason to stop, or ``None``.
+        duration: Seconds until it stops by itself (``None``: never).
+        stop: Where the reason it stopped is recorded.
+        beside: Starts the caller's own tasks next to the monitor.
+        store: The journal: its runs are watched too, its pending
+            recoveries resumed.
+        metrics: Where to serve the monitor's metrics and probes, from the
+            start, before any run is watched (the headline gives the URL).
+
+    Raises:
+        UsageError: The metrics address cannot be bound.
+    """
+    monitor: Monitor | None = None
+    try:
+        async with (
+            open_monitor(
+                policy=policy,
+                config=config,
+                service=service,
+                max_concurrent=max_concurrent,
+                store=store,
+            ) as monitor,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(_feed, monitor, board)
+            if metrics is not None:
+                url = await _serve_metrics(nursery, monitor, metrics)
+                headline = f"{headline} Metrics on {url}/metrics."
+            board.start = trio.current_time()
+            board.view.open(headline)
+            pending = {r for r, s in monitor.executor.recoveries.items() if s.pending}
+            for run_id in sorted({*monitor.monitored_runs, *pending}):  # journal's
+                board.add(run_id)
+            for run_id in run_ids:
+                board.add(run_id)
+                await monitor.monitor_run(run_id)
+            if beside is not None:
+                beside(nursery)
+            deadline = math.inf if duration is None else board.start + duration
+            stop.reason = await _supervise(monitor, board, until, deadline)
+            nursery.cancel_scope.cancel()
+    finally:
+        if monitor is not None:
+            board.update(monitor.executor.recoveries, monitor.statistics())
+
+
+async def _serve_metrics(
+    nursery: trio.Nursery, monitor: Monitor, metrics: MetricsOptions
+) -> str:
+    """Serve ``monitor``'s metrics and probes in ``nursery``; the base URL."""
+    from ..metrics import serve_metrics
+
+    try:
+        url: str = await nursery.start(
+            partial(serve_metrics, monitor, host=metrics.host, port=metrics.port)
+        )
+    except OSError as exc:
+        raise UsageError(
+            f"argument --metrics-port: cannot serve on {metrics.host} port "
+            f"{metrics.port}: {exc.strerror or exc}"
+        ) from None
+    return url
+
+
+async def _feed(
+    monitor: Monitor,
+    board: Board,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with monitor.subscribe(max_buffer=EVENT_BUFFER) as events:
+        task_status.started()
+        async for event in events:
+            board.on_event(event)
+
+
+async def _supervise(
+    monitor: Monitor,
+    board: Board,
+    until: Callable[[Monitor], str | None],
+    deadline: float,
+) -> str:
+    """Redraw the view until ``until`` gives a reason to stop, or ``deadline``."""
+
+    def tick() -> None:
+        board.update(monitor.executor.recoveries, monitor.statistics())
+        board.view.tick(board.stats)
+
+    with trio.move_on_at(deadline):
+        while True:
+            tick()
+            reason = until(monitor)
+            if reason is not None:
+                return reason
+            await trio.sleep(TICK)
+    tick()
+    return "--duration reached"
