@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -12,6 +13,7 @@ import trio
 from hypothesis import HealthCheck, settings
 
 from trio_tinkex_recovery import Checkpoint, CheckpointUnavailableError, TrainingRun
+from trio_tinkex_recovery._types import TrainingRunPage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -119,6 +121,62 @@ class FakeRest:
 
     def poll_times(self, run_id: str) -> list[float]:
         return [t for t, r in self.polls if r == run_id]
+
+
+class ListingFakeRest(FakeRest):
+    """A FakeRest that also lists its runs, a page at a time.
+
+    Runs are listed in the order they were added (``shuffled``: a new order
+    on every page), at most ``page_max`` a page.  ``pages`` records every
+    list request as ``(time, offset, limit)``; ``fail_lists`` are raised by
+    the next list requests, one each; ``list_delay`` is each page's latency.
+    """
+
+    def __init__(self, *, shuffled: bool = False, page_max: int = 100) -> None:
+        super().__init__()
+        self.shuffled = shuffled
+        self.page_max = page_max
+        self.pages: list[tuple[float, int, int]] = []
+        self.fail_lists: list[BaseException] = []
+        self.list_delay = 0.0
+        self.scopes: list[tuple[str, str | None]] = []
+        #: JSON fields to put in a run's listed entry, by run id.
+        self.patches: dict[str, dict[str, Any]] = {}
+        self._rng = random.Random(0)
+
+    def touch(self, run_id: str, when: dt.datetime) -> None:
+        """Set the run's ``last_request_time``."""
+        self.runs[run_id] = attrs.evolve(self.runs[run_id], last_request_time=when)
+
+    async def list_training_runs(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        access_scope: str = "owned",
+        project_id: str | None = None,
+    ) -> TrainingRunPage:
+        self.pages.append((trio.current_time(), offset, limit))
+        self.scopes.append((access_scope, project_id))
+        if self.list_delay:
+            await trio.sleep(self.list_delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        if self.fail_lists:
+            raise self.fail_lists.pop(0)
+        runs = list(self.runs.values())
+        if self.shuffled:
+            self._rng.shuffle(runs)
+        limit = min(limit, self.page_max)
+        return TrainingRunPage(
+            items=tuple(
+                {**run.to_json(), **self.patches.get(run.training_run_id, {})}
+                for run in runs[offset : offset + limit]
+            ),
+            offset=offset,
+            limit=limit,
+            total_count=len(runs),
+        )
 
 
 class FakeService:

@@ -50,7 +50,8 @@ async def watched(
             Config(api_key=KEY, base_url="https://tinker.test", **config),
             transport=fake.transport(),
         ) as service,
-        open_monitor(policy=policy, service=service) as monitor,
+        # One GET per poll: the faults and counts here are per GET.
+        open_monitor(policy=policy, service=service, polling="each") as monitor,
     ):
         yield monitor
 

@@ -46,7 +46,8 @@ async def test_scrape_matches_simulator_and_probes_follow_polls(nursery):
     recorder = Recorder(polls=True)
     with trio.fail_after(30):
         async with (
-            open_monitor(policy=POLICY, config=config) as monitor,
+            # One GET per poll: the faults here target each run's GET.
+            open_monitor(policy=POLICY, config=config, polling="each") as monitor,
             httpx.AsyncClient() as http,
             trio.open_nursery() as inner,
         ):

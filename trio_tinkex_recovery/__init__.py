@@ -42,6 +42,7 @@ from ._policy import CheckpointStrategy as CheckpointStrategy
 from ._policy import Latest as Latest
 from ._policy import Policy as Policy
 from ._policy import Specific as Specific
+from ._protocols import ListingRestClientProtocol as ListingRestClientProtocol
 from ._protocols import RestClientProtocol as RestClientProtocol
 from ._protocols import ServiceProtocol as ServiceProtocol
 from ._state import RecoveryPhase as RecoveryPhase
@@ -51,6 +52,7 @@ from ._telemetry import Statistics as Statistics
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from ._types import Checkpoint as Checkpoint
 from ._types import TrainingRun as TrainingRun
+from ._types import TrainingRunPage as TrainingRunPage
 from ._types import WeightsInfo as WeightsInfo
 
 __version__ = "0.1.0.dev0"
@@ -72,6 +74,7 @@ __all__ = [
     "Executor",
     "InternalServerError",
     "Latest",
+    "ListingRestClientProtocol",
     "Monitor",
     "NoCheckpointError",
     "NotFoundError",
@@ -96,6 +99,7 @@ __all__ = [
     "TinkexRecoveryError",
     "TrainingClient",
     "TrainingRun",
+    "TrainingRunPage",
     "UnprocessableEntityError",
     "UnsupportedStrategyError",
     "WeightsInfo",

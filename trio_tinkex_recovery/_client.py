@@ -47,7 +47,9 @@ from ._http import HTTPClient, HTTPSettings, new_idempotency_key
 from ._types import (
     Checkpoint,
     TrainingRun,
+    TrainingRunPage,
     WeightsInfo,
+    list_params,
     parse_tinker_path,
     validate_run_id,
 )
@@ -160,6 +162,40 @@ class RestClient(metaclass=NoPublicConstructor):
             "GET", f"/api/v1/training_runs/{run_id}", params={"access_scope": "owned"}
         )
         return TrainingRun.from_json(body)
+
+    async def list_training_runs(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        access_scope: Literal["owned", "accessible"] = "owned",
+        project_id: str | None = None,
+    ) -> TrainingRunPage:
+        """One page of the runs the key can see, in the service's order.
+
+        ``GET /api/v1/training_runs?limit&offset&access_scope[&project_id]``.
+        The service may return fewer runs than ``limit`` asks for (its
+        page maximum is in the page's ``limit``).
+
+        Args:
+            limit: The most runs to return.
+            offset: How many runs of the whole list to skip.
+            access_scope: ``"owned"`` (the key's own runs) or
+                ``"accessible"`` (every run the key may read).
+            project_id: Only the runs of this project.
+
+        Raises:
+            ValueError: A bad ``limit``, ``offset``, ``access_scope`` or
+                ``project_id`` (checked before sending).
+            NotFoundError: The service has no list endpoint.
+            TinkerAPIError: The request failed (after retries if transient).
+            ResponseValidationError: The answer is not a page of runs.
+        """
+        params = list_params(
+            limit=limit, offset=offset, access_scope=access_scope, project_id=project_id
+        )
+        body = await self._http.request("GET", "/api/v1/training_runs", params=params)
+        return TrainingRunPage.from_json(body)
 
     async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
         """The run's checkpoints, training and sampler, in the service's order.

@@ -5,17 +5,23 @@ run inside its own `trio.CancelScope`; `Monitor.stop_monitoring` cancels that
 scope.  Polls follow a drift-free schedule (``trio.sleep_until``) so a slow
 poll never shifts the next one.  A corrupted run is handed to the executor
 synchronously and its task ends.
+
+A run read through a REST client that can list runs asks that client's
+`Batcher` (``_polling``) when it falls due, which answers many runs with
+one page of the run list; `Monitor.monitor_all` discovers runs through the
+same pages.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import logging
 import math
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 import trio
@@ -24,18 +30,29 @@ from ._client import open_service_client
 from ._errors import AlreadyPendingError, RecoveryDisabledError
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._policy import Policy
+from ._polling import (
+    FETCH,
+    Batcher,
+    Discovery,
+    Failed,
+    PollingMode,
+    RequestCounts,
+    check_polling,
+    read_listed,
+)
+from ._protocols import ListingRestClientProtocol
 from ._store import Snapshot, Store, StoredRun, json_safe, open_store
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._text import printable
-from ._types import validate_run_id
+from ._types import TrainingRun, list_params, validate_run_id
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     import os
 
     from ._config import Config
+    from ._polling import Answer
     from ._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
-    from ._types import TrainingRun
 
 __all__ = ["Monitor", "open_monitor"]
 
@@ -54,6 +71,38 @@ class _Watch:
     #: hands nothing over until a healthy poll ends the episode.
     recovered: bool = False
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: Coalesces this run's polls with others read through the same client.
+    batcher: Batcher | None = None
+
+
+@attrs.frozen
+class _AllRuns:
+    """What `Monitor.monitor_all` watches."""
+
+    batcher: Batcher
+    discovery: Discovery
+    active_within: float
+    recover_existing: bool
+
+
+def _active(item: Mapping[str, Any], active_within: float) -> bool:
+    """Whether a listed run handled a request in the last ``active_within`` s.
+
+    ``last_request_time`` is the service's wall-clock time, so it is
+    compared with this machine's wall clock.
+    """
+    if math.isinf(active_within):
+        return True
+    value = item.get("last_request_time")
+    if not isinstance(value, str):
+        return False
+    try:
+        when = dt.datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return when >= dt.datetime.now(dt.UTC) - dt.timedelta(seconds=active_within)
+    except (ValueError, OverflowError):
+        return False
 
 
 @final
@@ -78,8 +127,10 @@ class Monitor(metaclass=NoPublicConstructor):
         nursery: trio.Nursery,
         rng: random.Random,
         store: Store | None = None,
+        polling: PollingMode = "auto",
     ) -> None:
         self._policy = policy
+        self._polling = polling
         self._store = store
         self._service = service
         self._rest = rest
@@ -96,6 +147,14 @@ class Monitor(metaclass=NoPublicConstructor):
         self._handed: dict[str, _Watch] = {}
         self._successors: dict[str, str | None] = {}
         self._polls = 0
+        self._requests = RequestCounts()
+        # Per REST client (by identity, kept alive here): its batcher, or
+        # None when its runs are polled one GET each.
+        self._batchers: dict[int, tuple[RestClientProtocol, Batcher | None]] = {}
+        # Every run watched, discovered or stopped: discovery leaves them be.
+        self._known: set[str] = set()
+        self._all: _AllRuns | None = None
+        self._existing_corrupted = 0
 
     def __repr__(self) -> str:
         return f"<Monitor monitored={len(self._watches)} policy={self._policy!r}>"
@@ -184,7 +243,8 @@ class Monitor(metaclass=NoPublicConstructor):
             self._check_open()
         watch = self._watches.get(run_id)
         if watch is not None:
-            watch.service, watch.rest, watch.metadata = service, rest, metadata
+            watch.service, watch.metadata = service, metadata
+            self._bind(watch, rest)
             return
         watch = _Watch(
             run_id=run_id,
@@ -193,8 +253,90 @@ class Monitor(metaclass=NoPublicConstructor):
             metadata=metadata,
             recovered=run_id in self._successors,
         )
-        self._watches[run_id] = watch
-        self._nursery.start_soon(self._watch, watch)
+        self._start_watch(watch)
+
+    async def monitor_all(
+        self,
+        *,
+        scope: Literal["owned", "accessible"] = "owned",
+        project_id: str | None = None,
+        active_within: float = 86400.0,
+        recover_existing: bool = False,
+    ) -> None:
+        """Watch every run the key can see that is training, and each new one.
+
+        Lists the runs now (every page) and watches each that handled a
+        request within the last ``active_within`` seconds; then lists them
+        again once per ``poll_interval`` (the same pages poll the watched
+        runs) and watches each new one as it appears.  A run already
+        corrupted when first listed is reported (logged, counted in
+        ``statistics().existing_corrupted``) and watched, but not restored
+        in that corruption episode unless ``recover_existing``: discovery
+        never restores a fleet of old broken runs at once.  A run stopped
+        with `stop_monitoring` is not discovered again.  Calling it again
+        replaces the options.
+
+        Args:
+            scope: ``"owned"`` (the key's own runs) or ``"accessible"``.
+            project_id: Only the runs of this project.
+            active_within: Seconds; runs idle for longer (by their
+                ``last_request_time``, the service's wall clock) are left
+                out until they are active again.  ``math.inf``: every run.
+            recover_existing: Restore runs found already corrupted too.
+
+        Raises:
+            RecoveryDisabledError: The policy is not enabled.
+            TypeError: The REST client cannot list runs.
+            ValueError: A bad option, or no REST client to list with.
+            TinkerAPIError: Listing failed (``NotFoundError`` when the
+                service has no list endpoint); nothing is watched.
+            trio.ClosedResourceError: The monitor's block has exited.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        if not self._policy.enabled:
+            raise RecoveryDisabledError(
+                "recovery is disabled; pass Policy(enabled=True) to opt in"
+            )
+        list_params(limit=1, offset=0, access_scope=scope, project_id=project_id)
+        if (
+            isinstance(active_within, bool)
+            or not isinstance(active_within, int | float)
+            or not active_within > 0
+        ):
+            raise ValueError(
+                f"active_within must be a number of seconds > 0, got {active_within!r}"
+            )
+        if not isinstance(recover_existing, bool):
+            raise TypeError(
+                f"recover_existing must be a bool, got {recover_existing!r}"
+            )
+        rest = await self._rest_client(None, self._service)
+        self._check_open()
+        if not isinstance(rest, ListingRestClientProtocol):
+            raise TypeError(
+                f"monitor_all needs a REST client that can list runs "
+                f"(list_training_runs); {rest!r} cannot"
+            )
+        batcher = self._batcher(rest, discovering=True)
+        assert batcher is not None
+        if batcher.unsupported is not None:
+            raise batcher.unsupported
+        wanted = _AllRuns(
+            batcher,
+            Discovery(scope=scope, project_id=project_id, on_listed=self._on_listed),
+            active_within=float(active_within),
+            recover_existing=recover_existing,
+        )
+        previous, self._all = self._all, wanted
+        discovery = batcher.discover(wanted.discovery)
+        await discovery.done.wait()
+        if discovery.error is not None:
+            self._all = previous
+            raise discovery.error
+        batcher.discovering = True
+        if previous is None:
+            self._nursery.start_soon(self._discover_forever, batcher)
 
     def stop_monitoring(self, run_id: str) -> None:
         """Stop watching ``run_id``; no event about its polling follows.
@@ -203,6 +345,7 @@ class Monitor(metaclass=NoPublicConstructor):
         are ignored.
         """
         watch = self._watches.pop(run_id, None)
+        self._known.add(run_id)
         if watch is not None:
             watch.scope.cancel()
 
@@ -217,7 +360,9 @@ class Monitor(metaclass=NoPublicConstructor):
             polls=self._polls,
             polled=counts["polled"],
             poll_errors=counts["poll_error"],
-            get_requests=self._polls,
+            get_requests=self._requests.gets,
+            list_requests=self._requests.lists,
+            existing_corrupted=self._existing_corrupted,
             detected=counts["detected"],
             dropped_events=own_dropped
             if self._owns_executor
@@ -242,13 +387,15 @@ class Monitor(metaclass=NoPublicConstructor):
             raise trio.ClosedResourceError("the monitor's async with block has exited")
 
     async def _rest_client(
-        self, run_id: str, service: ServiceProtocol | None
+        self, run_id: str | None, service: ServiceProtocol | None
     ) -> RestClientProtocol:
+        """The REST client that polls ``run_id`` (``None``: lists every run)."""
         if self._rest is not None:
             return self._rest
         if service is None:
+            what = "list runs" if run_id is None else f"poll run {run_id!r}"
             raise ValueError(
-                f"no service to poll run {run_id!r} with: pass service= to "
+                f"no service to {what} with: pass service= to "
                 "monitor_run() or open_monitor(), or rest= to open_monitor()"
             )
         if self._rest_for_service is None:
@@ -258,58 +405,150 @@ class Monitor(metaclass=NoPublicConstructor):
             rest = await rest
         return rest
 
+    def _batcher(
+        self, rest: RestClientProtocol, *, discovering: bool = False
+    ) -> Batcher | None:
+        """The batcher polling ``rest``'s runs; ``None``: a GET per poll.
+
+        ``discovering``: one is needed to list runs, whatever ``polling``.
+        """
+        known = self._batchers.get(id(rest))
+        if known is not None and known[0] is rest:
+            batcher = known[1]
+        else:
+            batcher = None
+            if isinstance(rest, ListingRestClientProtocol):
+                batcher = Batcher(
+                    rest,
+                    mode=self._polling,
+                    interval=self._policy.poll_interval,
+                    nursery=self._nursery,
+                    counts=self._requests,
+                )
+            self._batchers[id(rest)] = (rest, batcher)
+        if batcher is None or discovering or batcher.mode != "each":
+            return batcher
+        return None
+
+    def _bind(self, watch: _Watch, rest: RestClientProtocol) -> None:
+        """Poll ``watch``'s run through ``rest`` (and its batcher) from now on."""
+        batcher = self._batcher(rest)
+        if watch.batcher is not None:
+            watch.batcher.members -= 1
+        if batcher is not None:
+            batcher.members += 1
+        watch.rest, watch.batcher = rest, batcher
+
+    def _start_watch(
+        self, watch: _Watch, first: Mapping[str, Any] | None = None
+    ) -> None:
+        self._bind(watch, watch.rest)
+        self._watches[watch.run_id] = watch
+        self._known.add(watch.run_id)
+        self._nursery.start_soon(self._watch, watch, first)
+
     def _current(self, watch: _Watch) -> bool:
         return self._watches.get(watch.run_id) is watch
 
-    async def _watch(self, watch: _Watch) -> None:
+    async def _watch(self, watch: _Watch, first: Mapping[str, Any] | None) -> None:
         with watch.scope:
             try:
-                await self._poll_forever(watch)
+                await self._poll_forever(watch, first)
             finally:
                 if self._current(watch):
                     del self._watches[watch.run_id]
+                if watch.batcher is not None:
+                    watch.batcher.members -= 1
+                    watch.batcher = None
 
-    async def _poll_forever(self, watch: _Watch) -> None:
+    async def _poll_forever(
+        self, watch: _Watch, first: Mapping[str, Any] | None
+    ) -> None:
+        """Poll ``watch`` until it is handed over; ``first``: its first answer.
+
+        On its own schedule the run is polled at once, then every interval
+        (with jitter); while its batcher coalesces polls it follows the
+        batcher's grid instead.
+        """
         interval = self._policy.poll_interval
         spread = self._policy.jitter * interval
-        start = trio.current_time()
+        start = due = trio.current_time()
+        if first is None:
+            due += self._rng.uniform(0, spread) if spread else 0.0
+            if watch.batcher is not None:
+                due = watch.batcher.first_due(start, due, start + spread)
         slot = 0
         while True:
-            offset = self._rng.uniform(0, spread) if spread else 0.0
-            await trio.sleep_until(start + slot * interval + offset)
-            if await self._poll(watch):
+            await trio.sleep_until(due)
+            if await self._poll(watch, due, first):
                 return
+            first = None
+            now = trio.current_time()
+            if watch.batcher is not None and watch.batcher.coalesces():
+                start = due = watch.batcher.next_due(due, now)
+                slot = 0
+                continue
             # Next slot on the fixed grid; skip slots already missed (with an
             # interval so small the count overflows, just poll again).
-            missed = (trio.current_time() - start) / interval
+            missed = (now - start) / interval
             slot = max(slot + 1, math.ceil(missed) if math.isfinite(missed) else 0)
+            due = start + slot * interval
+            due += self._rng.uniform(0, spread) if spread else 0.0
 
-    async def _poll(self, watch: _Watch) -> bool:
-        """Poll once; return whether the watch is over (run handed over)."""
+    async def _poll(
+        self, watch: _Watch, due: float, answer: Answer | None = None
+    ) -> bool:
+        """Poll once; return whether the watch is over (run handed over).
+
+        ``answer``: the run as a page already listed it.
+        """
         self._polls += 1
         began = trio.current_time()
+        run: TrainingRun | None = None
+        error: Exception | None = None
         try:
-            run = await watch.rest.get_training_run(watch.run_id)
+            if answer is None and watch.batcher is not None:
+                answer = await watch.batcher.ask(watch.run_id, due)
+            if isinstance(answer, Failed):
+                error = answer.error
+            elif answer is None or answer is FETCH:
+                self._requests.gets += 1
+                run = await watch.rest.get_training_run(watch.run_id)
+                corrupted, via = run.corrupted, "get"
+                last = run.last_checkpoint
+                checkpoint = last.tinker_path if last is not None else None
+            else:
+                corrupted, checkpoint = read_listed(answer)
+                via = "list"
+                if corrupted and not watch.recovered:
+                    # Structured only to hand it over: the executor needs it.
+                    run = TrainingRun.from_json(answer)
         except Exception as exc:
+            error = exc
+        if error is not None:
             # Per-run failures become events; they never trigger recovery.
             if self._current(watch):
                 self._telemetry.emit(
                     "poll_error",
                     watch.run_id,
-                    {**watch.metadata, "error": exc},
+                    {**watch.metadata, "error": error},
                     duration=trio.current_time() - began,
                 )
             return False
         if not self._current(watch):
             return False
-        checkpoint = run.last_checkpoint.tinker_path if run.last_checkpoint else None
         self._telemetry.emit(
             "polled",
             watch.run_id,
-            {**watch.metadata, "corrupted": run.corrupted, "checkpoint": checkpoint},
+            {
+                **watch.metadata,
+                "corrupted": corrupted,
+                "checkpoint": checkpoint,
+                "via": via,
+            },
             duration=trio.current_time() - began,
         )
-        if not run.corrupted:
+        if not corrupted:
             if watch.recovered:
                 # A healthy poll ends the corruption episode.
                 watch.recovered = False
@@ -320,7 +559,7 @@ class Monitor(metaclass=NoPublicConstructor):
                         StoredRun(watch.run_id, json_safe(watch.metadata)),
                     )
             return False
-        if watch.recovered:
+        if watch.recovered or run is None:
             return False
         self._telemetry.emit(
             "detected",
@@ -363,6 +602,55 @@ class Monitor(metaclass=NoPublicConstructor):
             del self._watches[run_id]
         self._handed[run_id] = watch
         return True
+
+    def _on_listed(self, run_id: str, item: Mapping[str, Any]) -> None:
+        """Watch a run a discovering sweep listed, if it is new and active."""
+        wanted = self._all
+        if run_id in self._known or wanted is None or self._closed:
+            return
+        if not _active(item, wanted.active_within):
+            return  # Looked at again by the next sweep.
+        self._known.add(run_id)
+        try:
+            validate_run_id(run_id)
+        except ValueError as exc:
+            logger.warning("not watching a listed run: %s", printable(str(exc)))
+            return
+        watch = _Watch(
+            run_id=run_id,
+            service=self._service,
+            rest=wanted.batcher.rest,
+            metadata={},
+        )
+        if item.get("corrupted") is True and not wanted.recover_existing:
+            watch.recovered = True
+            self._existing_corrupted += 1
+            logger.warning(
+                "run %s was already corrupted when discovered: watching it, "
+                "not restoring it (recover_existing=False)",
+                printable(run_id),
+            )
+        if self._store is not None:
+            self._nursery.start_soon(
+                self._store.put_run, StoredRun(run_id, {}, recovered=watch.recovered)
+            )
+        self._start_watch(watch, item)
+
+    async def _discover_forever(self, batcher: Batcher) -> None:
+        """List every run once per interval, on the batcher's grid."""
+        while True:
+            now = trio.current_time()
+            await trio.sleep_until(batcher.next_due(now, now))
+            wanted = self._all
+            if wanted is None:
+                return
+            discovery = batcher.discover(wanted.discovery)
+            await discovery.done.wait()
+            if discovery.error is not None:
+                logger.warning(
+                    "listing runs to discover new ones failed: %s",
+                    printable(str(discovery.error)),
+                )
 
     async def _follow_outcomes(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -450,6 +738,7 @@ async def open_monitor(
     executor: Executor | None = None,
     max_concurrent: int = 1,
     store: Store | str | os.PathLike[str] | None = None,
+    polling: PollingMode = "auto",
 ) -> AsyncIterator[Monitor]:
     """Watch runs for the duration of the ``async with`` block.
 
@@ -475,6 +764,17 @@ async def open_monitor(
             run again and resumes pending recoveries where they stopped,
             never restoring a run twice in one corruption episode.
             ``None`` keeps everything in memory.
+        polling: How runs read through a REST client that can list runs
+            (``list_training_runs``) are polled.  ``"each"``: one GET per
+            run per poll.  ``"list"``: the polls that fall due together are
+            answered by pages of the run list (``GET /api/v1/training_runs``,
+            100 runs a page), and a run the pages missed gets its own GET in
+            the same cycle.  ``"auto"`` (the default): per cycle, whichever
+            of the two needs fewer requests.  When coalescing, a run's polls
+            after the first follow a schedule shared by the client's runs,
+            never later than its own.  A service without the list endpoint
+            is polled ``"each"`` from then on (logged once).  Other clients
+            are always polled ``"each"``.
 
     Raises:
         StoreError: The journal cannot be opened (locked by another
@@ -494,6 +794,7 @@ async def open_monitor(
     if owns_executor:
         # Checked before any nursery opens, so a bad value is a plain error.
         check_max_concurrent(max_concurrent)
+    polling = check_polling(polling)
     async with AsyncExitStack() as stack:
         if store is not None and not isinstance(store, Store):
             store = await stack.enter_async_context(open_store(store))
@@ -521,6 +822,7 @@ async def open_monitor(
             nursery=nursery,
             rng=rng,
             store=store,
+            polling=polling,
         )
         await nursery.start(monitor._follow_outcomes)
         if store is not None:

@@ -7,12 +7,17 @@ test's own fake all fit these protocols; nothing here imports them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
-    from ._types import Checkpoint, TrainingRun
+    from ._types import Checkpoint, TrainingRun, TrainingRunPage
 
-__all__ = ["RestClientFactory", "RestClientProtocol", "ServiceProtocol"]
+__all__ = [
+    "ListingRestClientProtocol",
+    "RestClientFactory",
+    "RestClientProtocol",
+    "ServiceProtocol",
+]
 
 
 @runtime_checkable
@@ -25,6 +30,28 @@ class RestClientProtocol(Protocol):
 
     async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
         """The run's checkpoints, in any order."""
+        ...
+
+
+@runtime_checkable
+class ListingRestClientProtocol(RestClientProtocol, Protocol):
+    """A REST client that can also list runs a page at a time.
+
+    Optional: the monitor coalesces the polls of runs read through such a
+    client into list pages (``open_monitor(polling=...)``), and
+    ``Monitor.monitor_all`` needs one.  A client without it is polled one
+    run at a time.
+    """
+
+    async def list_training_runs(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        access_scope: Literal["owned", "accessible"] = "owned",
+        project_id: str | None = None,
+    ) -> TrainingRunPage:
+        """One page of the runs the key can see."""
         ...
 
 

@@ -150,6 +150,8 @@ class Statistics:
     in_progress: int = 0
     #: Events a slow subscriber lost.
     dropped_events: int = 0
+    #: Runs ``monitor_all`` found already corrupted and left unrestored.
+    existing_corrupted: int = 0
 
 
 class Telemetry:

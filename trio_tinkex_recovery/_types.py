@@ -20,7 +20,7 @@ from cattrs.preconf.json import make_converter
 
 from ._errors import ResponseValidationError
 
-__all__ = ["Checkpoint", "TrainingRun", "WeightsInfo"]
+__all__ = ["Checkpoint", "TrainingRun", "TrainingRunPage", "WeightsInfo"]
 
 _T = TypeVar("_T")
 
@@ -261,3 +261,123 @@ def validate_run_id(run_id: object) -> str:
                 "only printable ASCII without whitespace is allowed"
             )
     return run_id
+
+
+def _cursor_int(cursor: Mapping[str, Any], field: str, endpoint: str) -> int:
+    value = cursor.get(field)
+    if type(value) is not int or value < 0:
+        raise ResponseValidationError(
+            f"{endpoint}: expected an int >= 0 at $.cursor.{field}, got {value!r}"[:300]
+        )
+    return value
+
+
+@attrs.frozen
+class TrainingRunPage:
+    """One page of ``GET /api/v1/training_runs``: runs and the cursor.
+
+    The runs stay as the wire's JSON objects: reading one run's
+    ``corrupted`` flag from a page costs next to nothing, structuring it
+    into a `TrainingRun` (`training_runs`) costs tens of microseconds.
+    """
+
+    #: The runs on the page, as decoded JSON objects, in the service's order.
+    items: tuple[Mapping[str, Any], ...]
+    #: Where the page starts in the whole list.
+    offset: int
+    #: The most runs the page could hold (the service may cap what was asked).
+    limit: int
+    #: How many runs the whole list holds now.
+    total_count: int
+
+    @classmethod
+    def from_json(
+        cls, obj: object, *, endpoint: str = "GET /api/v1/training_runs"
+    ) -> TrainingRunPage:
+        """Check the page's shape; the runs themselves are not structured.
+
+        Raises:
+            ResponseValidationError: ``training_runs`` is not a list of
+                objects, or the cursor lacks an ``offset``, ``limit`` or
+                ``total_count`` (ints >= 0).
+        """
+        if not isinstance(obj, Mapping):
+            raise ResponseValidationError(
+                f"{endpoint}: expected a JSON object, got {type(obj).__name__}"
+            )
+        items = obj.get("training_runs")
+        if not isinstance(items, list):
+            raise ResponseValidationError(
+                f"{endpoint}: expected a list at $.training_runs, "
+                f"got {type(items).__name__}"
+            )
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise ResponseValidationError(
+                    f"{endpoint}: expected an object at $.training_runs[{index}], "
+                    f"got {type(item).__name__}"
+                )
+        cursor = obj.get("cursor")
+        if not isinstance(cursor, Mapping):
+            raise ResponseValidationError(
+                f"{endpoint}: expected an object at $.cursor, "
+                f"got {type(cursor).__name__}"
+            )
+        return cls(
+            items=tuple(items),
+            offset=_cursor_int(cursor, "offset", endpoint),
+            limit=_cursor_int(cursor, "limit", endpoint),
+            total_count=_cursor_int(cursor, "total_count", endpoint),
+        )
+
+    def training_runs(self) -> list[TrainingRun]:
+        """Every run on the page, structured.
+
+        Raises:
+            ResponseValidationError: A run is malformed; the message names
+                its index and field.
+        """
+        runs = []
+        for index, item in enumerate(self.items):
+            try:
+                runs.append(TrainingRun.from_json(item))
+            except ResponseValidationError as exc:
+                raise ResponseValidationError(
+                    f"$.training_runs[{index}]: {exc}"
+                ) from exc
+        return runs
+
+
+#: The scopes a list request may ask for.
+ACCESS_SCOPES = ("owned", "accessible")
+
+
+def list_params(
+    *, limit: int, offset: int, access_scope: str, project_id: str | None
+) -> dict[str, str]:
+    """The query of one list request, its values checked.
+
+    Raises:
+        TypeError: A value of the wrong type.
+        ValueError: ``limit`` < 1, ``offset`` < 0, an unknown
+            ``access_scope`` or an empty ``project_id``.
+    """
+    for name, value, least in (("limit", limit, 1), ("offset", offset, 0)):
+        if type(value) is not int:
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if access_scope not in ACCESS_SCOPES:
+        raise ValueError(
+            f"access_scope must be 'owned' or 'accessible', got {access_scope!r}"
+        )
+    params = {"limit": str(limit), "offset": str(offset), "access_scope": access_scope}
+    if project_id is not None:
+        if not isinstance(project_id, str):
+            raise TypeError(
+                f"project_id must be a str, got {type(project_id).__name__}"
+            )
+        if not project_id:
+            raise ValueError("project_id must not be empty")
+        params["project_id"] = project_id
+    return params

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
 
@@ -36,7 +36,14 @@ from ._errors import (
     TinkerAPIError,
 )
 from ._http import _STATUS_ERRORS
-from ._types import Checkpoint, TrainingRun, parse_tinker_path, validate_run_id
+from ._types import (
+    Checkpoint,
+    TrainingRun,
+    TrainingRunPage,
+    list_params,
+    parse_tinker_path,
+    validate_run_id,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -137,6 +144,36 @@ class SDKRestClient:
         rest = await self._client()
         run = await _call(lambda: rest.get_training_run(run_id).result())
         return TrainingRun.from_json(run.model_dump(mode="json"))
+
+    async def list_training_runs(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        access_scope: Literal["owned", "accessible"] = "owned",
+        project_id: str | None = None,
+    ) -> TrainingRunPage:
+        """One page of runs, as the SDK's ``list_training_runs`` reads it.
+
+        Raises:
+            ValueError: A bad ``limit``, ``offset``, ``access_scope`` or
+                ``project_id`` (nothing is sent).
+            TinkerAPIError: The SDK's request failed.
+            ResponseValidationError: The SDK's answer does not convert.
+        """
+        list_params(
+            limit=limit, offset=offset, access_scope=access_scope, project_id=project_id
+        )
+        rest = await self._client()
+        response = await _call(
+            lambda: rest.list_training_runs(
+                limit=limit,
+                offset=offset,
+                access_scope=access_scope,
+                project_id=project_id,
+            ).result()
+        )
+        return TrainingRunPage.from_json(response.model_dump(mode="json"))
 
     async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
         """The run's checkpoints, converted to `Checkpoint`.

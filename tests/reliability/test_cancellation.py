@@ -338,7 +338,10 @@ async def test_stop_monitoring_inside_a_callback(autojump_clock):
 
     policy = Policy(enabled=True, jitter=0, on_recovery=on_recovery)
     async with service_client(fake) as service:
-        async with open_monitor(policy=policy, service=service) as monitor:
+        # One GET per poll: the polls of the stopped run are counted by path.
+        async with open_monitor(
+            policy=policy, service=service, polling="each"
+        ) as monitor:
             async with monitor.subscribe() as events:
                 for run_id in (BAD, *HEALTHY):
                     await monitor.monitor_run(run_id)

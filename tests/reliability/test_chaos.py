@@ -115,6 +115,8 @@ async def chaos(
                     service=restorer,
                     rest=poller.create_rest_client(),
                     max_concurrent=4,
+                    # The expected poll errors are counted per GET fault.
+                    polling="each",
                 ) as monitor,
                 trio.open_nursery() as side,
             ):

@@ -152,7 +152,8 @@ async def watch_until_settled(
     )
     recorder = Recorder()
     async with (
-        open_monitor(policy=policy, service=service) as monitor,
+        # One GET per poll: the most requests, so the most echoed errors.
+        open_monitor(policy=policy, service=service, polling="each") as monitor,
         trio.open_nursery() as side,
     ):
         await side.start(recorder.run, monitor)

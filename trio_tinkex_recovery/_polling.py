@@ -1,0 +1,458 @@
+"""Coalesced polling: one page of the run list answers for many runs.
+
+Each watched run keeps its own task and cancel scope (``_monitor``).  When a
+run read through a REST client that can list runs
+(`ListingRestClientProtocol`) falls due, its task asks that client's
+`Batcher` for the run's state and waits.  The batcher serves the asks that
+fell due together in one *cycle*:
+
+- a *sweep* pages through ``GET /api/v1/training_runs`` (a few pages at
+  once) and answers each waiting run from the page that holds it, as soon
+  as that page arrives;
+- a waiting run the sweep missed (offset pages shift while runs are
+  created or reordered) is told to GET its run itself, in the same cycle;
+- in ``"auto"`` mode, when one GET per due run costs fewer requests than
+  the ⌈total/P⌉ pages of a sweep (as the last sweep counted them), every
+  due run is told to GET itself, and a sweep stops early once the pages
+  left outnumber the runs it still has to find.
+
+Runs coalesce because they fall due together: a run read through a
+batcher is polled on the batcher's grid (``origin + k·interval``) after its
+first poll, never later than its own schedule (its second poll may come
+early to join the grid).
+
+A page that fails is a ``poll_error`` for every due run the sweep did not
+answer, never a reason to recover.  A service without the list endpoint
+(HTTP 404, 405 or 501) is polled one GET per run from then on, logged once.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, final
+
+import attrs
+import outcome
+import trio
+
+from ._errors import APIStatusError, ResponseValidationError
+from ._text import printable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from ._protocols import ListingRestClientProtocol
+
+__all__ = [
+    "FETCH",
+    "POLLING_MODES",
+    "Batcher",
+    "Discovery",
+    "DiscoveryRound",
+    "Failed",
+    "PollingMode",
+    "RequestCounts",
+    "check_polling",
+    "read_listed",
+]
+
+logger = logging.getLogger("trio_tinkex_recovery")
+
+PollingMode: TypeAlias = Literal["auto", "list", "each"]
+#: ``"auto"``: per cycle, whichever of a sweep and one GET per due run needs
+#: fewer requests; ``"list"``: always a sweep; ``"each"``: one GET per run.
+POLLING_MODES: Final[tuple[PollingMode, ...]] = ("auto", "list", "each")
+#: Runs asked for per page (the official CLI pages by 100 too).
+PAGE_SIZE: Final = 100
+#: Pages of one sweep in flight at once.
+PAGE_CONCURRENCY: Final = 10
+#: Statuses saying the service has no list endpoint.
+_NO_LIST: Final = frozenset({404, 405, 501})
+
+
+def check_polling(polling: object) -> PollingMode:
+    """``polling`` if it is a polling mode.
+
+    Raises:
+        ValueError: It is not one of `POLLING_MODES`.
+    """
+    for mode in POLLING_MODES:
+        if polling == mode:
+            return mode
+    raise ValueError(f"polling must be 'auto', 'list' or 'each', got {polling!r}")
+
+
+class _Fetch(enum.Enum):
+    """The answer telling a run's task to GET its run itself."""
+
+    FETCH = "fetch"
+
+
+#: Get the run with its own request.
+FETCH: Final = _Fetch.FETCH
+
+
+@attrs.frozen
+class Failed:
+    """The answer for a run a failed sweep was meant to find."""
+
+    #: Why the sweep failed.
+    error: Exception
+
+
+#: What a waiting run's task is handed: its run's JSON from a page, `FETCH`
+#: or `Failed`.
+Answer: TypeAlias = "Mapping[str, Any] | Literal[_Fetch.FETCH] | Failed"
+
+
+@attrs.define
+class RequestCounts:
+    """API requests sent to poll runs, by kind."""
+
+    gets: int = 0
+    lists: int = 0
+
+
+@attrs.frozen
+class Discovery:
+    """What a discovering sweep lists, and who hears of each run it sees."""
+
+    #: ``"owned"`` or ``"accessible"``.
+    scope: Literal["owned", "accessible"]
+    #: Only the runs of this project, if given.
+    project_id: str | None
+    #: Called with every run a discovering sweep lists that no waiting run's
+    #: task took: ``(run_id, run_json)``.  Sync; it must not block.
+    on_listed: Callable[[str, Mapping[str, Any]], None]
+
+
+def read_listed(item: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """``(corrupted, last checkpoint path)`` of a run's JSON, checked cheaply.
+
+    Only the two fields a poll needs are read; the whole run is structured
+    (`TrainingRun.from_json`) only when it is handed over for recovery.
+
+    Raises:
+        ResponseValidationError: One of the two is mistyped.
+    """
+    corrupted = item.get("corrupted", False)
+    if corrupted is not True and corrupted is not False:
+        raise ResponseValidationError(
+            "malformed TrainingRun: expected a bool at $.corrupted, "
+            f"got {type(corrupted).__name__}"
+        )
+    last = item.get("last_checkpoint")
+    if last is None:
+        return corrupted, None
+    path = last.get("tinker_path") if hasattr(last, "get") else None
+    if not isinstance(path, str):
+        raise ResponseValidationError(
+            "malformed TrainingRun: expected a str at $.last_checkpoint.tinker_path, "
+            f"got {type(path).__name__}"
+        )
+    return corrupted, path
+
+
+def _unsupported(exc: Exception) -> bool:
+    return isinstance(exc, APIStatusError) and exc.status in _NO_LIST
+
+
+@attrs.define(eq=False)
+class DiscoveryRound:
+    """One discovering sweep, as those who asked for it wait for it."""
+
+    #: What it lists, and who hears of it.
+    discovery: Discovery
+    #: Set when the sweep is over.
+    done: trio.Event = attrs.field(factory=trio.Event)
+    #: Why it failed, if it did.
+    error: Exception | None = None
+
+
+@attrs.define(eq=False)
+class _Ask:
+    task: trio.lowlevel.Task
+    due: float
+
+
+@attrs.define(eq=False)
+class _Sweep:
+    """One sweep's progress: what is left to fetch and to find."""
+
+    #: The runs due when the cycle began or asking since, not found yet.
+    due: set[str]
+    #: List every page (a discovering sweep), not only until ``due`` is found.
+    full: bool
+    discovery: Discovery | None
+    next_offset: int = 0
+    #: Ranges ``[start, end)`` a short page left unread, read first.
+    gaps: list[tuple[int, int]] = attrs.field(factory=list)
+    error: Exception | None = None
+
+
+@final
+class Batcher:
+    """Coalesces the polls of one REST client's runs into list pages.
+
+    Made and driven by the monitor: one per REST client that can list runs.
+    Its cycles run in a task of the monitor's nursery, started when a run
+    asks and ending when no run waits.
+    """
+
+    def __init__(
+        self,
+        rest: ListingRestClientProtocol,
+        *,
+        mode: PollingMode,
+        interval: float,
+        nursery: trio.Nursery,
+        counts: RequestCounts,
+    ) -> None:
+        self.rest = rest
+        self.mode = mode
+        self.interval = interval
+        self._nursery = nursery
+        self._counts = counts
+        #: Runs polled through this batcher now.
+        self.members = 0
+        #: The list size the last page reported.
+        self.total: int | None = None
+        #: Runs per page: `PAGE_SIZE`, or less if the service caps pages.
+        self.page_size = PAGE_SIZE
+        #: Why the service cannot list runs, once it said so.
+        self.unsupported: Exception | None = None
+        self._origin = trio.current_time()
+        self._first_at: float | None = None
+        self._waiting: dict[str, _Ask] = {}
+        self._running = False
+        self._sweeping: _Sweep | None = None
+        #: Whether discovering sweeps list every run once per interval: the
+        #: runs are then polled on the grid whatever the mode.
+        self.discovering = False
+        self._round: DiscoveryRound | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Batcher mode={self.mode!r} members={self.members} "
+            f"total={self.total} listing={self.unsupported is None}>"
+        )
+
+    # -- schedules -----------------------------------------------------------
+
+    def coalesces(self) -> bool:
+        """Whether runs should be polled on the shared grid now."""
+        if self.unsupported is not None or self.mode == "each":
+            return False
+        if self.mode == "list" or self.total is None or self.discovering:
+            return True
+        return math.ceil(self.total / self.page_size) < self.members
+
+    def next_due(self, due: float, now: float) -> float:
+        """The first grid time after ``due`` and not before ``now``.
+
+        With an interval too small to count slots in, ``now``.
+        """
+        interval, origin = self.interval, self._origin
+        after = (due - origin) / interval
+        since = (now - origin) / interval
+        if not (math.isfinite(after) and math.isfinite(since)):
+            return now
+        slot = max(math.floor(after) + 1, math.ceil(since))
+        when = origin + slot * interval
+        if when <= due:
+            when = origin + (slot + 1) * interval
+        return when if when > due else now
+
+    def first_due(self, now: float, due: float, latest: float) -> float:
+        """When a new run polls first: with others, if that is in its window.
+
+        ``due`` is its own choice in ``[now, latest]``; another new run's
+        first poll or a grid time (after ``now``) in that window is taken
+        instead.
+        """
+        if self._first_at is not None and now <= self._first_at <= latest:
+            return self._first_at
+        if self.coalesces():
+            grid = self.next_due(now, now)
+            if grid <= latest:
+                return grid
+        self._first_at = due
+        return due
+
+    # -- asking ----------------------------------------------------------------
+
+    async def ask(self, run_id: str, due: float) -> Answer:
+        """Wait for the cycle that serves ``run_id``, due at ``due``.
+
+        Cancelled, the ask is withdrawn: no answer is kept for it.
+        """
+        if self.unsupported is not None:
+            await trio.lowlevel.checkpoint()
+            return FETCH
+        ask = _Ask(trio.lowlevel.current_task(), due)
+        waiting = self._waiting
+        waiting[run_id] = ask
+        if self._sweeping is not None:
+            # The pages still to come may hold it: no need to wait a cycle.
+            self._sweeping.due.add(run_id)
+        self._start()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if waiting.get(run_id) is ask:
+                del waiting[run_id]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        answer: Answer = await trio.lowlevel.wait_task_rescheduled(abort)
+        return answer
+
+    def discover(self, discovery: Discovery) -> DiscoveryRound:
+        """Sweep every page soon, telling ``discovery`` of what it lists."""
+        if self._round is None:
+            self._round = DiscoveryRound(discovery)
+        else:
+            self._round.discovery = discovery
+        self._start()
+        return self._round
+
+    # -- cycles ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        if not self._running:
+            self._running = True
+            self._nursery.start_soon(self._run)
+
+    async def _run(self) -> None:
+        # Started by the first ask of a batch: by the time this runs, every
+        # run that fell due at the same moment has asked too.
+        try:
+            while self._waiting or self._round is not None:
+                await self._cycle()
+        finally:
+            self._running = False
+
+    def _worth_listing(self, due: int) -> bool:
+        if self.mode == "list":
+            return True
+        if self.mode == "each":
+            return False
+        if self.total is None:
+            return due > 1
+        return math.ceil(self.total / self.page_size) < due
+
+    async def _cycle(self) -> None:
+        round_, self._round = self._round, None
+        discovery = round_.discovery if round_ is not None else None
+        due = set(self._waiting)  # Every ask so far: each was due when made.
+        error: Exception | None = None
+        if self.unsupported is None and (
+            discovery is not None or self._worth_listing(len(due))
+        ):
+            sweep = _Sweep(due=due, full=discovery is not None, discovery=discovery)
+            self._sweeping = sweep
+            try:
+                await self._sweep(sweep)
+            finally:
+                self._sweeping = None
+            error = sweep.error
+        # Whoever waits and was not found: a GET each, or the sweep's failure.
+        answer: Answer = (
+            Failed(error) if error is not None and self.unsupported is None else FETCH
+        )
+        waiting, self._waiting = self._waiting, {}
+        for ask in waiting.values():
+            trio.lowlevel.reschedule(ask.task, outcome.Value(answer))
+        if round_ is not None:
+            round_.error = error
+            round_.done.set()
+
+    async def _sweep(self, sweep: _Sweep) -> None:
+        if self.total is None:
+            # The first page alone: it tells how many pages there are.
+            await self._fetch(sweep, *self._take_range(sweep))
+        # Again while a short page, arriving last, left a gap to read.
+        while self._take_more(sweep):
+            async with trio.open_nursery() as nursery:
+                for _ in range(PAGE_CONCURRENCY):
+                    nursery.start_soon(self._fetch_pages, sweep)
+
+    def _take_more(self, sweep: _Sweep) -> bool:
+        """Whether the sweep should fetch another page."""
+        if sweep.error is not None:
+            return False
+        total = self.total or 0
+        if not sweep.gaps and sweep.next_offset >= total:
+            return False
+        if sweep.full:
+            return True
+        if not sweep.due:
+            return False
+        pages_left = len(sweep.gaps) + math.ceil(
+            max(total - sweep.next_offset, 0) / self.page_size
+        )
+        return self.mode == "list" or pages_left < len(sweep.due)
+
+    def _take_range(self, sweep: _Sweep) -> tuple[int, int]:
+        """The next ``[start, end)`` of the list to read."""
+        if sweep.gaps:
+            return sweep.gaps.pop()
+        start = sweep.next_offset
+        sweep.next_offset += self.page_size
+        return start, sweep.next_offset
+
+    async def _fetch_pages(self, sweep: _Sweep) -> None:
+        while self._take_more(sweep):
+            await self._fetch(sweep, *self._take_range(sweep))
+
+    async def _fetch(self, sweep: _Sweep, offset: int, end: int) -> None:
+        """Read one page at ``offset``; what it leaves of ``[offset, end)`` is a gap."""
+        discovery = sweep.discovery
+        limit = min(self.page_size, end - offset)
+        self._counts.lists += 1
+        sent = trio.current_time()
+        try:
+            page = await self.rest.list_training_runs(
+                limit=limit,
+                offset=offset,
+                access_scope=discovery.scope if discovery else "owned",
+                project_id=discovery.project_id if discovery else None,
+            )
+        except Exception as exc:
+            if _unsupported(exc) and self.unsupported is None:
+                self.unsupported = exc
+                logger.warning(
+                    "the service cannot list runs (%s): polling each run with "
+                    "its own request from now on",
+                    printable(str(exc)),
+                )
+            if sweep.error is None:
+                sweep.error = exc
+            return
+        self.total = page.total_count
+        if 0 < page.limit < self.page_size:
+            self.page_size = page.limit
+        # A page the service capped (or the list shrank under it): the rest
+        # of the range is read again from where the page ended.
+        read = offset + len(page.items)
+        if read < min(end, page.total_count) and page.items:
+            sweep.gaps.append((read, end))
+        self._answer(page.items, sent, sweep)
+
+    def _answer(
+        self, items: tuple[Mapping[str, Any], ...], sent: float, sweep: _Sweep
+    ) -> None:
+        """Hand each listed run to its waiting task, if it was due by ``sent``."""
+        waiting = self._waiting
+        on_listed = sweep.discovery.on_listed if sweep.discovery else None
+        for item in items:
+            run_id = item.get("training_run_id")
+            if type(run_id) is not str:
+                continue
+            ask = waiting.get(run_id)
+            if ask is not None and ask.due <= sent:
+                del waiting[run_id]
+                sweep.due.discard(run_id)
+                trio.lowlevel.reschedule(ask.task, outcome.Value(item))
+            elif on_listed is not None:
+                on_listed(run_id, item)
