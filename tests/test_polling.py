@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 
@@ -20,7 +21,7 @@ from trio_tinkex_recovery._types import list_params
 from .conftest import FakeService, ListingFakeRest, drain
 
 ENABLED = Policy(enabled=True, jitter=0)
-I = ENABLED.poll_interval
+INTERVAL = ENABLED.poll_interval
 
 
 def listing(count: int, **options) -> ListingFakeRest:
@@ -51,10 +52,10 @@ async def test_runs_due_together_are_answered_by_pages(autojump_clock):
         async with monitor.subscribe(100_000) as events:
             for run_id in list(rest.runs):
                 await monitor.monitor_run(run_id)
-            await trio.sleep(I - 1)
+            await trio.sleep(INTERVAL - 1)
             drain(events, polls=True)  # The first polls, at once.
             gets, pages = len(rest.polls), len(rest.pages)
-            await trio.sleep(3 * I)
+            await trio.sleep(3 * INTERVAL)
             seen = drain(events, polls=True)
             stats = monitor.statistics()
     assert len(rest.polls) == gets
@@ -80,7 +81,7 @@ async def test_runs_added_over_time_join_one_schedule(autojump_clock):
     for index, run_id in enumerate(rest.runs):
         times = poll_times(seen)[run_id]
         assert times == [pytest.approx(index * 0.3), 30, 60, 90]
-        assert all(b - a <= I for a, b in zip(times, times[1:], strict=False))
+        assert all(b - a <= INTERVAL for a, b in itertools.pairwise(times))
     # The first polls were GETs; then one page an interval answered all.
     assert len(rest.polls) == 100
     assert page_times(rest) == [30.0, 60.0, 90.0]
@@ -93,10 +94,10 @@ async def test_shuffled_pages_lose_no_run(autojump_clock):
         async with monitor.subscribe(100_000) as events:
             for run_id in list(rest.runs):
                 await monitor.monitor_run(run_id)
-            await trio.sleep(I - 1)
+            await trio.sleep(INTERVAL - 1)
             drain(events, polls=True)
             gets = len(rest.polls)
-            await trio.sleep(3 * I)
+            await trio.sleep(3 * INTERVAL)
             seen = drain(events, polls=True)
     assert len(poll_times(seen)) == 250
     assert all(times == [30, 60, 90] for times in poll_times(seen).values())
@@ -113,10 +114,10 @@ async def test_capped_pages_are_read_to_the_end(autojump_clock):
         async with monitor.subscribe(100_000) as events:
             for run_id in list(rest.runs):
                 await monitor.monitor_run(run_id)
-            await trio.sleep(I - 1)
+            await trio.sleep(INTERVAL - 1)
             gets, pages = len(rest.polls), len(rest.pages)
             drain(events, polls=True)
-            await trio.sleep(2 * I)
+            await trio.sleep(2 * INTERVAL)
             seen = drain(events, polls=True)
     assert len(rest.polls) == gets
     assert {e.metadata["via"] for e in seen} == {"list"}
@@ -136,7 +137,7 @@ async def test_corrupted_in_a_page_is_detected_and_recovered(autojump_clock):
                 await monitor.monitor_run(run_id)
             await trio.sleep(10)
             rest.corrupt("run-001")
-            await trio.sleep(I)
+            await trio.sleep(INTERVAL)
             seen = drain(events, polls=True)
     [polled] = [
         e for e in seen if (e.name, e.run_id, e.time) == ("polled", "run-001", 30)
@@ -164,7 +165,7 @@ async def test_failed_page_is_a_poll_error_never_a_recovery(autojump_clock):
             rest.fail_lists.append(InternalServerError("down", status=503))
             await monitor.monitor_run("run-002")  # Its first poll: a GET.
             drain(events, polls=True)
-            await trio.sleep(I)
+            await trio.sleep(INTERVAL)
             seen = drain(events, polls=True)
     # run-002 was restored at 10 from its first poll; its successor is
     # watched too.  At 30 the page fails: nothing more is restored.
@@ -185,7 +186,7 @@ async def test_bad_entry_is_a_poll_error_for_its_run_only(autojump_clock):
         async with monitor.subscribe() as events:
             for run_id in list(rest.runs):
                 await monitor.monitor_run(run_id)
-            await trio.sleep(I - 1)
+            await trio.sleep(INTERVAL - 1)
             drain(events, polls=True)
             await trio.sleep(2)
             seen = drain(events, polls=True)
@@ -208,9 +209,9 @@ async def test_missing_list_endpoint_falls_back_to_gets(autojump_clock, caplog):
         async with monitor.subscribe() as events:
             for run_id in list(rest.runs):
                 await monitor.monitor_run(run_id)
-            await trio.sleep(I - 1)
+            await trio.sleep(INTERVAL - 1)
             drain(events, polls=True)
-            await trio.sleep(3 * I)
+            await trio.sleep(3 * INTERVAL)
             seen = drain(events, polls=True)
         stats = monitor.statistics()
     assert [e.name for e in seen] == ["polled"] * 9
@@ -230,14 +231,14 @@ async def test_stop_monitoring_during_a_sweep(autojump_clock):
         async with monitor.subscribe() as events:
             for run_id in list(rest.runs):
                 await monitor.monitor_run(run_id)
-            await trio.sleep_until(I + 0.5)  # The sweep of t = 30 is out.
+            await trio.sleep_until(INTERVAL + 0.5)  # The sweep of t = 30 is out.
             drain(events, polls=True)
             monitor.stop_monitoring("run-001")
-            await trio.sleep(3 * I)
+            await trio.sleep(3 * INTERVAL)
             seen = drain(events, polls=True)
             assert monitor.monitored_runs == {"run-000", "run-002"}
     assert "run-001" not in {e.run_id for e in seen}
-    assert poll_times(seen)["run-000"][0] == I + 1
+    assert poll_times(seen)["run-000"][0] == INTERVAL + 1
 
 
 async def test_auto_polls_each_when_pages_outnumber_the_runs(autojump_clock):
@@ -248,7 +249,7 @@ async def test_auto_polls_each_when_pages_outnumber_the_runs(autojump_clock):
         async with monitor.subscribe() as events:
             for run_id in watched:
                 await monitor.monitor_run(run_id)
-            await trio.sleep(4 * I + 1)
+            await trio.sleep(4 * INTERVAL + 1)
             seen = drain(events, polls=True)
         stats = monitor.statistics()
     assert len(rest.pages) == stats.list_requests <= 1
@@ -264,7 +265,7 @@ async def test_list_mode_always_sweeps(autojump_clock):
         async with monitor.subscribe() as events:
             for run_id in watched:
                 await monitor.monitor_run(run_id)
-            await trio.sleep(I - 1)
+            await trio.sleep(INTERVAL - 1)
             drain(events, polls=True)
             pages = len(rest.pages)
             await trio.sleep(2)
@@ -279,7 +280,7 @@ async def test_each_mode_never_lists(autojump_clock):
     async with open_monitor(policy=ENABLED, rest=rest, polling="each") as monitor:
         for run_id in list(rest.runs):
             await monitor.monitor_run(run_id)
-        await trio.sleep(I + 1)
+        await trio.sleep(INTERVAL + 1)
         stats = monitor.statistics()
     assert rest.pages == []
     assert (stats.get_requests, stats.list_requests) == (10, 0)
@@ -301,11 +302,11 @@ async def test_jittered_first_polls_coalesce(autojump_clock):
         async with monitor.subscribe() as events:
             for run_id in list(rest.runs):
                 await monitor.monitor_run(run_id)
-            await trio.sleep(2 * I)
+            await trio.sleep(2 * INTERVAL)
             seen = drain(events, polls=True)
     firsts = {times[0] for times in poll_times(seen).values()}
     assert len(firsts) == 1
-    assert 0 <= firsts.pop() <= 0.1 * I
+    assert 0 <= firsts.pop() <= 0.1 * INTERVAL
     assert rest.polls == []
 
 
