@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 from collections import defaultdict
 
+import attrs
 import pytest
 import trio
 
@@ -350,3 +352,177 @@ def test_list_options_are_checked(options, error):
     query = {"limit": 100, "offset": 0, "access_scope": "owned", "project_id": None}
     with pytest.raises(error):
         list_params(**{**query, **options})
+
+
+# -- monitor_all -------------------------------------------------------------
+
+
+def now_minus(seconds: float) -> dt.datetime:
+    """The wall clock ``seconds`` ago: listed runs are active by it."""
+    return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+
+
+def fleet(active: int, idle: int = 0) -> ListingFakeRest:
+    """``active`` runs that handled a request a minute ago, ``idle`` ones
+    that did three days ago."""
+    rest = ListingFakeRest()
+    for index in range(active + idle):
+        run_id = f"run-{index:03d}" if index < active else f"idle-{index:03d}"
+        rest.add(run_id, "0001")
+        rest.touch(run_id, now_minus(60 if index < active else 3 * 86400))
+    return rest
+
+
+async def test_monitor_all_watches_active_runs_and_new_ones(autojump_clock):
+    """Active runs are watched at once, idle ones not, new ones as they appear."""
+    rest = fleet(active=3, idle=2)
+    async with open_monitor(policy=ENABLED, rest=rest) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_all()
+            assert monitor.monitored_runs == {"run-000", "run-001", "run-002"}
+            await trio.sleep(10)
+            rest.add("new-1", "0001")
+            rest.touch("new-1", now_minus(0))
+            await trio.sleep(INTERVAL)
+            assert "new-1" in monitor.monitored_runs
+            rest.touch("idle-003", now_minus(0))  # It trains again.
+            await trio.sleep(INTERVAL)
+            assert monitor.monitored_runs == {
+                "run-000", "run-001", "run-002", "new-1", "idle-003"
+            }  # fmt: skip
+            seen = drain(events, polls=True)
+    # Each run's first poll is the page that found it: no GET at all.
+    assert rest.polls == []
+    times = poll_times(seen)
+    assert times["run-000"] == [0, 30, 60]
+    assert times["new-1"] == [30, 60]
+    assert times["idle-003"] == [60]
+    assert page_times(rest) == [0, 30, 60]
+    assert {scope for scope in rest.scopes} == {("owned", None)}
+
+
+async def test_monitor_all_lists_every_interval_even_with_nothing_watched(
+    autojump_clock,
+):
+    """An empty list is listed again each interval; a run created later is found."""
+    rest = fleet(active=0)
+    async with open_monitor(policy=ENABLED, rest=rest) as monitor:
+        await monitor.monitor_all(scope="accessible", project_id="p-1")
+        await trio.sleep(40)
+        rest.add("late", "0001")
+        rest.touch("late", now_minus(0))
+        await trio.sleep(25)
+        assert monitor.monitored_runs == {"late"}
+    assert page_times(rest) == [0, 30, 60]
+    assert set(rest.scopes) == {("accessible", "p-1")}
+
+
+async def test_already_corrupted_run_is_reported_not_restored(autojump_clock, caplog):
+    """A run broken before discovery is watched and counted, never restored;
+    once healthy again, its next corruption is restored."""
+    rest = fleet(active=2)
+    rest.corrupt("run-001")
+    service = FakeService(rest)
+    caplog.set_level(logging.WARNING, logger="trio_tinkex_recovery")
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        async with monitor.subscribe() as events:
+            await monitor.monitor_all()
+            await trio.sleep(2 * INTERVAL + 1)
+            seen = drain(events)
+            stats = monitor.statistics()
+            assert stats.existing_corrupted == 1
+            assert (stats.detected, stats.attempts) == (0, 0)
+            assert "run-001" in monitor.monitored_runs
+            rest.runs["run-001"] = attrs.evolve(rest.runs["run-001"], corrupted=False)
+            await trio.sleep(INTERVAL)
+            rest.corrupt("run-001")
+            await trio.sleep(INTERVAL)
+            assert monitor.statistics().detected == 1
+    assert seen == []
+    assert service.calls == [(120, "tinker://run-001/weights/0001", True)]
+    assert any("already corrupted" in r.getMessage() for r in caplog.records)
+
+
+async def test_recover_existing_restores_runs_found_broken(autojump_clock):
+    """recover_existing=True restores a run found corrupted, at once."""
+    rest = fleet(active=2)
+    rest.corrupt("run-001")
+    service = FakeService(rest)
+    async with open_monitor(policy=ENABLED, service=service) as monitor:
+        await monitor.monitor_all(recover_existing=True)
+        await trio.sleep(1)
+        stats = monitor.statistics()
+    assert (stats.existing_corrupted, stats.detected, stats.completed) == (0, 1, 1)
+    assert service.calls == [(0, "tinker://run-001/weights/0001", True)]
+
+
+async def test_stopped_run_is_not_discovered_again(autojump_clock):
+    """stop_monitoring holds under monitor_all; monitor_run watches it again."""
+    rest = fleet(active=2)
+    async with open_monitor(policy=ENABLED, rest=rest) as monitor:
+        await monitor.monitor_all()
+        monitor.stop_monitoring("run-000")
+        await trio.sleep(2 * INTERVAL)
+        assert monitor.monitored_runs == {"run-001"}
+        await monitor.monitor_run("run-000")
+        assert monitor.monitored_runs == {"run-000", "run-001"}
+
+
+async def test_monitor_all_needs_a_listing_client():
+    """A REST client that cannot list runs is refused; nothing is watched."""
+    async with open_monitor(policy=ENABLED, service=FakeService()) as monitor:
+        with pytest.raises(TypeError, match="list_training_runs"):
+            await monitor.monitor_all()
+        assert monitor.monitored_runs == frozenset()
+
+
+async def test_monitor_all_without_list_endpoint_raises(autojump_clock):
+    """A 404 from the list: monitor_all raises it and watches nothing."""
+    rest = fleet(active=2)
+    rest.fail_lists.append(NotFoundError("no such endpoint", status=404))
+    async with open_monitor(policy=ENABLED, rest=rest) as monitor:
+        with pytest.raises(NotFoundError):
+            await monitor.monitor_all()
+        assert monitor.monitored_runs == frozenset()
+        with pytest.raises(NotFoundError):
+            await monitor.monitor_all()
+        await trio.sleep(2 * INTERVAL)
+    assert len(rest.pages) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"scope": "mine"}, ValueError),
+        ({"project_id": ""}, ValueError),
+        ({"active_within": 0}, ValueError),
+        ({"active_within": True}, ValueError),
+        ({"recover_existing": 1}, TypeError),
+    ],
+)
+async def test_monitor_all_options_are_checked(options, error):
+    """Bad options are refused before anything is listed."""
+    rest = fleet(active=1)
+    async with open_monitor(policy=ENABLED, rest=rest) as monitor:
+        with pytest.raises(error):
+            await monitor.monitor_all(**options)
+    assert rest.pages == []
+
+
+async def test_monitor_all_refuses_a_disabled_policy():
+    """Recovery is opt-in for discovered runs too."""
+    from trio_tinkex_recovery import RecoveryDisabledError
+
+    async with open_monitor(rest=fleet(active=1)) as monitor:
+        with pytest.raises(RecoveryDisabledError):
+            await monitor.monitor_all()
+
+
+async def test_monitor_all_with_each_polling(autojump_clock):
+    """polling='each': pages discover runs, GETs poll them."""
+    rest = fleet(active=2)
+    async with open_monitor(policy=ENABLED, rest=rest, polling="each") as monitor:
+        await monitor.monitor_all()
+        await trio.sleep(INTERVAL + 1)
+    assert page_times(rest) == [0, 30]
+    assert sorted(rest.polls) == [(30, "run-000"), (30, "run-001")]

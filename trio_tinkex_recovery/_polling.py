@@ -381,6 +381,8 @@ class Batcher:
         """Whether the sweep should fetch another page."""
         if sweep.error is not None:
             return False
+        if sweep.next_offset == 0:
+            return True  # The first page, whatever the last sweep counted.
         total = self.total or 0
         if not sweep.gaps and sweep.next_offset >= total:
             return False
