@@ -42,6 +42,8 @@ async def test_watch_metrics_match_the_simulator_and_the_summary():
             argv = watch_argv(
                 url, "run-1", "run-2", "--json", "-v", "--jitter", "0",
                 "--max-retries", "0", "--metrics-port", "0",
+                # One GET per poll: the hang below strikes each run's GET.
+                "--polling", "each",
             )  # fmt: skip
             async with spawn(argv, environ(TINKER_API_KEY=KEY)) as watch:
                 line = await watch.err.wait_for(r"Metrics on http://\S+/metrics\.")

@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from ..testing import FakeTinker, Fault, serve_fake_tinker
+from ..testing._model import LIST_ORDERS
 from ._options import number
 from ._runtime import (
     EXIT_OK,
@@ -164,6 +165,19 @@ def parser(prog: str) -> Parser:
         "--latency", default="0", metavar="S", help="seconds added to every request"
     )
     parser.add_argument(
+        "--list-order",
+        choices=LIST_ORDERS,
+        default="recent",
+        help="the order GET /api/v1/training_runs lists runs in: by last request "
+        "(newest first), by id, or shuffled on every request (recent)",
+    )
+    parser.add_argument(
+        "--list-page-max",
+        default="100",
+        metavar="N",
+        help="the most runs one list page holds (100)",
+    )
+    parser.add_argument(
         "--duration", metavar="S", help="stop after S seconds (default: until Ctrl-C)"
     )
     return parser
@@ -183,6 +197,8 @@ def parse(argv: Sequence[str], prog: str = "simulate") -> SimulateOptions:
             seed=seed,
             api_key=args.api_key,
             base_latency=number(args.latency, "--latency", float),
+            list_order=args.list_order,
+            list_page_max=number(args.list_page_max, "--list-page-max", int, low=1),
             # A simulator left running keeps memory bounded (≈ 17 MB of log).
             request_log_limit=REQUEST_LOG_LIMIT,
         )

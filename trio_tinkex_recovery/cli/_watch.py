@@ -1,4 +1,5 @@
-"""``watch RUN_ID...``: watch runs on Tinker and recover corrupted ones.
+"""``watch RUN_ID...`` / ``watch --all``: watch runs on Tinker and recover
+corrupted ones.
 
 `monitor_runs` is the part the demo shares: it runs the monitor, feeds
 its telemetry to a `Board` and redraws the view until told to stop.
@@ -9,12 +10,14 @@ from __future__ import annotations
 import math
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import trio
 
+from .._errors import TinkerAPIError
 from .._monitor import open_monitor
+from .._polling import POLLING_MODES, PollingMode
 from .._store import StoreError, default_state_path, open_store
 from .._types import validate_run_id
 from ._board import Board
@@ -44,6 +47,7 @@ from ._runtime import (
 from ._view import open_view
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
 
     from .._config import Config
@@ -81,6 +85,24 @@ class WatchOptions:
     state: str | None = None
     #: Where metrics and probes are served (``None``: nowhere).
     metrics: MetricsOptions | None = None
+    #: How runs are polled: ``auto``, ``list`` or ``each``.
+    polling: PollingMode = "auto"
+    #: Watch every active run too (``--all``), and new ones as they appear.
+    all_runs: AllRuns | None = None
+
+
+@attrs.frozen
+class AllRuns:
+    """``watch --all``: what `Monitor.monitor_all` is asked to watch."""
+
+    #: ``owned`` or ``accessible``.
+    scope: Literal["owned", "accessible"] = "owned"
+    #: Only the runs of this project.
+    project_id: str | None = None
+    #: Leave out runs idle for longer than this, in seconds.
+    active_within: float = 86400.0
+    #: Restore runs found already corrupted too.
+    recover_existing: bool = False
 
 
 def parser(prog: str) -> Parser:
@@ -101,6 +123,37 @@ def parser(prog: str) -> Parser:
         metavar="RUN_ID",
         help="runs to watch, added to those the state file holds (none: watch "
         "what it holds)",
+    )
+    every = parser.add_argument_group("every run")
+    every.add_argument(
+        "--all",
+        dest="all_runs",
+        action="store_true",
+        help="watch every run the key can see that is training, and each new "
+        "one as it appears (a run already corrupted is reported, not restored)",
+    )
+    every.add_argument(
+        "--scope",
+        choices=("owned", "accessible"),
+        help="with --all: the key's own runs, or every run it may read (owned)",
+    )
+    every.add_argument("--project", metavar="ID", help="with --all: only this project")
+    every.add_argument(
+        "--active-within",
+        metavar="S",
+        help="with --all: leave out runs idle for more than S seconds "
+        f"{default_help(AllRuns, 'active_within')}",
+    )
+    every.add_argument(
+        "--recover-existing",
+        action="store_true",
+        help="with --all: restore runs found already corrupted too",
+    )
+    parser.add_argument(
+        "--polling",
+        choices=POLLING_MODES,
+        help="poll runs one GET each, or by pages of the run list (list), or "
+        "whichever needs fewer requests (auto, the default)",
     )
     state = parser.add_argument_group("state")
     where = state.add_mutually_exclusive_group()
@@ -146,9 +199,19 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
             raise UsageError(f"argument RUN_ID: {run_id[:80]!r}: {exc}") from None
         run_ids[run_id] = None
     state = None if args.no_state else (args.state or default_state_path())
-    if not run_ids and state is None:
-        raise UsageError("name the runs to watch (with --no-state nothing is stored)")
+    if not run_ids and state is None and not args.all_runs:
+        raise UsageError(
+            "name the runs to watch, or --all (with --no-state nothing is stored)"
+        )
     given: dict[str, Any] = {}
+    if args.polling is not None:
+        given["polling"] = args.polling
+    if args.all_runs:
+        given["all_runs"] = _all_runs(args)
+    else:
+        for flag, dest in _WITH_ALL:
+            if getattr(args, dest) not in (None, False):
+                raise UsageError(f"argument {flag}: only with --all")
     if args.max_concurrent is not None:
         given["max_concurrent"] = number(
             args.max_concurrent, "--max-concurrent", int, low=1
@@ -164,6 +227,30 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         metrics=build_metrics(args),
         **given,
     )
+
+
+#: The options that only make sense with ``--all``, and their dest.
+_WITH_ALL: Final = (
+    ("--scope", "scope"),
+    ("--project", "project"),
+    ("--active-within", "active_within"),
+    ("--recover-existing", "recover_existing"),
+)
+
+
+def _all_runs(args: argparse.Namespace) -> AllRuns:
+    given: dict[str, Any] = {"recover_existing": args.recover_existing}
+    if args.scope is not None:
+        given["scope"] = args.scope
+    if args.project is not None:
+        if not args.project:
+            raise UsageError("argument --project: must not be empty")
+        given["project_id"] = args.project
+    if args.active_within is not None:
+        given["active_within"] = number(
+            args.active_within, "--active-within", float, above=0.0
+        )
+    return AllRuns(**given)
 
 
 def run(options: WatchOptions, out: Output, err: Output) -> int:
@@ -188,7 +275,7 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
                 stored = len((await store.load()).runs)
             except StoreError as exc:
                 raise UsageError(str(exc)) from None
-            if not options.run_ids and not stored:
+            if not options.run_ids and not stored and options.all_runs is None:
                 raise UsageError(
                     f"nothing to watch: the state file {options.state} holds no "
                     "run; name the runs to watch"
@@ -207,11 +294,13 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
             board=board,
             headline=headline
             + (f" {stored} run(s) came from {store.location}." if stored else ""),
-            until=partial(_nothing_left, board),
+            until=partial(_nothing_left, board, every=options.all_runs is not None),
             duration=options.duration,
             stop=stop,
             store=store,
             metrics=options.metrics,
+            polling=options.polling,
+            all_runs=options.all_runs,
         )
         try:
             await until_stopped(body, stop)
@@ -244,11 +333,13 @@ COMMAND: Final = Command(
 )
 
 
-def _nothing_left(board: Board, monitor: Monitor) -> str | None:
+def _nothing_left(board: Board, monitor: Monitor, *, every: bool) -> str | None:
     if board.fatal is not None:
         return "Tinker rejected the API key"
     if board.view.output_closed:
         return "the output was closed"
+    if every:
+        return None  # New runs may appear at any time.
     if not monitor.monitored_runs and monitor.statistics().in_progress == 0:
         return "nothing left to watch"
     return None
@@ -272,6 +363,8 @@ async def monitor_runs(
     beside: Callable[[trio.Nursery], None] | None = None,
     store: Store | None = None,
     metrics: MetricsOptions | None = None,
+    polling: PollingMode = "auto",
+    all_runs: AllRuns | None = None,
 ) -> None:
     """Watch ``run_ids`` until ``until`` gives a reason to stop, or ``duration``.
 
@@ -295,9 +388,12 @@ async def monitor_runs(
             recoveries resumed.
         metrics: Where to serve the monitor's metrics and probes, from the
             start, before any run is watched (the headline gives the URL).
+        polling: How the monitor polls runs.
+        all_runs: Watch every active run too (`Monitor.monitor_all`).
 
     Raises:
-        UsageError: The metrics address cannot be bound.
+        UsageError: The metrics address cannot be bound, or ``all_runs``
+            and the service cannot list runs.
     """
     monitor: Monitor | None = None
     try:
@@ -308,6 +404,7 @@ async def monitor_runs(
                 service=service,
                 max_concurrent=max_concurrent,
                 store=store,
+                polling=polling,
             ) as monitor,
             trio.open_nursery() as nursery,
         ):
@@ -323,6 +420,8 @@ async def monitor_runs(
             for run_id in run_ids:
                 board.add(run_id)
                 await monitor.monitor_run(run_id)
+            if all_runs is not None:
+                await _monitor_all(monitor, board, all_runs)
             if beside is not None:
                 beside(nursery)
             deadline = math.inf if duration is None else board.start + duration
@@ -331,6 +430,29 @@ async def monitor_runs(
     finally:
         if monitor is not None:
             board.update(monitor.executor.recoveries, monitor.statistics())
+
+
+async def _monitor_all(monitor: Monitor, board: Board, all_runs: AllRuns) -> None:
+    """Watch every active run; the board notes how many were found.
+
+    Raises:
+        UsageError: The service cannot list runs, or listing failed.
+    """
+    try:
+        await monitor.monitor_all(
+            scope=all_runs.scope,
+            project_id=all_runs.project_id,
+            active_within=all_runs.active_within,
+            recover_existing=all_runs.recover_existing,
+        )
+    except (TypeError, TinkerAPIError) as exc:
+        raise UsageError(f"argument --all: cannot list the runs: {exc}") from None
+    found = len(monitor.monitored_runs)
+    skipped = monitor.statistics().existing_corrupted
+    board.note(
+        f"--all: watching {found} active run(s)"
+        + (f", {skipped} of them already corrupted (not restored)" if skipped else "")
+    )
 
 
 async def _serve_metrics(
