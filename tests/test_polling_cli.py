@@ -94,5 +94,5 @@ def test_simulate_list_options():
     assert parse_simulate([]).fake.list_order == "recent"
     with pytest.raises(UsageError, match="--list-page-max"):
         parse_simulate(["--list-page-max", "0"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--list-order: invalid choice"):
         parse_simulate(["--list-order", "random"])
