@@ -121,7 +121,7 @@ async def test_capped_pages_are_read_to_the_end(autojump_clock):
             drain(events, polls=True)
             await trio.sleep(2 * INTERVAL)
             seen = drain(events, polls=True)
-    assert len(rest.polls) == gets
+    assert len(rest.polls) == gets, (rest.polls[gets:], rest.pages)
     assert {e.metadata["via"] for e in seen} == {"list"}
     assert len(poll_times(seen)) == 100
     assert sorted(offset for _, offset, _ in rest.pages[pages:]) == [

@@ -35,8 +35,8 @@ from ._polling import (
     Batcher,
     Discovery,
     Failed,
+    PollCounts,
     PollingMode,
-    RequestCounts,
     check_polling,
     read_listed,
 )
@@ -83,6 +83,11 @@ class _AllRuns:
     discovery: Discovery
     active_within: float
     recover_existing: bool
+
+
+def _coalesced(watch: _Watch) -> bool:
+    """Whether ``watch``'s polls go through its batcher now."""
+    return watch.batcher is not None and watch.batcher.coalesces()
 
 
 def _active(item: Mapping[str, Any], active_within: float) -> bool:
@@ -146,8 +151,7 @@ class Monitor(metaclass=NoPublicConstructor):
         self._watches: dict[str, _Watch] = {}
         self._handed: dict[str, _Watch] = {}
         self._successors: dict[str, str | None] = {}
-        self._polls = 0
-        self._requests = RequestCounts()
+        self._counts = PollCounts()
         # Per REST client (by identity, kept alive here): its batcher, or
         # None when its runs are polled one GET each.
         self._batchers: dict[int, tuple[RestClientProtocol, Batcher | None]] = {}
@@ -334,9 +338,7 @@ class Monitor(metaclass=NoPublicConstructor):
         if discovery.error is not None:
             self._all = previous
             raise discovery.error
-        batcher.discovering = True
-        if previous is None:
-            self._nursery.start_soon(self._discover_forever, batcher)
+        batcher.keep_discovering(wanted.discovery)
 
     def stop_monitoring(self, run_id: str) -> None:
         """Stop watching ``run_id``; no event about its polling follows.
@@ -357,11 +359,11 @@ class Monitor(metaclass=NoPublicConstructor):
         return attrs.evolve(
             executor,
             monitored=len(self._watches),
-            polls=self._polls,
+            polls=self._counts.polls,
             polled=counts["polled"],
             poll_errors=counts["poll_error"],
-            get_requests=self._requests.gets,
-            list_requests=self._requests.lists,
+            get_requests=self._counts.gets,
+            list_requests=self._counts.lists,
             existing_corrupted=self._existing_corrupted,
             detected=counts["detected"],
             dropped_events=own_dropped
@@ -423,7 +425,7 @@ class Monitor(metaclass=NoPublicConstructor):
                     mode=self._polling,
                     interval=self._policy.poll_interval,
                     nursery=self._nursery,
-                    counts=self._requests,
+                    counts=self._counts,
                 )
             self._batchers[id(rest)] = (rest, batcher)
         if batcher is None or discovering or batcher.mode != "each":
@@ -468,7 +470,7 @@ class Monitor(metaclass=NoPublicConstructor):
 
         On its own schedule the run is polled at once, then every interval
         (with jitter); while its batcher coalesces polls it follows the
-        batcher's grid instead.
+        batcher's grid instead, and waits for each poll in the batcher.
         """
         interval = self._policy.poll_interval
         spread = self._policy.jitter * interval
@@ -479,12 +481,15 @@ class Monitor(metaclass=NoPublicConstructor):
                 due = watch.batcher.first_due(start, due, start + spread)
         slot = 0
         while True:
-            await trio.sleep_until(due)
-            if await self._poll(watch, due, first):
+            if first is None and not _coalesced(watch):
+                await trio.sleep_until(due)
+            # Asked again after the sleep: the batcher may coalesce by now.
+            batcher = watch.batcher if _coalesced(watch) else None
+            if await self._poll(watch, due, batcher, first):
                 return
             first = None
             now = trio.current_time()
-            if watch.batcher is not None and watch.batcher.coalesces():
+            if watch.batcher is not None and _coalesced(watch):
                 start = due = watch.batcher.next_due(due, now)
                 slot = 0
                 continue
@@ -496,23 +501,31 @@ class Monitor(metaclass=NoPublicConstructor):
             due += self._rng.uniform(0, spread) if spread else 0.0
 
     async def _poll(
-        self, watch: _Watch, due: float, answer: Answer | None = None
+        self,
+        watch: _Watch,
+        due: float,
+        batcher: Batcher | None,
+        answer: Answer | None = None,
     ) -> bool:
         """Poll once; return whether the watch is over (run handed over).
 
-        ``answer``: the run as a page already listed it.
+        With a ``batcher``, the run is polled by its cycle at ``due`` (it
+        may answer from a page, or say to GET the run); ``answer``: the run
+        as a page already listed it.  Otherwise it is polled with a GET now.
         """
-        self._polls += 1
         began = trio.current_time()
         run: TrainingRun | None = None
         error: Exception | None = None
         try:
-            if answer is None and watch.batcher is not None:
-                answer = await watch.batcher.ask(watch.run_id, due)
+            if answer is None and batcher is not None:
+                answer = await batcher.ask(watch.run_id, due)
+                began = max(began, due)
+            else:
+                self._counts.polls += 1
             if isinstance(answer, Failed):
                 error = answer.error
             elif answer is None or answer is FETCH:
-                self._requests.gets += 1
+                self._counts.gets += 1
                 run = await watch.rest.get_training_run(watch.run_id)
                 corrupted, via = run.corrupted, "get"
                 last = run.last_checkpoint
@@ -635,22 +648,6 @@ class Monitor(metaclass=NoPublicConstructor):
                 self._store.put_run, StoredRun(run_id, {}, recovered=watch.recovered)
             )
         self._start_watch(watch, item)
-
-    async def _discover_forever(self, batcher: Batcher) -> None:
-        """List every run once per interval, on the batcher's grid."""
-        while True:
-            now = trio.current_time()
-            await trio.sleep_until(batcher.next_due(now, now))
-            wanted = self._all
-            if wanted is None:
-                return
-            discovery = batcher.discover(wanted.discovery)
-            await discovery.done.wait()
-            if discovery.error is not None:
-                logger.warning(
-                    "listing runs to discover new ones failed: %s",
-                    printable(str(discovery.error)),
-                )
 
     async def _follow_outcomes(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -19,7 +19,10 @@ fell due together in one *cycle*:
 Runs coalesce because they fall due together: a run read through a
 batcher is polled on the batcher's grid (``origin + k·interval``) after its
 first poll, never later than its own schedule (its second poll may come
-early to join the grid).
+early to join the grid).  A run's task asks before its poll is due and
+waits, parked, until the cycle answers it: the batcher keeps one timer for
+all its runs (a ``trio.sleep_until`` per run and poll costs more than
+reading the run from a page).
 
 A page that fails is a ``poll_error`` for every due run the sweep did not
 answer, never a reason to recover.  A service without the list endpoint
@@ -29,6 +32,7 @@ answer, never a reason to recover.  A service without the list endpoint
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 import math
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, final
@@ -52,8 +56,8 @@ __all__ = [
     "Discovery",
     "DiscoveryRound",
     "Failed",
+    "PollCounts",
     "PollingMode",
-    "RequestCounts",
     "check_polling",
     "read_listed",
 ]
@@ -108,9 +112,10 @@ Answer: TypeAlias = "Mapping[str, Any] | Literal[_Fetch.FETCH] | Failed"
 
 
 @attrs.define
-class RequestCounts:
-    """API requests sent to poll runs, by kind."""
+class PollCounts:
+    """Polls started, and the API requests sent for them, by kind."""
 
+    polls: int = 0
     gets: int = 0
     lists: int = 0
 
@@ -208,7 +213,7 @@ class Batcher:
         mode: PollingMode,
         interval: float,
         nursery: trio.Nursery,
-        counts: RequestCounts,
+        counts: PollCounts,
     ) -> None:
         self.rest = rest
         self.mode = mode
@@ -225,12 +230,18 @@ class Batcher:
         self.unsupported: Exception | None = None
         self._origin = trio.current_time()
         self._first_at: float | None = None
+        # Asks due now, and asks parked until their due time (by due time,
+        # with a heap of those times; emptied groups are dropped lazily).
         self._waiting: dict[str, _Ask] = {}
+        self._later: dict[float, dict[str, _Ask]] = {}
+        self._later_times: list[float] = []
         self._running = False
+        self._sleeping_until = math.inf
+        self._wakeup = trio.Event()
         self._sweeping: _Sweep | None = None
-        #: Whether discovering sweeps list every run once per interval: the
-        #: runs are then polled on the grid whatever the mode.
-        self.discovering = False
+        # Discovering sweeps, one per grid time once `keep_discovering`.
+        self._discovery: Discovery | None = None
+        self._next_discovery = math.inf
         self._round: DiscoveryRound | None = None
 
     def __repr__(self) -> str:
@@ -245,7 +256,7 @@ class Batcher:
         """Whether runs should be polled on the shared grid now."""
         if self.unsupported is not None or self.mode == "each":
             return False
-        if self.mode == "list" or self.total is None or self.discovering:
+        if self.mode == "list" or self.total is None or self._discovery is not None:
             return True
         return math.ceil(self.total / self.page_size) < self.members
 
@@ -284,28 +295,69 @@ class Batcher:
     # -- asking ----------------------------------------------------------------
 
     async def ask(self, run_id: str, due: float) -> Answer:
-        """Wait for the cycle that serves ``run_id``, due at ``due``.
+        """``run_id``'s state, polled at ``due`` (Trio time) or as soon after.
 
-        Cancelled, the ask is withdrawn: no answer is kept for it.
+        Waits, parked, until the cycle that serves it; the poll counts as
+        started once it is due.  Cancelled, the ask is withdrawn: no answer
+        is kept for it.
         """
-        if self.unsupported is not None:
-            await trio.lowlevel.checkpoint()
-            return FETCH
         ask = _Ask(trio.lowlevel.current_task(), due)
-        waiting = self._waiting
-        waiting[run_id] = ask
-        if self._sweeping is not None:
-            # The pages still to come may hold it: no need to wait a cycle.
-            self._sweeping.due.add(run_id)
-        self._start()
+        if due <= trio.current_time():
+            self._enqueue(run_id, ask)
+            poke = True
+        else:
+            group = self._later.get(due)
+            if group is None:
+                group = self._later[due] = {}
+                heapq.heappush(self._later_times, due)
+            group[run_id] = ask
+            poke = due < self._sleeping_until
+        if poke or not self._running:
+            self._poke()
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            if waiting.get(run_id) is ask:
-                del waiting[run_id]
+            if self._waiting.get(run_id) is ask:
+                del self._waiting[run_id]
+            group = self._later.get(ask.due)
+            if group is not None and group.get(run_id) is ask:
+                del group[run_id]
+                if not group:
+                    del self._later[ask.due]
             return trio.lowlevel.Abort.SUCCEEDED
 
         answer: Answer = await trio.lowlevel.wait_task_rescheduled(abort)
         return answer
+
+    def _enqueue(self, run_id: str, ask: _Ask) -> None:
+        """``ask`` is due: the next cycle (or the sweep under way) serves it."""
+        self._counts.polls += 1
+        self._waiting[run_id] = ask
+        if self._sweeping is not None:
+            # The pages still to come may hold it: no need to wait a cycle.
+            self._sweeping.due.add(run_id)
+
+    def _release(self, now: float) -> float:
+        """Enqueue what is due by ``now``; when the next thing is due.
+
+        Parked asks due by ``now`` join the waiting ones; a discovering
+        sweep due by ``now`` is asked for.
+        """
+        if self._discovery is not None and self._next_discovery <= now:
+            self._next_discovery = self.next_due(now, now)
+            if self._round is None:
+                self._round = DiscoveryRound(self._discovery)
+        times = self._later_times
+        while times:
+            due = times[0]
+            group = self._later.get(due)
+            if group is not None and due > now:
+                return min(due, self._next_discovery)
+            heapq.heappop(times)
+            if group is not None:
+                del self._later[due]
+                for run_id, ask in group.items():
+                    self._enqueue(run_id, ask)
+        return self._next_discovery
 
     def discover(self, discovery: Discovery) -> DiscoveryRound:
         """Sweep every page soon, telling ``discovery`` of what it lists."""
@@ -313,22 +365,52 @@ class Batcher:
             self._round = DiscoveryRound(discovery)
         else:
             self._round.discovery = discovery
-        self._start()
+        self._poke()
         return self._round
 
-    # -- cycles ----------------------------------------------------------------
+    def keep_discovering(self, discovery: Discovery) -> None:
+        """Sweep every page at each grid time from now on, for ``discovery``.
 
-    def _start(self) -> None:
+        The runs are then polled on the grid whatever the mode: the
+        discovering sweeps answer them.  A failed sweep is logged.
+        """
+        if self._discovery is None:
+            now = trio.current_time()
+            self._next_discovery = self.next_due(now, now)
+        self._discovery = discovery
+        self._poke()
+
+    def _poke(self) -> None:
+        """Have the runner look again at what is due."""
         if not self._running:
             self._running = True
             self._nursery.start_soon(self._run)
+        else:
+            self._wakeup.set()
+
+    # -- cycles ----------------------------------------------------------------
 
     async def _run(self) -> None:
-        # Started by the first ask of a batch: by the time this runs, every
-        # run that fell due at the same moment has asked too.
+        """Serve cycles while runs ask; sleep until the next parked one is due.
+
+        Started by an ask: by the time this runs, every run that fell due at
+        the same moment has asked too.
+        """
         try:
-            while self._waiting or self._round is not None:
-                await self._cycle()
+            while True:
+                next_due = self._release(trio.current_time())
+                if self._waiting or self._round is not None:
+                    await self._cycle()
+                    continue
+                if next_due == math.inf:
+                    return
+                self._wakeup = trio.Event()
+                self._sleeping_until = next_due
+                try:
+                    with trio.move_on_at(next_due):
+                        await self._wakeup.wait()
+                finally:
+                    self._sleeping_until = math.inf
         finally:
             self._running = False
 
@@ -366,6 +448,11 @@ class Batcher:
         if round_ is not None:
             round_.error = error
             round_.done.set()
+            if error is not None and self._discovery is not None:
+                logger.warning(
+                    "listing runs to discover new ones failed: %s",
+                    printable(str(error)),
+                )
 
     async def _sweep(self, sweep: _Sweep) -> None:
         if self.total is None:
