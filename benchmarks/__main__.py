@@ -53,8 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--jitter", type=float, default=0.0)
     parser.add_argument(
         "--clients",
-        default="monitor,httpx,sequential,sdk",
-        help="comma list of monitor, httpx, sequential, sdk",
+        default="monitor,list,httpx,sequential,sdk",
+        help="comma list of monitor (one GET per poll), list (monitor_all, "
+        "polled by list pages), httpx, sequential, sdk",
     )
     parser.add_argument(
         "--sdk-python",
@@ -77,6 +78,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the intervals to search the capacity at (comma list, seconds)",
     )
     parser.add_argument("--capacity-start", type=int, default=0)
+    parser.add_argument(
+        "--capacity-clients",
+        default="monitor,list",
+        help="whose capacity to search (comma list of monitor, list)",
+    )
     parser.add_argument("--capacity-trials", type=int, default=5)
     parser.add_argument("--connections", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -184,6 +190,7 @@ def search_capacity(
     settings: _driver.Settings,
     seen: list[dict[str, Any]],
     interval: float,
+    client: str = "monitor",
 ) -> dict[str, Any]:
     """The most runs the monitor keeps up with at ``interval`` (`kept_up`).
 
@@ -201,7 +208,7 @@ def search_capacity(
     rates = [
         r["polls_per_s"] if kept_up(r) else 0.9 * r["polls_per_s"]
         for r in seen
-        if r["client"] == "monitor"
+        if r["client"] == client
     ]
     best = max(rates, default=100.0)
     start = args.capacity_start or max(100, round(0.95 * best * interval, -2))
@@ -210,8 +217,8 @@ def search_capacity(
     failed: int | None = None
     runs = int(start)
     for _ in range(args.capacity_trials):
-        print(f"  capacity: {runs:,} runs at {interval:g} s …", flush=True)
-        row = _driver.watch("monitor", runs, settings, detect=False)
+        print(f"  capacity ({client}): {runs:,} runs at {interval:g} s …", flush=True)
+        row = _driver.watch(client, runs, settings, detect=False)
         row["kept_up"] = kept_up(row)
         trials.append(row)
         print(
@@ -232,6 +239,7 @@ def search_capacity(
         else:
             runs = max(100, int(round(runs * 0.9, -2)))
     return {
+        "client": client,
         "interval": interval,
         "trials": trials,
         "max_runs": passed,
@@ -310,14 +318,19 @@ def main(argv: list[str] | None = None) -> int:
         results["makespan"].append(row)
         print(f"  {row['makespan']} s vs ideal {row['ideal']}", flush=True)
     results["capacity"] = []
-    for interval in args.capacity_intervals if args.capacity else []:
-        try:
-            seen = results["watch"] + [
-                t for c in results["capacity"] for t in c["trials"]
-            ]
-            results["capacity"].append(search_capacity(args, settings, seen, interval))
-        except _driver.ScenarioError as exc:
-            results["errors"].append(f"capacity at {interval:g} s: {exc}")
+    for client in args.capacity_clients.split(",") if args.capacity else []:
+        for interval in args.capacity_intervals:
+            try:
+                seen = results["watch"] + [
+                    t for c in results["capacity"] for t in c["trials"]
+                ]
+                results["capacity"].append(
+                    search_capacity(args, settings, seen, interval, client)
+                )
+            except _driver.ScenarioError as exc:
+                results["errors"].append(
+                    f"capacity of {client} at {interval:g} s: {exc}"
+                )
     meta = results["meta"]
     meta["elapsed_s"] = time.monotonic() - started
     meta["load_after"] = os.getloadavg()

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The clients, and the module each runs as.
 CLIENT_MODULES = {
     "monitor": ["benchmarks.clients", "monitor"],
+    "list": ["benchmarks.clients", "monitor", "--all", "--polling", "auto"],
     "sequential": ["benchmarks.clients", "sequential"],
     "httpx": ["benchmarks.clients", "httpx"],
     "sdk": ["benchmarks.sdk_client"],
@@ -315,6 +316,13 @@ def watch(
     arrivals = {run_id: sorted(times) for run_id, times in report["arrivals"].items()}
     span = w1 - w0
     polls = _metrics.count_between(arrivals, w0, w1)
+    requests = {
+        kind: _metrics.count_between({kind: sorted(report[kind])}, w0, w1)
+        for kind in ("gets", "lists")
+    }
+    # Polls by pages move onto one schedule shared by the runs: their
+    # on-time ratio is measured between consecutive polls of each run.
+    gaps = _metrics.gap_on_time(arrivals, interval, (w0, w1), runs=result["t0"])
     server_cpu = sum(server_cpu1[:2]) - sum(server_cpu0[:2])
     flags = {run_id: at for run_id, at in report["flags"].items()}
     return {
@@ -329,7 +337,14 @@ def watch(
         "polls_per_s": polls / span,
         "cpu_seconds": cpu1 - cpu0,
         "server_cpu_seconds": server_cpu,
-        "on_time": _metrics.on_time(result["t0"], arrivals, interval, (w0, w1)),
+        "on_time": gaps
+        if kind == "list"
+        else _metrics.on_time(result["t0"], arrivals, interval, (w0, w1)),
+        "gap_on_time": gaps,
+        "get_requests": requests["gets"],
+        "list_requests": requests["lists"],
+        "requests_per_run_interval": (requests["gets"] + requests["lists"])
+        / (runs * span / interval),
         "cpu_us_per_poll": (cpu1 - cpu0) / polls * 1e6 if polls else None,
         "client_cores": (cpu1 - cpu0) / span,
         "server_cores": server_cpu / span,

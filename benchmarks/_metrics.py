@@ -68,6 +68,52 @@ def on_time(
     }
 
 
+def gap_on_time(
+    arrivals: Mapping[str, Sequence[float]],
+    interval: float,
+    window: tuple[float, float],
+    *,
+    runs: Iterable[str],
+    tolerance: float = ON_TIME_TOLERANCE,
+) -> dict[str, Any]:
+    """The share of polls in ``window`` that came on time after the one before.
+
+    For each run, every poll reaching the service in ``window`` counts as
+    on time if it came at most ``(1 + tolerance) * interval`` after that
+    run's previous poll; a run whose last poll is older than that at the
+    end of the window counts one more (missed) poll.  This is the measure
+    for runs whose schedule is shared (polled by list pages), where the due
+    times of `on_time` do not apply.  ``arrivals`` must be sorted per run.
+    """
+    lo, hi = window
+    longest = (1 + tolerance) * interval
+    due = hit = 0
+    lateness: list[float] = []
+    for run_id in runs:
+        times = arrivals.get(run_id, ())
+        first = bisect.bisect_left(times, lo)
+        last = bisect.bisect_left(times, hi)
+        previous = times[first - 1] if first else None
+        for when in times[first:last]:
+            if previous is not None:
+                due += 1
+                late = max(when - previous - interval, 0.0)
+                lateness.append(late)
+                hit += when - previous <= longest
+            previous = when
+        if previous is None or hi - previous > longest:
+            due += 1
+            lateness.append(math.inf)
+    lateness.sort()
+    return {
+        "due": due,
+        "on_time": hit,
+        "ratio": hit / due if due else None,
+        "lateness_p50": percentile(lateness, 0.5),
+        "lateness_p99": percentile(lateness, 0.99),
+    }
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The nearest-rank ``q`` quantile of sorted ``values`` (``inf`` allowed)."""
     if not values:

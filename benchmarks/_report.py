@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 CLIENT_NAMES = {
-    "monitor": "this monitor",
+    "monitor": "this monitor, each",
+    "list": "this monitor, list",
     "sequential": "sequential poller (tinkex loop)",
     "httpx": "bare httpx GET loop",
     "sdk": "official tinker SDK",
@@ -19,6 +20,8 @@ ON_TIME_TARGET = 0.99
 CPU_RATIO_TARGET = 1.3
 MEMORY_TARGET_KIB = 10.0
 MAKESPAN_TARGET = 1.1
+REQUESTS_TARGET = 0.02
+LIST_CAPACITY_TARGET = 50_000
 
 
 def _row(results: dict[str, Any], client: str, runs: int) -> dict[str, Any] | None:
@@ -89,6 +92,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "target": f"memory ≤ 10 KiB per watched run ({runs:,} runs)",
                     "measured": f"{kib:.1f} KiB",
                     "met": kib <= MEMORY_TARGET_KIB,
+                }
+            )
+    for runs in sizes:
+        row = _row(results, "list", runs)
+        if row and runs >= 10_000:
+            per_run = row["requests_per_run_interval"]
+            out.append(
+                {
+                    "target": f"≤ {REQUESTS_TARGET} requests per run per interval "
+                    f"({runs:,} runs, list)",
+                    "measured": f"{per_run:.4f}",
+                    "met": per_run <= REQUESTS_TARGET,
+                }
+            )
+    for capacity in results.get("capacity", []):
+        if capacity.get("client") == "list" and capacity["interval"] == 5.0:
+            best = capacity["max_runs"] or 0
+            out.append(
+                {
+                    "target": f"≥ {LIST_CAPACITY_TARGET:,} runs on time at 5 s (list)",
+                    "measured": f"{best:,}",
+                    "met": best >= LIST_CAPACITY_TARGET,
                 }
             )
     for row in results.get("makespan", []):
@@ -182,9 +207,31 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"Detection bound: interval {TIMES} (1 + jitter) + 2 {TIMES} latency"
-            f" = {bound:.2f} s.",
+            f" = {bound:.2f} s (list: plus one page).",
             "",
         ]
+        polled_by = [
+            (client, row)
+            for client in CLIENT_NAMES
+            if (row := _row(results, client, runs)) is not None
+            and "requests_per_run_interval" in row
+        ]
+        if polled_by:
+            lines += [
+                "| client | requests / run / interval | GET/s | list pages/s | "
+                "on-time (gap ≤ 1.1 interval) |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for client, row in polled_by:
+                span = row["window"]
+                lines.append(
+                    f"| {CLIENT_NAMES[client]} | "
+                    f"{row['requests_per_run_interval']:.4f} | "
+                    f"{row['get_requests'] / span:.0f} | "
+                    f"{row['list_requests'] / span:.1f} | "
+                    f"{_pct(row['gap_on_time']['ratio'])} |"
+                )
+            lines.append("")
     for key, title in (("skipped", "Skipped"), ("errors", "Errors")):
         if results.get(key):
             lines += [f"{title}:", ""]
@@ -210,8 +257,9 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines.append("")
     for capacity in results.get("capacity", []):
+        who = CLIENT_NAMES[capacity.get("client", "monitor")]
         lines += [
-            f"## Capacity at a {capacity['interval']:g} s interval",
+            f"## Capacity at a {capacity['interval']:g} s interval ({who})",
             "",
             "| runs | polls/s (demand) | on-time | late p99 | client cores | "
             "server cores | kept up |",

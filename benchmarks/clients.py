@@ -1,7 +1,7 @@
 """The Trio clients the benchmark compares, one per process.
 
     python -m benchmarks.clients monitor|sequential|httpx --url URL --key KEY \\
-        --runs N --interval I [--jitter J] [--stagger]
+        --runs N --interval I [--jitter J] [--stagger] [--polling P] [--all]
     python -m benchmarks.clients recover --url URL --key KEY --runs M \\
         --max-concurrent K
 
@@ -9,9 +9,14 @@ Each speaks the line protocol of `benchmarks._protocol` with the driver.
 
 ``monitor``
     This library: `open_monitor` over the native client (as
-    `open_service_client` makes it), one polling task per run.  Recovery is
-    stubbed out (the service hands back no client, without a request): the
-    figures are those of watching, and a detection costs no more requests.
+    `open_service_client` makes it), one polling task per run, one GET per
+    poll (``--polling each``, the default here).  Recovery is stubbed out
+    (the service hands back no client, without a request): the figures are
+    those of watching, and a detection costs no more requests.  With
+    ``--all`` it watches every run the simulator holds with
+    `Monitor.monitor_all` instead of one `monitor_run` each: all are found
+    by one sweep of list pages and polled by pages from then on
+    (``--polling auto``).
 ``sequential``
     The reference implementation's loop (``Tinkex.Recovery.Monitor``): one
     timer; every ``interval`` it polls every run, one after another, through
@@ -132,13 +137,16 @@ async def monitor_client(args: Any) -> dict[str, Any]:
         clock = Clock()
         with trio.move_on_at(clock.trio(end)):
             async with open_monitor(
-                policy=policy, rest=rest, service=_NoRestore()
+                policy=policy, rest=rest, service=_NoRestore(), polling=args.polling
             ) as monitor:
                 async with monitor.subscribe(max_buffer=2**16) as events:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(
-                            _add_runs, args, clock, start, t0, monitor.monitor_run
-                        )
+                        if args.all:
+                            nursery.start_soon(_watch_all, clock, start, t0, monitor)
+                        else:
+                            nursery.start_soon(
+                                _add_runs, args, clock, start, t0, monitor.monitor_run
+                            )
                         async for event in events:
                             if event.name == "detected":
                                 detected[event.run_id] = clock.monotonic(event.time)
@@ -149,7 +157,19 @@ async def monitor_client(args: Any) -> dict[str, Any]:
         "poll_errors": stats.poll_errors,
         "polls": stats.polls,
         "dropped_events": stats.dropped_events,
+        "get_requests": stats.get_requests,
+        "list_requests": stats.list_requests,
     }
+
+
+async def _watch_all(
+    clock: Clock, start: float, t0: dict[str, float], monitor: Any
+) -> None:
+    """Watch every run at ``start``: one sweep finds them all."""
+    await trio.sleep_until(clock.trio(start))
+    await monitor.monitor_all(active_within=math.inf)
+    for run_id in monitor.monitored_runs:
+        t0[run_id] = start
 
 
 async def sequential_client(args: Any) -> dict[str, Any]:
@@ -297,7 +317,11 @@ async def recover_client(args: Any) -> dict[str, Any]:
         clock = Clock()
         with trio.move_on_at(clock.trio(end)) as scope:
             async with open_monitor(
-                policy=policy, service=service, max_concurrent=args.max_concurrent
+                policy=policy,
+                service=service,
+                max_concurrent=args.max_concurrent,
+                # One GET per poll, as measured before coalesced polling.
+                polling="each",
             ) as monitor:
                 async with monitor.subscribe(max_buffer=2**16) as events:
 
@@ -346,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = client_arguments(f"python -m benchmarks.clients {kind}")
     parser.add_argument("--max-concurrent", type=int, default=1)
     parser.add_argument("--solo", type=int, default=3)
+    parser.add_argument("--polling", default="each", choices=("auto", "list", "each"))
+    parser.add_argument("--all", action="store_true", help="watch with monitor_all")
     args = parser.parse_args(rest)
     result = trio.run(CLIENTS[kind], args)
     announce({"result": result})

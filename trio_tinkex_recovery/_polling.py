@@ -258,6 +258,8 @@ class Batcher:
             return False
         if self.mode == "list" or self.total is None or self._discovery is not None:
             return True
+        if self._sweeping is not None and self._sweeping.full:
+            return True  # Runs a discovering sweep finds join the grid at once.
         return math.ceil(self.total / self.page_size) < self.members
 
     def next_due(self, due: float, now: float) -> float:
