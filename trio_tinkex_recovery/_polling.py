@@ -71,7 +71,7 @@ POLLING_MODES: Final[tuple[PollingMode, ...]] = ("auto", "list", "each")
 #: Runs asked for per page (the official CLI pages by 100 too).
 PAGE_SIZE: Final = 100
 #: Pages of one sweep in flight at once.
-PAGE_CONCURRENCY: Final = 10
+PAGE_CONCURRENCY: Final = 20
 #: Statuses saying the service has no list endpoint.
 _NO_LIST: Final = frozenset({404, 405, 501})
 
