@@ -99,3 +99,30 @@ async def test_adapter_translates_sdk_errors(served):
             "tinker://run-1/weights/ckpt-0002"
         )
     assert info.value.path == "tinker://run-1/weights/ckpt-0002"
+
+
+async def test_adapter_lists_runs_and_the_monitor_polls_by_pages(served):
+    """The SDK's list_training_runs pages the simulator; monitor_all uses it."""
+    fake, service = served
+    fake.add_run("run-2")
+    fake.add_run("run-3")
+    rest = service.create_rest_client()
+    page = await rest.list_training_runs(limit=2, offset=1)
+    assert (page.offset, page.limit, page.total_count) == (1, 2, 3)
+    assert len(page.items) == 2
+    assert all(run.base_model for run in page.training_runs())
+    policy = Policy(enabled=True, poll_interval=0.2, jitter=0)
+    with trio.fail_after(30):
+        async with open_monitor(policy=policy, service=service) as monitor:
+            async with monitor.subscribe() as events:
+                await monitor.monitor_all(active_within=float("inf"))
+                found = trio.current_time()
+                assert monitor.monitored_runs == {"run-1", "run-2", "run-3"}
+                polled = set()
+                async for event in events:
+                    assert event.name != "poll_error", event
+                    if event.name == "polled" and event.time > found:
+                        assert event.metadata["via"] == "list"
+                        polled.add(event.run_id)
+                        if len(polled) == 3:
+                            break
