@@ -203,7 +203,7 @@ class Batcher:
 
     Made and driven by the monitor: one per REST client that can list runs.
     Its cycles run in a task of the monitor's nursery, started when a run
-    asks and ending when no run waits.
+    asks and ending when no run waits (never, once it keeps discovering).
     """
 
     def __init__(

@@ -74,6 +74,9 @@ async def main() -> None:
         async with monitor.subscribe() as events:
             async for event in events:
                 assert_type(event, TelemetryEvent)
+    async with open_monitor(policy=policy, service=Service(), polling="list") as m:
+        await m.monitor_all(scope="accessible", project_id="p", active_within=60.0)
+        assert_type(m.statistics().existing_corrupted, int)
     async with open_executor(service=Service(), max_concurrent=2) as executor:
         assert_type(executor, Executor)
         await executor.recover(
