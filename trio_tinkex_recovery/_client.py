@@ -38,12 +38,15 @@ from ._config import Config
 from ._errors import (
     APIStatusError,
     CheckpointUnavailableError,
+    NotFoundError,
     RequestFailedError,
     ResponseValidationError,
     TinkerAPIError,
     TinkexRecoveryError,
 )
+from ._failpoints import crash_point
 from ._http import HTTPClient, HTTPSettings, new_idempotency_key
+from ._store import LoadRecord, SessionRecord
 from ._types import (
     Checkpoint,
     TrainingRun,
@@ -54,9 +57,11 @@ from ._types import (
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     import httpx
+
+    from ._store import Ledger
 
 __all__ = ["RestClient", "ServiceClient", "TrainingClient", "open_service_client"]
 
@@ -464,8 +469,182 @@ class ServiceClient(metaclass=NoPublicConstructor):
             http=self._http,
         )
 
+    async def restore_with_ledger(
+        self, path: str, *, optimizer: bool, ledger: Ledger
+    ) -> TrainingClient:
+        """Restore ``path`` writing every side effect ahead in ``ledger``.
+
+        What the monitor uses with a journal, so that a watcher killed at
+        any point and started again restores the run exactly once:
+
+        - a restore of this run that may have been sent before (its record
+          has no outcome) is reconciled first: if its model
+          ``{session_id}:train:{model_seq_id}`` exists, it completed and is
+          returned; otherwise the very same request (same idempotency key,
+          same body) is sent again, unless the service says its session is
+          gone;
+        - the session is created with a key written beforehand, and reused
+          across restarts while the service says it is alive;
+        - each ``load_weights`` is written (key, session, sequence number,
+          path, optimizer flag) before it is sent, its request id once
+          accepted, and its outcome once known (a success is marked by the
+          caller through ``ledger.settle()``, after it recorded the recovery).
+
+        Raises:
+            StoreError: A journal write failed; nothing it was meant to
+                precede was sent.
+            Exception: As `create_training_client_from_state`.
+        """
+        self._check_open()
+        parse_tinker_path(path)
+        doubt = ledger.in_doubt()
+        if doubt is not None:
+            client = await self._reconcile(doubt, ledger)
+            if client is not None:
+                return client
+        info = await self.create_rest_client().get_weights_info(path)
+        session = await self._ledger_session(ledger)
+        # A sequence number is written as taken before it is used, so no two
+        # restores, across restarts too, ever share one.
+        seq = max(ledger.next_seq(session.session_id), session.next_model_seq_id)
+        session.next_model_seq_id = seq + 1
+        await ledger.put_session(
+            SessionRecord(self._session_key, session.session_id, next_seq=seq + 1)
+        )
+        load = LoadRecord(
+            key=new_idempotency_key(),
+            run_id=ledger.run_id,
+            attempt=ledger.attempt,
+            session_id=session.session_id,
+            model_seq_id=seq,
+            path=path,
+            optimizer=optimizer,
+        )
+        await ledger.put_load(load)
+        crash_point("load-written")
+        return await self._send_recorded_load(load, info, ledger)
+
+    async def _send_recorded_load(
+        self, load: LoadRecord, info: WeightsInfo, ledger: Ledger
+    ) -> TrainingClient:
+        """Send (or send again) a recorded ``load_weights``; record how it ended."""
+        session = _Session(load.session_id)
+        operation = _Operation(seq_id=load.model_seq_id, key=load.key)
+
+        async def accepted(request_id: str) -> None:
+            nonlocal load
+            load = attrs.evolve(load, request_id=request_id)
+            await ledger.put_load(load)
+
+        try:
+            await self._load_weights(
+                session,
+                operation,
+                load.path,
+                optimizer=load.optimizer,
+                accepted=accepted,
+            )
+        except TinkerAPIError as exc:
+            if not exc.retryable or _is_definitive(exc):
+                await ledger.put_load(attrs.evolve(load, outcome="failed"))
+            raise
+        # Its outcome is written by the caller, after the recovery's own
+        # outcome: until then a restart finds it in doubt and reconciles it.
+        ledger.restored = load
+        return self._training_client(load, info)
+
+    def _training_client(self, load: LoadRecord, info: WeightsInfo) -> TrainingClient:
+        return TrainingClient._create(
+            model_id=load.model_id,
+            session_id=load.session_id,
+            base_model=info.base_model,
+            lora_rank=info.lora_rank,
+            checkpoint=Checkpoint.from_path(load.path),
+            optimizer_restored=load.optimizer,
+            http=self._http,
+        )
+
+    async def _reconcile(
+        self, load: LoadRecord, ledger: Ledger
+    ) -> TrainingClient | None:
+        """Settle a restore that may have been sent; its client if it completed."""
+        rest = self.create_rest_client()
+        try:
+            await rest.get_training_run(load.model_id)
+        except NotFoundError:
+            pass
+        else:
+            logger.info(
+                "run %s: restore %s had completed before the restart",
+                ledger.run_id,
+                load.model_id,
+            )
+            ledger.restored = load
+            info = await rest.get_weights_info(load.path)
+            return self._training_client(load, info)
+        if not await self._session_alive(load.session_id):
+            # The service ended that session: the load cannot have happened
+            # (no model), and cannot be sent again.
+            await ledger.put_load(attrs.evolve(load, outcome="failed"))
+            return None
+        info = await rest.get_weights_info(load.path)
+        return await self._send_recorded_load(load, info, ledger)
+
+    async def _session_alive(self, session_id: str) -> bool:
+        """Whether the service still knows ``session_id`` (one heartbeat)."""
+        try:
+            await self._http.request(
+                "POST",
+                "/api/v1/session_heartbeat",
+                json={"session_id": session_id, "type": "session_heartbeat"},
+                parse=False,
+            )
+        except APIStatusError as exc:
+            if exc.status in _GONE:
+                return False
+            raise
+        return True
+
+    async def _ledger_session(self, ledger: Ledger) -> _Session:
+        """The session to restore in: this client's, the journal's, or a new one."""
+        async with self._session_lock:
+            self._check_open()
+            stored = ledger.session()
+            if self._session is not None and not self._session.expired:
+                return self._session
+            if (
+                stored is not None
+                and stored.session_id is not None
+                and self._session is None
+                and await self._session_alive(stored.session_id)
+            ):
+                # Made by a watcher before a restart: still alive, keep it.
+                self._session_key = stored.key
+                self._session = _Session(stored.session_id)
+                self._start_heartbeat(self._session)
+                return self._session
+            if stored is not None and stored.session_id is None:
+                # Its creation may have been sent: ask again with the same key.
+                self._session_key = stored.key
+            elif self._session is not None or stored is not None:
+                self._session_key = new_idempotency_key()
+            await ledger.put_session(SessionRecord(key=self._session_key))
+            if self._session is None:
+                await self._fetch_client_config()
+            session = await self._create_session()
+            await ledger.put_session(
+                SessionRecord(key=self._session_key, session_id=session.session_id)
+            )
+            return session
+
     async def _load_weights(
-        self, session: _Session, operation: _Operation, path: str, *, optimizer: bool
+        self,
+        session: _Session,
+        operation: _Operation,
+        path: str,
+        *,
+        optimizer: bool,
+        accepted: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         try:
             body = await self._http.request_object(
@@ -489,6 +668,9 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 ) from exc
             raise
         request_id = _required_str(body, "request_id", "POST /api/v1/load_weights")
+        if accepted is not None:
+            await accepted(request_id)
+        crash_point("load-accepted")
         try:
             await self._http.retrieve_future(request_id, request_type="LoadWeights")
         except RequestFailedError as exc:
@@ -508,25 +690,32 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 await self._fetch_client_config()
             else:  # the service ended the old session; start another
                 self._session_key = new_idempotency_key()
-            body = await self._http.request_object(
-                "POST",
-                "/api/v1/create_session",
-                json={
-                    "tags": [],
-                    "user_metadata": {},
-                    "sdk_version": WIRE_SDK_VERSION,
-                    "type": "create_session",
-                },
-                idempotency_key=self._session_key,
-            )
-            session = _Session(
-                _required_str(body, "session_id", "POST /api/v1/create_session")
-            )
-            self._session = session
-            logger.debug("created session %s", session.session_id)
-            if self._heartbeat_interval is not None:
-                self._nursery.start_soon(self._heartbeat, session)
-            return session
+            return await self._create_session()
+
+    async def _create_session(self) -> _Session:
+        """``create_session`` with this client's session key; start its heartbeat."""
+        body = await self._http.request_object(
+            "POST",
+            "/api/v1/create_session",
+            json={
+                "tags": [],
+                "user_metadata": {},
+                "sdk_version": WIRE_SDK_VERSION,
+                "type": "create_session",
+            },
+            idempotency_key=self._session_key,
+        )
+        session = _Session(
+            _required_str(body, "session_id", "POST /api/v1/create_session")
+        )
+        self._session = session
+        logger.debug("created session %s", session.session_id)
+        self._start_heartbeat(session)
+        return session
+
+    def _start_heartbeat(self, session: _Session) -> None:
+        if self._heartbeat_interval is not None:
+            self._nursery.start_soon(self._heartbeat, session)
 
     async def _fetch_client_config(self) -> None:
         """``POST /api/v1/client/config``, as the SDK's first request.
