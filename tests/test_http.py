@@ -26,15 +26,15 @@ from trio_tinkex_recovery import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
-    RequestFailedError,
     ResponseValidationError,
     UnprocessableEntityError,
+    set_testing,
 )
-from trio_tinkex_recovery._http import HTTPClient, HTTPSettings, parse_retry_after
+from trio_tinkex_recovery._backoff import backoff_delay
+from trio_tinkex_recovery._http import HTTPClient, parse_retry_after
 
 KEY = "tml-Sup3rSecretKeyThatMustNeverLeak"
 BASE = "https://tinker.example/services/tinker-prod"
-EXACT = HTTPSettings(jitter=0)
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -74,15 +74,15 @@ async def client(
     recorder: Recorder,
     *,
     max_retries: int = 3,
-    settings: HTTPSettings = EXACT,
+    jitter: bool = False,
     base_url: str = BASE,
 ) -> AsyncIterator[HTTPClient]:
+    """An HTTP client of ``recorder``, in test mode: exact delays unless ``jitter``."""
     config = Config(api_key=KEY, base_url=base_url, max_retries=max_retries)
-    http = HTTPClient(
-        config, transport=httpx.MockTransport(recorder), settings=settings
-    )
+    http = HTTPClient(config, transport=httpx.MockTransport(recorder))
     try:
-        yield http
+        with set_testing(True, jitter=jitter):
+            yield http
     finally:
         await http.aclose()
 
@@ -140,22 +140,29 @@ async def test_retry_delays_double_from_half_a_second_without_jitter(autojump_cl
 
 
 async def test_jitter_shortens_delays_by_up_to_a_quarter(autojump_clock):
-    """The default jitter takes a random fraction (≤ 25%) off each delay."""
-    draws = iter([0.0, 0.5, 0.999])
-    settings = HTTPSettings(random=lambda: next(draws))
+    """With jitter, each delay loses a random fraction (≤ 25%) of itself."""
     recorder = Recorder(status(500))
-    async with client(recorder, settings=settings) as http:
+    async with client(recorder, max_retries=20, jitter=True) as http:
         with pytest.raises(InternalServerError):
             await http.request("GET", "/api/v1/x")
-    assert recorder.gaps() == pytest.approx([0.5, 1.0 * 0.875, 2.0 * 0.75025])
+    nominal = [min(0.5 * 2**n, 10) for n in range(20)]
+    gaps = recorder.gaps()
+    assert all(0.75 * d <= gap <= d for gap, d in zip(gaps, nominal, strict=True))
+    assert len({gap / d for gap, d in zip(gaps, nominal, strict=True)}) > 1
 
 
-@given(retries=st.integers(0, 10_000), draw=st.floats(0, 1, exclude_max=True))
-def test_backoff_stays_within_bounds(retries, draw):
-    """Any retry count gives a finite delay in [0.75·base, base], base ≤ 10."""
-    settings = HTTPSettings(random=lambda: draw)
-    base = min(0.5 * 2.0 ** min(retries, 64), 10.0)
-    assert 0.75 * base <= settings.backoff(retries) <= base
+@given(
+    retries=st.integers(-10, 10**6),
+    initial=st.floats(1e-3, 1e3),
+    factor=st.floats(1, 1e6),
+)
+def test_backoff_doubles_up_to_its_cap_for_any_count(retries, initial, factor):
+    """Any retry count gives min(initial·2^n, maximum), finite, never above it."""
+    maximum = initial * factor
+    delay = backoff_delay(retries, initial=initial, maximum=maximum)
+    assert initial <= delay <= maximum
+    if 0 <= retries < 30:
+        assert delay == min(initial * 2.0**retries, maximum)
 
 
 async def test_success_after_transient_failures_returns_the_answer(autojump_clock):
@@ -366,12 +373,6 @@ async def test_api_key_never_appears_in_errors(autojump_clock):
     assert KEY not in str(conn.value)
     assert KEY not in repr(conn.value)
 
-    recorder = Recorder(ok({"error": KEY, "category": "user"}))
-    async with client(recorder) as http:
-        with pytest.raises(RequestFailedError) as failed:
-            await http.retrieve_future("r")
-    assert_secret_free(failed.value)
-
 
 async def test_cancelling_during_backoff_stops_at_once(autojump_clock):
     """A caller's deadline cancels the retry loop in its backoff sleep."""
@@ -393,118 +394,3 @@ async def test_closed_client_refuses_requests():
         with pytest.raises(trio.ClosedResourceError):
             await http.request("GET", "/api/v1/x")
     assert recorder.requests == []
-
-
-def future_bodies(recorder: Recorder) -> list[dict[str, object]]:
-    return [json.loads(r.content) for r in recorder.requests]
-
-
-async def test_retrieve_future_polls_try_again_until_a_result(autojump_clock):
-    """try_again answers are polled again, quick ones after a doubling pause."""
-    try_again = ok({"type": "try_again", "request_id": "r-1"})
-    recorder = Recorder(try_again, try_again, try_again, ok({"path": "p"}))
-    async with client(recorder) as http:
-        result = await http.retrieve_future("r-1", request_type="LoadWeights")
-    assert result == {"path": "p"}
-    assert recorder.gaps() == pytest.approx([0.1, 0.2, 0.4])
-    assert all(
-        r.url.path.endswith("/api/v1/retrieve_future") for r in recorder.requests
-    )
-    assert future_bodies(recorder)[0] == {
-        "request_id": "r-1",
-        "allow_metadata_only": True,
-    }
-    assert [r.headers["X-Tinker-Request-Iteration"] for r in recorder.requests] == [
-        "0",
-        "1",
-        "2",
-        "3",
-    ]
-    assert recorder.requests[0].headers["X-Tinker-Request-Type"] == "LoadWeights"
-    assert len({r.headers["X-Idempotency-Key"] for r in recorder.requests}) == 4
-
-
-async def test_retrieve_future_long_poll_is_not_paused(autojump_clock):
-    """A server that held the poll for seconds is polled again at once."""
-    recorder = Recorder(ok({"type": "try_again"}), ok({"done": True}))
-
-    async def long_poll(request: httpx.Request) -> httpx.Response:
-        await trio.sleep(5)
-        return recorder(request)
-
-    transport = httpx.MockTransport(long_poll)
-    config = Config(api_key=KEY, base_url=BASE)
-    http = HTTPClient(config, transport=transport, settings=EXACT)
-    try:
-        assert await http.retrieve_future("r") == {"done": True}
-    finally:
-        await http.aclose()
-    assert recorder.times == [5.0, 10.0]
-
-
-async def test_retrieve_future_metadata_only_answer_is_fetched_in_full():
-    """A complete_metadata answer is re-polled with allow_metadata_only false."""
-    recorder = Recorder(
-        ok({"status": "complete_metadata", "response_payload_size": 10}),
-        ok({"path": "p"}),
-    )
-    async with client(recorder) as http:
-        assert await http.retrieve_future("r") == {"path": "p"}
-    assert [b["allow_metadata_only"] for b in future_bodies(recorder)] == [True, False]
-
-
-@pytest.mark.parametrize(
-    ("category", "expected", "retryable"),
-    [
-        ("user", "user", False),
-        ("server", "server", True),
-        ("unknown", "unknown", True),
-        ("weird", "unknown", True),
-        (None, "unknown", True),
-    ],
-)
-async def test_retrieve_future_failure_raises_request_failed(
-    category, expected, retryable
-):
-    """A failure answer raises RequestFailedError with the service's category."""
-    body: dict[str, object] = {"error": "checkpoint is corrupt"}
-    if category is not None:
-        body["category"] = category
-    recorder = Recorder(ok(body))
-    async with client(recorder) as http:
-        with pytest.raises(RequestFailedError) as info:
-            await http.retrieve_future("r-9")
-    assert info.value.category == expected
-    assert info.value.retryable is retryable
-    assert "r-9" in str(info.value)
-    assert "checkpoint is corrupt" in str(info.value)
-
-
-async def test_retrieve_future_gives_up_at_the_deadline(autojump_clock):
-    """Endless try_again ends with APITimeoutError after future_timeout."""
-    recorder = Recorder(ok({"type": "try_again"}))
-    settings = HTTPSettings(jitter=0, future_timeout=30)
-    async with client(recorder, settings=settings) as http:
-        with pytest.raises(APITimeoutError, match="within 30 s"):
-            await http.retrieve_future("r")
-    assert trio.current_time() == 30
-    assert max(recorder.gaps()) == 1.0
-
-
-@pytest.mark.parametrize("code", [404, 410])
-async def test_retrieve_future_forgotten_request_is_a_retryable_failure(code):
-    """404/410 on retrieve_future: the service lost the request; retry later."""
-    recorder = Recorder(status(code))
-    async with client(recorder) as http:
-        with pytest.raises(RequestFailedError) as info:
-            await http.retrieve_future("r")
-    assert info.value.retryable is True
-    assert isinstance(info.value.__cause__, APIStatusError)
-
-
-async def test_retrieve_future_retries_transient_poll_failures(autojump_clock):
-    """A 503 or dropped poll is retried with the usual backoff."""
-    recorder = Recorder(status(503), httpx.ReadError("x"), ok({"path": "p"}))
-    async with client(recorder) as http:
-        assert await http.retrieve_future("r") == {"path": "p"}
-    assert recorder.gaps() == [0.5, 1.0]

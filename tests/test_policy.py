@@ -10,7 +10,7 @@ from trio_tinkex_recovery import Best, Latest, Policy, Specific
 
 
 def test_defaults_are_conservative():
-    """Recovery is off by default; the other defaults are DESIGN.md's."""
+    """Recovery is off by default; the others are the documented ones."""
     policy = Policy()
     assert policy.enabled is False
     assert (policy.max_attempts, policy.backoff, policy.max_backoff) == (3, 5.0, 60.0)

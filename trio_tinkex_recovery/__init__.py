@@ -48,9 +48,12 @@ from ._protocols import ServiceProtocol as ServiceProtocol
 from ._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._telemetry import Statistics as Statistics
 from ._telemetry import TelemetryEvent as TelemetryEvent
+from ._test_mode import is_testing as is_testing
+from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
 from ._types import TrainingRun as TrainingRun
 from ._types import WeightsInfo as WeightsInfo
+from ._util import publish as _publish
 
 __version__ = "0.1.0.dev0"
 
@@ -97,7 +100,12 @@ __all__ = [
     "UnprocessableEntityError",
     "UnsupportedStrategyError",
     "WeightsInfo",
+    "is_testing",
     "open_executor",
     "open_monitor",
     "open_service_client",
+    "set_testing",
 ]
+
+
+_publish(globals())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 from typing import Any
 
@@ -11,6 +10,7 @@ import attrs
 import httpx
 
 from ._policy import Policy
+from ._validators import non_negative_int, positive
 
 __all__ = ["DEFAULT_BASE_URL", "Config"]
 
@@ -83,24 +83,6 @@ def _check_base_url(
         )
 
 
-def _check_positive(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"Config.{attribute.name} must be a number, got {value!r}")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond the range of a float
-        raise ValueError(f"Config.{attribute.name} is too large") from None
-    if not (value > 0 and finite):
-        raise ValueError(f"Config.{attribute.name} must be > 0, got {value!r}")
-
-
-def _check_retries(_: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Config.{attribute.name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"Config.{attribute.name} must be ≥ 0, got {value!r}")
-
-
 def _check_recovery(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not isinstance(value, Policy):
         raise TypeError(
@@ -122,9 +104,9 @@ class Config:
     #: The service's address.
     base_url: str = attrs.field(default=DEFAULT_BASE_URL)
     #: Seconds one HTTP request may take.
-    timeout: float = attrs.field(default=60.0, validator=_check_positive)
+    timeout: float = attrs.field(default=60.0, validator=positive)
     #: How often one request is retried after a transient failure.
-    max_retries: int = attrs.field(default=10, validator=_check_retries)
+    max_retries: int = attrs.field(default=10, validator=non_negative_int)
     #: The default recovery policy of a monitor built from this config.
     recovery: Policy | None = attrs.field(default=None, validator=_check_recovery)
     #: Allow sending the key over plain http to another machine.

@@ -2,7 +2,7 @@
 
 One `HTTPClient` (one per service client) spreads its connections over a
 few small ``httpx.AsyncClient`` pools: httpcore's cost per request grows
-with the size of a pool (see DESIGN section 5), not with the number of
+with the size of a pool (benchmarks/README.md), not with the number of
 pools.  Tasks queue for a connection on a Trio semaphore.
 
 `HTTPClient.request` is the only way a request leaves this library.  It
@@ -41,26 +41,21 @@ import attrs
 import httpx
 import trio
 
+from . import _test_mode
+from ._backoff import backoff_delay
 from ._config import mask_key
 from ._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    InternalServerError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    RequestFailedError,
     ResponseValidationError,
     TinkerAPIError,
-    UnprocessableEntityError,
+    error_for_status,
 )
+from ._validators import fraction, positive, positive_int
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from ._config import Config
 
@@ -72,27 +67,11 @@ __all__ = [
 
 logger = logging.getLogger("trio_tinkex_recovery.http")
 
-#: Statuses worth trying again (the official SDK's list, plus every 5xx).
-_RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
-
-_STATUS_ERRORS: Final[Mapping[int, type[APIStatusError]]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: UnprocessableEntityError,
-    429: RateLimitError,
-}
-
 #: The longest piece of a response body quoted in an error message.
-_MAX_QUOTED_BODY: Final = 300
+MAX_QUOTED_BODY: Final = 300
 
 #: The most connections in one httpx pool (see `HTTPClient`).
 _POOL_SIZE: Final = 10
-
-_RETRIEVE_FUTURE: Final = "/api/v1/retrieve_future"
-_FUTURE_CATEGORIES: Final = frozenset({"user", "server", "unknown"})
 
 
 def _package_version() -> str:
@@ -112,53 +91,44 @@ def new_idempotency_key() -> str:
     return f"trio-tinkex-{uuid.uuid4()}"
 
 
-def _check_fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(
-            f"HTTPSettings.{attribute.name} must be in [0, 1), got {value}"
-        )
-
-
-def _check_positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"HTTPSettings.{attribute.name} must be > 0, got {value}")
-
-
 @attrs.frozen(kw_only=True)
 class HTTPSettings:
     """Internal knobs of the HTTP layer; the defaults are the SDK's.
 
-    Not public: users configure `Config` (``timeout``, ``max_retries``).
-    Tests use ``jitter=0`` for exact delays.
+    Not public: users configure `Config` (``timeout``, ``max_retries``),
+    and tests use `set_testing` for exact or short delays.
     """
 
     #: Connections kept to the service (in pools of at most ten); more
     #: tasks queue for one.  50 in flight: 1,000 requests/s at 50 ms each.
-    max_connections: int = 50
+    max_connections: int = attrs.field(default=50, validator=positive_int)
     #: Delay before the first retry; it doubles with each retry.
-    initial_retry_delay: float = attrs.field(default=0.5, validator=_check_positive)
+    initial_retry_delay: float = attrs.field(default=0.5, validator=positive)
     #: The computed delay never exceeds this.
-    max_retry_delay: float = attrs.field(default=10.0, validator=_check_positive)
+    max_retry_delay: float = attrs.field(default=10.0, validator=positive)
     #: A server's ``Retry-After`` is honoured up to this many seconds.
-    max_retry_after: float = attrs.field(default=60.0, validator=_check_positive)
+    max_retry_after: float = attrs.field(default=60.0, validator=positive)
     #: A computed delay is shortened by up to this fraction, at random.
-    jitter: float = attrs.field(default=0.25, validator=_check_fraction)
-    #: The random source of the jitter: returns a float in [0, 1).
-    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
-    #: How long `HTTPClient.retrieve_future` waits for a result in all.
-    future_timeout: float = attrs.field(default=600.0, validator=_check_positive)
-    #: Pause after the first quick ``try_again``; it doubles up to the max.
-    future_poll_interval: float = attrs.field(default=0.1, validator=_check_positive)
-    #: The longest pause between two ``retrieve_future`` polls.
-    max_future_poll_interval: float = attrs.field(
-        default=1.0, validator=_check_positive
-    )
+    jitter: float = attrs.field(default=0.25, validator=fraction)
 
-    def backoff(self, retries_taken: int) -> float:
-        """The delay before retry number ``retries_taken + 1`` (no Retry-After)."""
-        exponent = min(retries_taken, 64)  # 2.0**64 is plenty and cannot overflow
-        delay = min(self.initial_retry_delay * 2.0**exponent, self.max_retry_delay)
-        return delay * (1 - self.jitter * self.random())
+    def retry_delay(self, retries_taken: int, retry_after: float | None) -> float:
+        """The wait before retry number ``retries_taken + 1``.
+
+        What the server asked for (capped), else the backoff less up to
+        ``jitter`` of it at random; `set_testing` may turn the jitter off
+        and shorten the wait.
+        """
+        if retry_after is not None:
+            delay = min(retry_after, self.max_retry_after)
+        else:
+            delay = backoff_delay(
+                retries_taken,
+                initial=self.initial_retry_delay,
+                maximum=self.max_retry_delay,
+            )
+            if _test_mode.jitter_enabled():
+                delay *= 1 - self.jitter * random.random()
+        return _test_mode.limit_delay(delay)
 
 
 def parse_retry_after(
@@ -214,24 +184,20 @@ def _describe_body(response: httpx.Response) -> str:
     try:
         body = _loads(response.content)
     except (ValueError, RecursionError):
-        text = response.content[:_MAX_QUOTED_BODY].decode("utf-8", "replace")
+        text = response.content[:MAX_QUOTED_BODY].decode("utf-8", "replace")
         return text.strip() or "(empty body)"
     if isinstance(body, dict):
         for field in ("detail", "error", "message"):
             if isinstance(body.get(field), str):
-                return str(body[field])[:_MAX_QUOTED_BODY]
-    return json.dumps(body)[:_MAX_QUOTED_BODY]
+                return str(body[field])[:MAX_QUOTED_BODY]
+    return json.dumps(body)[:MAX_QUOTED_BODY]
 
 
-def _should_retry_status(response: httpx.Response) -> bool:
-    """Whether a failed response is worth retrying; ``x-should-retry`` wins."""
-    header = response.headers.get("x-should-retry")
-    if header == "true":
-        return True
-    if header == "false":
-        return False
-    status = response.status_code
-    return status in _RETRYABLE_STATUSES or status >= 500
+def _should_retry(response: httpx.Response) -> bool | None:
+    """What ``x-should-retry`` says (as the SDK reads it), if anything."""
+    return {"true": True, "false": False}.get(
+        response.headers.get("x-should-retry", "")
+    )
 
 
 def expect_object(value: object, endpoint: str) -> dict[str, Any]:
@@ -329,7 +295,7 @@ class HTTPClient:
             finally:
                 self._free[index] += 1
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
         """``text`` with the API key masked, should a server have echoed it."""
         return text.replace(self._key, self._masked_key) if self._key in text else text
 
@@ -414,7 +380,7 @@ class HTTPClient:
                 cause = exc
             except httpx.RequestError as exc:
                 error = APIConnectionError(
-                    self._redact(
+                    self.redact(
                         f"{endpoint}: connection failed: {type(exc).__name__}: {exc}"
                     )
                 )
@@ -441,10 +407,7 @@ class HTTPClient:
                     error.message = f"{error.message} (after {retries_taken} retries)"
                     error.args = (error.message,)
                 raise error from cause
-            if retry_after is not None:
-                delay = min(retry_after, self.settings.max_retry_after)
-            else:
-                delay = self.settings.backoff(retries_taken)
+            delay = self.settings.retry_delay(retries_taken, retry_after)
             logger.debug(
                 "%s failed (%s); retry %d of %d in %.3f s",
                 endpoint,
@@ -458,11 +421,8 @@ class HTTPClient:
 
     def _status_error(self, endpoint: str, response: httpx.Response) -> APIStatusError:
         status = response.status_code
-        kind = _STATUS_ERRORS.get(status)
-        if kind is None:
-            kind = InternalServerError if status >= 500 else APIStatusError
-        message = self._redact(f"{endpoint}: HTTP {status}: {_describe_body(response)}")
-        return kind(message, status=status, retryable=_should_retry_status(response))
+        message = self.redact(f"{endpoint}: HTTP {status}: {_describe_body(response)}")
+        return error_for_status(status, message, retryable=_should_retry(response))
 
     async def request_object(
         self,
@@ -491,83 +451,3 @@ class HTTPClient:
             max_retries=max_retries,
         )
         return expect_object(body, f"{method} {path}")
-
-    async def retrieve_future(
-        self, request_id: str, *, request_type: str | None = None
-    ) -> dict[str, Any]:
-        """Wait for the result of an accepted request.
-
-        Polls ``POST /api/v1/retrieve_future`` while the service answers
-        ``{"type": "try_again"}`` (the server long-polls; a quick answer is
-        followed by a short pause that doubles up to a second), for at most
-        ``HTTPSettings.future_timeout`` seconds in all.
-
-        Args:
-            request_id: The ``request_id`` the service gave the request.
-            request_type: Sent as ``X-Tinker-Request-Type``, as the SDK does
-                (e.g. ``"LoadWeights"``).
-
-        Returns:
-            The result object.
-
-        Raises:
-            RequestFailedError: The request failed server-side (its
-                ``category`` is the service's: ``user``, ``server`` or
-                ``unknown``), or the service does not know it (HTTP 404 or
-                410): it expired or was lost; submitting again may work.
-            APITimeoutError: No result within the overall deadline.
-            TinkerAPIError: A poll failed after its own retries.
-            ResponseValidationError: A poll answer is not a JSON object.
-        """
-        settings = self.settings
-        allow_metadata_only = True
-        pause = settings.future_poll_interval
-        iteration = 0
-        with trio.move_on_after(settings.future_timeout) as deadline:
-            while True:
-                headers = {"X-Tinker-Request-Iteration": str(iteration)}
-                if request_type is not None:
-                    headers["X-Tinker-Request-Type"] = request_type
-                started = trio.current_time()
-                try:
-                    body = await self.request_object(
-                        "POST",
-                        _RETRIEVE_FUTURE,
-                        json={
-                            "request_id": request_id,
-                            "allow_metadata_only": allow_metadata_only,
-                        },
-                        headers=headers,
-                    )
-                except APIStatusError as exc:
-                    if exc.status in (404, 410):
-                        raise RequestFailedError(
-                            f"request {request_id!r} is no longer known to the service",
-                            category="unknown",
-                        ) from exc
-                    raise
-                iteration += 1
-                if body.get("type") == "try_again":
-                    await trio.sleep_until(started + pause)
-                    pause = min(pause * 2, settings.max_future_poll_interval)
-                    continue
-                if body.get("status") == "complete_metadata" and allow_metadata_only:
-                    allow_metadata_only = False
-                    continue
-                if "error" in body:
-                    category = body.get("category")
-                    if category not in _FUTURE_CATEGORIES:
-                        category = "unknown"
-                    raise RequestFailedError(
-                        self._redact(
-                            f"request {request_id!r} failed ({category}): "
-                            f"{str(body['error'])[:_MAX_QUOTED_BODY]}"
-                        ),
-                        category=str(category),
-                    )
-                return body
-        assert deadline.cancelled_caught
-        raise APITimeoutError(
-            f"request {request_id!r} gave no result within "
-            f"{settings.future_timeout:g} s"
-        )

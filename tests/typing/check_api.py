@@ -16,8 +16,10 @@ from trio_tinkex_recovery import (
     Statistics,
     TelemetryEvent,
     TrainingRun,
+    is_testing,
     open_executor,
     open_monitor,
+    set_testing,
 )
 
 
@@ -73,6 +75,9 @@ async def main() -> None:
         )
         assert_type(executor.recovery_state("run-1"), RecoveryState | None)
         await executor.wait_idle()
+    with set_testing(True, max_delay=0.01, heartbeat_interval=None):
+        assert_type(is_testing(), bool)
+    set_testing(False)
 
 
 if __name__ == "__main__":
