@@ -26,6 +26,7 @@ from trio_tinkex_recovery import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    ResponseTooLargeError,
     ResponseValidationError,
     UnprocessableEntityError,
     set_testing,
@@ -186,11 +187,23 @@ async def test_success_after_transient_failures_returns_the_answer(autojump_cloc
         ({"Retry-After": "3600"}, 60.0),
         ({"retry-after-ms": "120000"}, 60.0),
         ({"Retry-After": "0"}, 0.0),
+        ({"Retry-After": "1e308"}, 60.0),
         ({"Retry-After": "soon"}, 0.5),
+        ({"Retry-After": "-5"}, 0.5),
+        ({"Retry-After": "-1e308"}, 0.5),
+        ({"Retry-After": "nan"}, 0.5),
+        ({"Retry-After": "inf"}, 0.5),
+        ({"Retry-After": "1e400"}, 0.5),
+        ({"retry-after-ms": "-1000"}, 0.5),
+        ({"retry-after-ms": "-1000", "Retry-After": "3"}, 3.0),
+        ({"retry-after-ms": "NaN", "Retry-After": "-3"}, 0.5),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.5),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00"}, 0.5),
     ],
 )
 async def test_retry_after_is_honoured_up_to_a_minute(autojump_clock, headers, wait):
-    """Retry-After (seconds) and retry-after-ms set the delay, capped at 60 s."""
+    """Retry-After (seconds, a date) and retry-after-ms set the delay, capped at
+    60 s; negative, non-numeric, infinite or past values leave the backoff."""
     recorder = Recorder(status(429, headers), ok())
     async with client(recorder) as http:
         await http.request("GET", "/api/v1/x")
@@ -209,12 +222,13 @@ async def test_retry_after_http_date_far_ahead_is_capped(autojump_clock):
 
 
 def test_parse_retry_after_reads_http_dates_against_the_wall_clock():
-    """An HTTP date means its distance from now; a past date means no wait."""
+    """An HTTP date means its distance from now; a past one asks for nothing."""
     now = 1_800_000_000.0
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after(httpx.Headers({"Retry-After": date}), now=now) == 30
-    past = email.utils.formatdate(now - 30, usegmt=True)
-    assert parse_retry_after(httpx.Headers({"Retry-After": past}), now=now) == 0
+    for past in (now - 30, now):
+        date = email.utils.formatdate(past, usegmt=True)
+        assert parse_retry_after(httpx.Headers({"Retry-After": date}), now=now) is None
     assert parse_retry_after(httpx.Headers({}), now=now) is None
     assert parse_retry_after(httpx.Headers({"Retry-After": "nan"}), now=now) is None
 
@@ -362,14 +376,14 @@ async def test_api_key_never_appears_in_errors(autojump_clock):
         assert KEY not in repr(http)
         with pytest.raises(AuthenticationError) as auth:
             await http.request("GET", "/api/v1/x")
-    assert "tml-****" in str(auth.value)
+    assert "bad key ****" in str(auth.value)
     assert_secret_free(auth.value)
 
     recorder = Recorder(httpx.ConnectError(f"cannot reach, key={KEY}"))
     async with client(recorder, max_retries=1) as http:
         with pytest.raises(APIConnectionError) as conn:
             await http.request("GET", "/api/v1/x")
-    assert str(conn.value).count("tml-****") == 1
+    assert str(conn.value).count("key=****") == 1
     assert KEY not in str(conn.value)
     assert KEY not in repr(conn.value)
 
@@ -394,3 +408,152 @@ async def test_closed_client_refuses_requests():
         with pytest.raises(trio.ClosedResourceError):
             await http.request("GET", "/api/v1/x")
     assert recorder.requests == []
+
+
+def endless(chunk: bytes, *, pause: float, sent: list[int]):
+    """A response body that never ends: ``chunk`` every ``pause`` seconds."""
+
+    async def body():
+        while True:
+            await trio.sleep(pause)
+            sent.append(len(chunk))
+            yield chunk
+
+    return body()
+
+
+@pytest.mark.parametrize("pause", [1.0, 0.001])
+async def test_a_body_that_never_ends_times_out_at_the_deadline(autojump_clock, pause):
+    """Config.timeout bounds the whole answer: an endless body (a byte a
+    second, or a byte a millisecond) is a timeout, retried as one."""
+    recorder = Recorder(
+        lambda request: httpx.Response(200, content=endless(b"x", pause=pause, sent=[]))
+    )
+    config = Config(api_key=KEY, base_url=BASE, timeout=5, max_retries=1)
+    http = HTTPClient(config, transport=httpx.MockTransport(recorder))
+    try:
+        with set_testing(True), pytest.raises(APITimeoutError) as info:
+            await http.request("GET", "/api/v1/x")
+    finally:
+        await http.aclose()
+    assert recorder.times == [0.0, 5.5]
+    assert trio.current_time() == 10.5
+    assert "GET /api/v1/x: no complete answer within 5 s" in str(info.value)
+    assert info.value.retryable is True
+
+
+async def test_heartbeat_deadline_overrides_the_timeout(autojump_clock):
+    """attempt_timeout sets the deadline of each attempt instead."""
+    recorder = Recorder(
+        lambda request: httpx.Response(200, content=endless(b"x", pause=1, sent=[]))
+    )
+    async with client(recorder, max_retries=0) as http:
+        with pytest.raises(APITimeoutError):
+            await http.request("POST", "/api/v1/x", json={}, attempt_timeout=2)
+    assert trio.current_time() == 2
+
+
+LIMIT = 1000
+
+
+@asynccontextmanager
+async def capped(recorder: Recorder) -> AsyncIterator[HTTPClient]:
+    config = Config(api_key=KEY, base_url=BASE, max_response_bytes=LIMIT)
+    http = HTTPClient(config, transport=httpx.MockTransport(recorder))
+    try:
+        with set_testing(True):
+            yield http
+    finally:
+        await http.aclose()
+
+
+@pytest.mark.parametrize("status", [200, 503])
+async def test_an_oversized_body_fails_at_once_and_is_not_read(status):
+    """Past max_response_bytes the request fails, unretried, reading no more."""
+    sent: list[int] = []
+    recorder = Recorder(
+        lambda request: httpx.Response(
+            status, content=endless(b"y" * 300, pause=0, sent=sent)
+        )
+    )
+    async with capped(recorder) as http:
+        with pytest.raises(ResponseTooLargeError) as info:
+            await http.request("GET", "/api/v1/x")
+    assert len(recorder.requests) == 1
+    assert sum(sent) == 1200  # the chunk that crossed the limit, and no more
+    assert info.value.retryable is False
+    assert info.value.status == status
+    assert "larger than 1000 bytes (Config.max_response_bytes)" in str(info.value)
+
+
+async def test_a_declared_oversized_body_is_refused_unread():
+    """A Content-Length over the limit fails before a byte of the body is read."""
+    sent: list[int] = []
+    recorder = Recorder(
+        lambda request: httpx.Response(
+            200,
+            headers={"Content-Length": str(LIMIT + 1)},
+            content=endless(b"z", pause=0, sent=sent),
+        )
+    )
+    async with capped(recorder) as http:
+        with pytest.raises(ResponseTooLargeError):
+            await http.request("GET", "/api/v1/x")
+    assert sent == []
+
+
+async def test_a_body_of_exactly_the_limit_is_read():
+    """max_response_bytes itself is allowed."""
+    recorder = Recorder(ok({"pad": "p" * (LIMIT - len('{"pad":""}'))}))
+    async with capped(recorder) as http:
+        body = await http.request("GET", "/api/v1/x")
+    assert isinstance(body, dict)
+    assert len(body["pad"]) == LIMIT - 10
+
+
+def url_encoded(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in text)
+
+
+def json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Padding puts the key across the 300 characters an error quotes.
+        "x" * 280 + KEY,
+        json.dumps({"detail": "p" * 290 + f"bad key {KEY}"}),
+        '{"detail": "bad key ' + json_escaped(KEY) + '"}',
+        "no route /api/v1/" + url_encoded(KEY) + "/runs",
+        '{"detail": "no route /' + url_encoded(KEY[:10]) + KEY[10:] + '"}',
+    ],
+    ids=["padded-raw", "padded-json", "json-escaped", "url-encoded", "half-encoded"],
+)
+async def test_echoed_keys_are_masked_before_a_message_is_cut(body):
+    """However the server spells the key back, no piece of it reaches the error."""
+    recorder = Recorder(httpx.Response(401, content=body.encode()))
+    async with client(recorder) as http:
+        with pytest.raises(AuthenticationError) as info:
+            await http.request("GET", "/api/v1/x")
+    assert_no_piece_of_key(str(info.value))
+    assert_no_piece_of_key(repr(info.value))
+
+
+def assert_no_piece_of_key(text: str) -> None:
+    """No 8 characters of KEY's secret part in a row, raw or URL-encoded."""
+    secret = KEY.removeprefix("tml-")
+    for start in range(len(secret) - 7):
+        window = secret[start : start + 8]
+        assert window not in text
+        assert url_encoded(window) not in text
+
+
+async def test_a_key_inside_a_success_answer_never_reaches_the_caller():
+    """A key echoed in data is masked before parsing: values and errors are clean."""
+    raw = f'{{"note": "hello {KEY}", "again": "{json_escaped(KEY)}", "k": "v"}}'
+    recorder = Recorder(httpx.Response(200, content=raw.encode()))
+    async with client(recorder) as http:
+        body = await http.request("GET", "/api/v1/x")
+    assert body == {"note": "hello ****", "again": "****", "k": "v"}

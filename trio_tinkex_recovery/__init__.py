@@ -27,6 +27,7 @@ from ._errors import RateLimitError as RateLimitError
 from ._errors import RecoveryDisabledError as RecoveryDisabledError
 from ._errors import RecoveryError as RecoveryError
 from ._errors import RequestFailedError as RequestFailedError
+from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import ResponseValidationError as ResponseValidationError
 from ._errors import TinkerAPIError as TinkerAPIError
 from ._errors import TinkexRecoveryError as TinkexRecoveryError
@@ -85,6 +86,7 @@ __all__ = [
     "RecoveryPhase",
     "RecoveryState",
     "RequestFailedError",
+    "ResponseTooLargeError",
     "ResponseValidationError",
     "RestClient",
     "RestClientProtocol",

@@ -21,6 +21,7 @@ Every error the library raises on purpose derives from one root::
         │   ├── UnprocessableEntityError     422
         │   ├── RateLimitError               429
         │   └── InternalServerError          5xx
+        ├── ResponseTooLargeError      the answer exceeds Config.max_response_bytes
         ├── RequestFailedError         an accepted request failed server-side
         └── CheckpointUnavailableError the checkpoint is gone, expired or unusable
 
@@ -55,6 +56,7 @@ __all__ = [
     "RecoveryDisabledError",
     "RecoveryError",
     "RequestFailedError",
+    "ResponseTooLargeError",
     "ResponseValidationError",
     "TinkerAPIError",
     "TinkexRecoveryError",
@@ -202,6 +204,14 @@ class InternalServerError(APIStatusError):
     """5xx: the service failed; retryable."""
 
     retryable = True
+
+
+class ResponseTooLargeError(TinkerAPIError):
+    """The answer is larger than ``Config.max_response_bytes``.
+
+    The rest of it was not read: the connection was closed.  Not retryable:
+    the same request would bring the same answer.
+    """
 
 
 class RequestFailedError(TinkerAPIError):

@@ -12,17 +12,24 @@ pools.  Tasks queue for a connection on a Trio semaphore.
   body bytes) across that operation's HTTP retries, so a server that has
   already acted answers the retry with its first answer instead of acting
   twice;
+- gives each attempt one Trio deadline, ``Config.timeout``, for all of it:
+  connecting, sending, the headers and the whole body, so a server that
+  trickles bytes or never ends its body times out like a silent one;
+- reads at most ``Config.max_response_bytes`` of a body, then closes the
+  connection (`ResponseTooLargeError`);
 - retries 408, 409, 429, 5xx, timeouts and connection errors up to
   ``max_retries`` times, waiting ``min(0.5·2^n, 10)`` seconds less up to 25%
   jitter, or what ``retry-after-ms`` / ``Retry-After`` ask for (capped at
-  60 s), as the official SDK does (``tinker/_base_client.py``);
+  60 s; a value that is negative, not a number or a past date is ignored),
+  as the official SDK does (``tinker/_base_client.py``);
 - translates every failure into the error tree (``raise ... from exc``);
 - parses JSON strictly: a body that is not JSON is a
   `ResponseValidationError` naming the endpoint.
 
-Waiting uses ``trio.sleep``, so tests drive it with ``MockClock``.  Messages
-never contain headers, and any text from the server is scrubbed of the API
-key before it reaches a message.
+Waiting uses Trio's clock, so tests drive it with ``MockClock``.  Messages
+never contain headers.  Every body is scrubbed of the API key (`redact`)
+as soon as it is read, before it is parsed, quoted or shortened, so no
+text built from it anywhere can show the key.
 """
 
 from __future__ import annotations
@@ -43,11 +50,12 @@ import trio
 
 from . import _test_mode
 from ._backoff import backoff_delay
-from ._config import mask_key
+from ._config import redact
 from ._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    ResponseTooLargeError,
     ResponseValidationError,
     TinkerAPIError,
     error_for_status,
@@ -72,6 +80,9 @@ MAX_QUOTED_BODY: Final = 300
 
 #: The most connections in one httpx pool (see `HTTPClient`).
 _POOL_SIZE: Final = 10
+
+#: How long closing a response may take (a shielded cleanup).
+_CLOSE_TIMEOUT: Final = 5.0
 
 
 def _package_version() -> str:
@@ -138,32 +149,38 @@ def parse_retry_after(
 
     ``retry-after-ms`` (milliseconds) wins over ``Retry-After`` (seconds, or
     an HTTP date, measured against the wall clock as the server's is).
-    Unparseable values are ignored; a date in the past means no wait.
+    A value that is negative, not a number, NaN or infinite, or a date that
+    is not in the future (or has no zone) asks nothing: the caller's
+    backoff applies.
     """
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            millis = float(value)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(millis):
-                return max(millis / 1000, 0.0)
+    millis = _non_negative(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
     value = headers.get("retry-after")
     if value is None:
         return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
     try:
-        seconds = float(value)
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT by definition
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return delay if delay > 0 else None
+
+
+def _non_negative(value: str | None) -> float | None:
+    """``value`` as a finite number ≥ 0, or ``None``."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP date is GMT by definition
-            return None
-        wall = time.time() if now is None else now
-        return max(when.timestamp() - wall, 0.0)
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _reject_constant(name: str) -> object:
@@ -179,12 +196,12 @@ def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _describe_body(response: httpx.Response) -> str:
-    """A short description of an error body, for a message."""
+def _describe_body(content: bytes) -> str:
+    """A short description of an (already redacted) error body, for a message."""
     try:
-        body = _loads(response.content)
+        body = _loads(content)
     except (ValueError, RecursionError):
-        text = response.content[:MAX_QUOTED_BODY].decode("utf-8", "replace")
+        text = content[:MAX_QUOTED_BODY].decode("utf-8", "replace")
         return text.strip() or "(empty body)"
     if isinstance(body, dict):
         for field in ("detail", "error", "message"):
@@ -228,8 +245,9 @@ class HTTPClient:
     ) -> None:
         self.settings = settings or HTTPSettings()
         self.max_retries = config.max_retries
+        self.timeout = config.timeout
+        self.max_response_bytes = config.max_response_bytes
         self._key = config.api_key
-        self._masked_key = mask_key(config.api_key)
         self.base_url = config.base_url
         total = self.settings.max_connections
         # httpcore scans every connection of a pool (polling each idle one)
@@ -279,25 +297,87 @@ class HTTPClient:
         for pool in self._pools:
             await pool.aclose()
 
-    async def _send(self, method: str, path: str, **options: Any) -> httpx.Response:
-        """Build and send a request once a connection is free.
+    async def _send(
+        self, method: str, path: str, *, time_limit: float, **options: Any
+    ) -> tuple[httpx.Response, bytes]:
+        """One attempt: send a request once a connection is free, read its answer.
 
-        Built only then: a request still waiting costs no CPU and holds no
-        memory yet, which matters when thousands of polls are queued.  It
-        goes on the first pool with a free connection.
+        The request is built only then: one still waiting costs no CPU and
+        holds no memory yet, which matters when thousands of polls are
+        queued.  It goes on the first pool with a free connection.  From
+        then on the attempt has ``time_limit`` seconds in all, body included.
+
+        Returns:
+            The (closed) response and its body, with the key masked.
+
+        Raises:
+            trio.TooSlowError: The answer was not complete in time.
+            ResponseTooLargeError: The body is over ``max_response_bytes``.
+            httpx.RequestError: The transport failed.
         """
         async with self._slots:
-            request = self._client.build_request(method, path, **options)
+            request = self._client.build_request(
+                method, path, timeout=time_limit, **options
+            )
             index = next(i for i, free in enumerate(self._free) if free)
             self._free[index] -= 1
             try:
-                return await self._pools[index].send(request)
+                with trio.fail_after(time_limit):
+                    response = await self._pools[index].send(request, stream=True)
+                    try:
+                        content = await self._read(response, f"{method} {path}")
+                    finally:
+                        # Unread data is not drained: the connection is closed.
+                        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                            await response.aclose()
             finally:
                 self._free[index] += 1
+        return response, self._redact_body(content)
+
+    async def _read(self, response: httpx.Response, endpoint: str) -> bytes:
+        """The body of ``response``, up to ``max_response_bytes``.
+
+        Raises:
+            ResponseTooLargeError: The body (as declared, or as read) is
+                larger; nothing more of it is read.
+        """
+        limit = self.max_response_bytes
+
+        def too_large() -> ResponseTooLargeError:
+            return ResponseTooLargeError(
+                f"{endpoint}: HTTP {response.status_code}: the answer is larger "
+                f"than {limit} bytes (Config.max_response_bytes)",
+                status=response.status_code,
+                retryable=False,
+            )
+
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large()
+        body = bytearray()
+        over = False
+        # Leaving the loop early would strand the async generators httpx and
+        # httpcore stack under aiter_bytes.  A cancellation instead lands at
+        # the stream's next read, deep down, and unwinds every one of them.
+        with trio.CancelScope() as stop:
+            async for chunk in response.aiter_bytes():
+                if not over and len(body) + len(chunk) > limit:
+                    over = True
+                    stop.cancel()
+                if not over:
+                    body += chunk
+        if over:
+            raise too_large()
+        return bytes(body)
 
     def redact(self, text: str) -> str:
         """``text`` with the API key masked, should a server have echoed it."""
-        return text.replace(self._key, self._masked_key) if self._key in text else text
+        return redact(text, self._key)
+
+    def _redact_body(self, content: bytes) -> bytes:
+        # Latin-1 maps bytes to code points one to one, and the key and its
+        # mask are ASCII: only the key's bytes change, whatever the encoding.
+        return self.redact(content.decode("latin-1")).encode("latin-1")
 
     async def request(
         self,
@@ -333,8 +413,9 @@ class HTTPClient:
         Raises:
             APIStatusError: An error status (a subclass per status), after
                 the retries when it is retryable.
-            APITimeoutError: No answer in time, after the retries.
+            APITimeoutError: No complete answer in time, after the retries.
             APIConnectionError: The connection failed, after the retries.
+            ResponseTooLargeError: The answer is over ``max_response_bytes``.
             ResponseValidationError: A success answer that is not JSON.
             trio.ClosedResourceError: `aclose` has run.
         """
@@ -354,25 +435,26 @@ class HTTPClient:
             request_headers["X-Idempotency-Key"] = (
                 idempotency_key or new_idempotency_key()
             )
-        request_timeout = (
-            self._client.timeout
-            if attempt_timeout is None
-            else httpx.Timeout(attempt_timeout)
-        )
+        timeout = self.timeout if attempt_timeout is None else attempt_timeout
         retries_taken = 0
         while True:
             error: TinkerAPIError
             cause: BaseException
             retry_after: float | None = None
             try:
-                response = await self._send(
+                response, body = await self._send(
                     method,
                     path,
                     content=content,
                     params=params,
                     headers=request_headers,
-                    timeout=request_timeout,
+                    time_limit=timeout,
                 )
+            except trio.TooSlowError as exc:
+                error = APITimeoutError(
+                    f"{endpoint}: no complete answer within {timeout:g} s"
+                )
+                cause = exc
             except httpx.TimeoutException as exc:
                 error = APITimeoutError(
                     f"{endpoint}: no answer in time ({type(exc).__name__})"
@@ -390,12 +472,12 @@ class HTTPClient:
                     if not parse:
                         return None
                     try:
-                        return _loads(response.content)
+                        return _loads(body)
                     except (ValueError, RecursionError) as exc:
                         raise ResponseValidationError(
                             f"{endpoint}: the response is not valid JSON: {exc}"
                         ) from exc
-                error = self._status_error(endpoint, response)
+                error = self._status_error(endpoint, response, body)
                 retry_after = parse_retry_after(response.headers)
                 cause = httpx.HTTPStatusError(
                     f"HTTP {response.status_code}",
@@ -419,9 +501,11 @@ class HTTPClient:
             await trio.sleep(delay)
             retries_taken += 1
 
-    def _status_error(self, endpoint: str, response: httpx.Response) -> APIStatusError:
+    def _status_error(
+        self, endpoint: str, response: httpx.Response, body: bytes
+    ) -> APIStatusError:
         status = response.status_code
-        message = self.redact(f"{endpoint}: HTTP {status}: {_describe_body(response)}")
+        message = f"{endpoint}: HTTP {status}: {_describe_body(body)}"
         return error_for_status(status, message, retryable=_should_retry(response))
 
     async def request_object(
