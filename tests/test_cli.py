@@ -304,7 +304,7 @@ async def test_watch_rejected_key_exits_2_without_showing_it():
         (["watch", "run-1"], "sk-hush-hush-1234", "TINKER_API_KEY is malformed"),
         (["watch"], KEY, "the following arguments are required: RUN_ID"),
         (["watch", "run-1", "--bogus"], KEY, "unrecognized arguments: --bogus"),
-        (["watch", "run-1", "--poll-interval", "0"], KEY, "--poll-interval must be >"),
+        (["watch", "run-1", "--poll-interval", "0"], KEY, "--poll-interval must be ≥"),
         (["watch", "run-1", "--jitter", "1.5"], KEY, "--jitter must be < 1"),
         (["watch", "run/1"], KEY, "bad RUN_ID 'run/1'"),
         (["watch", "run-1", "--metric", "acc"], KEY, "--metric and --mode apply only"),

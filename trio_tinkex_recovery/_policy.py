@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import attrs
 
 from ._backoff import backoff_delay
 from ._types import parse_tinker_path
-from ._validators import boolean, fraction, non_negative, positive, positive_int
+from ._validators import boolean, fraction, non_negative, number, positive_int
 
 if TYPE_CHECKING:
     from ._types import Checkpoint
@@ -136,6 +136,11 @@ def _check_callback(_: object, attribute: attrs.Attribute[Any], value: object) -
         )
 
 
+#: The shortest ``poll_interval``, in seconds: ten polls a second is far
+#: more often than a training run's state changes; polling faster only
+#: loads the service (and a tiny interval polls back to back).
+MIN_POLL_INTERVAL: Final = 0.1
+
 _MS_FIELDS = {
     "poll_interval_ms": "poll_interval",
     "backoff_ms": "backoff",
@@ -160,8 +165,10 @@ class Policy:
     backoff: float = attrs.field(default=5.0, validator=non_negative)
     #: The longest retry delay (≥ ``backoff``).
     max_backoff: float = attrs.field(default=60.0, validator=_check_max_backoff)
-    #: Seconds between two polls of a run (> 0).
-    poll_interval: float = attrs.field(default=30.0, validator=positive)
+    #: Seconds between two polls of a run (≥ `MIN_POLL_INTERVAL`).
+    poll_interval: float = attrs.field(
+        default=30.0, validator=number(minimum=MIN_POLL_INTERVAL)
+    )
     #: Random spread applied to poll and backoff delays, a fraction in [0, 1).
     jitter: float = attrs.field(default=0.1, validator=fraction)
     #: Which checkpoint to restore from.
