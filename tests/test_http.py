@@ -486,13 +486,14 @@ async def test_an_oversized_body_fails_at_once_and_is_not_read(status):
     assert "larger than 1000 bytes (Config.max_response_bytes)" in str(info.value)
 
 
-async def test_a_declared_oversized_body_is_refused_unread():
+@pytest.mark.parametrize("declared", [str(LIMIT + 1), "9" * 5000])
+async def test_a_declared_oversized_body_is_refused_unread(declared):
     """A Content-Length over the limit fails before a byte of the body is read."""
     sent: list[int] = []
     recorder = Recorder(
         lambda request: httpx.Response(
             200,
-            headers={"Content-Length": str(LIMIT + 1)},
+            headers={"Content-Length": declared},
             content=endless(b"z", pause=0, sent=sent),
         )
     )
