@@ -1,8 +1,8 @@
 """The native Tinker client, for Trio: ServiceClient, RestClient, TrainingClient.
 
 It speaks the wire protocol of the official ``tinker`` SDK 0.38.0 (request
-paths, JSON keys, the session and ``load_weights`` flow; see DESIGN
-section 4), over one ``httpx.AsyncClient`` per service client.
+paths, JSON keys, the session and ``load_weights`` flow), over one
+`HTTPClient` per service client.
 
 Restoring a checkpoint, as ``tinker/lib/public_interfaces/service_client.py``
 does it (``_create_training_client_via_load_weights_submit``)::
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 import trio
 
+from . import _test_mode
 from ._config import Config
 from ._errors import (
     APIStatusError,
@@ -45,6 +46,7 @@ from ._errors import (
     TinkexRecoveryError,
 )
 from ._failpoints import crash_point
+from ._futures import retrieve_future
 from ._http import HTTPClient, HTTPSettings, new_idempotency_key
 from ._store import LoadRecord, SessionRecord
 from ._types import (
@@ -316,8 +318,8 @@ class TrainingClient(metaclass=NoPublicConstructor):
                 request_id = _required_str(
                     body, "request_id", "POST /api/v1/save_weights"
                 )
-                result = await self._http.retrieve_future(
-                    request_id, request_type="SaveWeights"
+                result = await retrieve_future(
+                    self._http, request_id, request_type="SaveWeights"
                 )
                 settled = True
                 path = _required_str(result, "path", "save_weights result")
@@ -355,16 +357,9 @@ class ServiceClient(metaclass=NoPublicConstructor):
 
     _factory_hint = "use open_service_client()"
 
-    def __init__(
-        self,
-        http: HTTPClient,
-        nursery: trio.Nursery,
-        *,
-        heartbeat_interval: float | None,
-    ) -> None:
+    def __init__(self, http: HTTPClient, nursery: trio.Nursery) -> None:
         self._http = http
         self._nursery = nursery
-        self._heartbeat_interval = heartbeat_interval
         self._session_lock = trio.Lock()
         self._session: _Session | None = None
         # One key for creating the session, however many times it is tried:
@@ -672,7 +667,7 @@ class ServiceClient(metaclass=NoPublicConstructor):
             await accepted(request_id)
         crash_point("load-accepted")
         try:
-            await self._http.retrieve_future(request_id, request_type="LoadWeights")
+            await retrieve_future(self._http, request_id, request_type="LoadWeights")
         except RequestFailedError as exc:
             if exc.category == "user":
                 raise CheckpointUnavailableError(
@@ -714,8 +709,9 @@ class ServiceClient(metaclass=NoPublicConstructor):
         return session
 
     def _start_heartbeat(self, session: _Session) -> None:
-        if self._heartbeat_interval is not None:
-            self._nursery.start_soon(self._heartbeat, session)
+        interval = _test_mode.heartbeat_interval(HEARTBEAT_INTERVAL)
+        if interval is not None:
+            self._nursery.start_soon(self._heartbeat, session, interval)
 
     async def _fetch_client_config(self) -> None:
         """``POST /api/v1/client/config``, as the SDK's first request.
@@ -737,14 +733,12 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 "the API key"
             )
 
-    async def _heartbeat(self, session: _Session) -> None:
-        """Tell the service the session is alive, every few seconds.
+    async def _heartbeat(self, session: _Session, interval: float) -> None:
+        """Tell the service the session is alive, every ``interval`` seconds.
 
         Failures are logged and the loop goes on, except 410 (the session
         is over): the next restore then creates a new session.
         """
-        assert self._heartbeat_interval is not None
-        interval = self._heartbeat_interval
         with session.heartbeat_scope:
             next_at = trio.current_time()
             while True:
@@ -842,17 +836,14 @@ async def _open_service_client(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     settings: HTTPSettings | None = None,
-    heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
 ) -> AsyncIterator[ServiceClient]:
-    """`open_service_client` with the internal knobs, for tests."""
+    """`open_service_client` with the HTTP layer's knobs, for benchmarks."""
     if config is None:
         config = Config.from_env()
     http = HTTPClient(config, transport=transport, settings=settings)
     try:
         async with trio.open_nursery() as nursery:
-            service = ServiceClient._create(
-                http, nursery, heartbeat_interval=heartbeat_interval
-            )
+            service = ServiceClient._create(http, nursery)
             reason: _FinishReason = "success"
             try:
                 yield service
