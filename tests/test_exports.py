@@ -17,6 +17,7 @@ EXPECTED = [
     "Config",
     "ConflictError",
     "Executor",
+    "ForwardBackwardOutput",
     "InternalServerError",
     "Latest",
     "Monitor",

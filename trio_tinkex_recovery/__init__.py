@@ -50,6 +50,7 @@ from ._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._telemetry import Statistics as Statistics
 from ._telemetry import TelemetryEvent as TelemetryEvent
 from ._types import Checkpoint as Checkpoint
+from ._types import ForwardBackwardOutput as ForwardBackwardOutput
 from ._types import TrainingRun as TrainingRun
 from ._types import WeightsInfo as WeightsInfo
 
@@ -70,6 +71,7 @@ __all__ = [
     "Config",
     "ConflictError",
     "Executor",
+    "ForwardBackwardOutput",
     "InternalServerError",
     "Latest",
     "Monitor",
