@@ -170,6 +170,7 @@ async def test_a_corrupted_model_fails_its_steps_as_server_errors(fake, autojump
         (lambda c: c.forward_backward([], "cross_entropy"), ValueError),
         (lambda c: c.forward_backward(["tokens"], "cross_entropy"), TypeError),
         (lambda c: c.forward_backward("text", "cross_entropy"), TypeError),
+        (lambda c: c.forward_backward(BATCH[0], "cross_entropy"), TypeError),
         (lambda c: c.forward_backward([{"x": math.nan}], "cross_entropy"), TypeError),
         (lambda c: c.forward_backward(BATCH, None), TypeError),
         (lambda c: c.optim_step(learning_rate=math.inf), ValueError),

@@ -300,17 +300,11 @@ class TrainingClient(metaclass=NoPublicConstructor):
             ResponseValidationError: An answer is malformed.
         """
         _check_checkpoint_name(name)
-        request: dict[str, Any] = {
-            "model_id": self.model_id,
-            "path": name,
-            "seq_id": None,  # filled in below, in its place in the body
-            "overwrite": False,
-        }
+        extra: dict[str, Any] = {}
         pending_key = name
         if user_metadata is not None:
-            request["user_metadata"] = _check_user_metadata(user_metadata)
-            pending_key = f"{name} {_digest(request['user_metadata'])}"
-        request["type"] = "save_weights"
+            extra["user_metadata"] = _check_user_metadata(user_metadata)
+            pending_key = f"{name} {_digest(extra)}"
         saves = self._saves
         async with saves.lock:
             operation = saves.pending.pop(pending_key, None) or _Operation(
@@ -321,7 +315,14 @@ class TrainingClient(metaclass=NoPublicConstructor):
                 body = await self._http.request_object(
                     "POST",
                     "/api/v1/save_weights",
-                    json={**request, "seq_id": operation.seq_id},
+                    json={
+                        "model_id": self.model_id,
+                        "path": name,
+                        "seq_id": operation.seq_id,
+                        "overwrite": False,
+                        **extra,
+                        "type": "save_weights",
+                    },
                     idempotency_key=operation.key,
                 )
                 request_id = _required_str(
@@ -384,15 +385,16 @@ class TrainingClient(metaclass=NoPublicConstructor):
             TinkerAPIError: A request failed (after retries if transient).
             ResponseValidationError: The answer is not a forward-backward output.
         """
-        if isinstance(data, str | bytes) or not all(
-            isinstance(datum, Mapping) for datum in data
-        ):
+        if isinstance(data, str | bytes | Mapping):
             raise TypeError("data must be a sequence of Datum mappings")
-        if not data:
+        examples = list(data)
+        if not all(isinstance(datum, Mapping) for datum in examples):
+            raise TypeError("data must be a sequence of Datum mappings")
+        if not examples:
             raise ValueError("data is empty: a forward pass needs an example")
         if not isinstance(loss_fn, str):
             raise TypeError(f"loss_fn must be a str, got {type(loss_fn).__name__}")
-        given: dict[str, Any] = {"data": [dict(datum) for datum in data]}
+        given: dict[str, Any] = {"data": [dict(datum) for datum in examples]}
         given["loss_fn"] = loss_fn
         if loss_fn_config is not None:
             given["loss_fn_config"] = dict(loss_fn_config)
