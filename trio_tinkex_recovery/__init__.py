@@ -53,6 +53,7 @@ from ._telemetry import TelemetryEvent as TelemetryEvent
 from ._test_mode import is_testing as is_testing
 from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
+from ._types import ForwardBackwardOutput as ForwardBackwardOutput
 from ._types import TrainingRun as TrainingRun
 from ._types import WeightsInfo as WeightsInfo
 from ._util import publish as _publish
@@ -74,6 +75,7 @@ __all__ = [
     "Config",
     "ConflictError",
     "Executor",
+    "ForwardBackwardOutput",
     "InternalServerError",
     "Latest",
     "Monitor",

@@ -27,7 +27,11 @@ answers it with the model it already made.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -51,6 +55,7 @@ from ._http import HTTPClient, HTTPSettings, new_idempotency_key
 from ._store import LoadRecord, SessionRecord
 from ._types import (
     Checkpoint,
+    ForwardBackwardOutput,
     TrainingRun,
     WeightsInfo,
     parse_tinker_path,
@@ -59,7 +64,7 @@ from ._types import (
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     import httpx
 
@@ -271,34 +276,45 @@ class TrainingClient(metaclass=NoPublicConstructor):
     _http: HTTPClient = attrs.field(repr=False, alias="http")
     _saves: _SaveState = attrs.field(factory=_SaveState, repr=False, init=False)
 
-    async def save_state(self, name: str) -> Checkpoint:
+    async def save_state(
+        self, name: str, *, user_metadata: Mapping[str, str] | None = None
+    ) -> Checkpoint:
         """Save the model's weights and optimizer state as a training checkpoint.
 
         ``POST /api/v1/save_weights {"model_id", "path": name, "seq_id",
-        "overwrite": false, "type": "save_weights"}``, then the result from
-        ``retrieve_future`` (as ``TrainingClient.save_state`` in the SDK's
-        ``training_client.py``).  Saves of one client run one at a time, in
-        order.  A save that failed without a clear answer is repeated with the
-        same request by the next ``save_state`` of the same name.
+        "overwrite": false, "user_metadata"?, "type": "save_weights"}``, then
+        the result from ``retrieve_future`` (as ``TrainingClient.save_state``
+        in the SDK's ``training_client.py``).  Requests of one client (saves
+        and training steps) run one at a time, in order.  A save that failed
+        without a clear answer is repeated with the same request by the next
+        ``save_state`` of the same name and metadata.
 
         Args:
             name: The checkpoint's name, e.g. ``"ckpt-0003"``.
+            user_metadata: Stored with the checkpoint (strings to strings, as
+                the SDK's), e.g. ``{"step": "12"}``; sent only when given.
 
         Returns:
             The checkpoint, ``tinker://{model_id}/weights/{name}``; its
             ``time`` is ``None`` (the service reports only the path).
 
         Raises:
-            TypeError: ``name`` is not a str.
+            TypeError: ``name`` is not a str, or ``user_metadata`` is not a
+                mapping of strings to strings.
             ValueError: ``name`` cannot be a checkpoint name.
             RequestFailedError: The service failed the save.
             TinkerAPIError: A request failed (after retries if transient).
             ResponseValidationError: An answer is malformed.
         """
         _check_checkpoint_name(name)
+        extra: dict[str, Any] = {}
+        pending_key = name
+        if user_metadata is not None:
+            extra["user_metadata"] = _check_user_metadata(user_metadata)
+            pending_key = f"{name} {_digest(extra)}"
         saves = self._saves
         async with saves.lock:
-            operation = saves.pending.pop(name, None) or _Operation(
+            operation = saves.pending.pop(pending_key, None) or _Operation(
                 seq_id=saves.take_seq_id()
             )
             settled = False
@@ -311,6 +327,7 @@ class TrainingClient(metaclass=NoPublicConstructor):
                         "path": name,
                         "seq_id": operation.seq_id,
                         "overwrite": False,
+                        **extra,
                         "type": "save_weights",
                     },
                     idempotency_key=operation.key,
@@ -335,7 +352,190 @@ class TrainingClient(metaclass=NoPublicConstructor):
                 raise
             finally:
                 if not settled:
-                    saves.pending[name] = operation
+                    saves.pending[pending_key] = operation
+
+    async def forward_backward(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        loss_fn: str,
+        *,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> ForwardBackwardOutput:
+        """A forward and backward pass: gradients accumulate until `optim_step`.
+
+        ``POST /api/v1/forward_backward {"forward_backward_input": {"data",
+        "loss_fn", "loss_fn_config"?}, "model_id", "seq_id"}``, then the
+        result from ``retrieve_future``.  This is the JSON form of the SDK's
+        ``ForwardBackwardRequest`` (SDK 0.38 sends the same fields as
+        protobuf, and splits a large batch into several requests; this
+        sends one).  It takes its place in the client's request order like
+        `save_state`, and a call that failed without a clear answer is
+        repeated with the same request by the next call with the same
+        arguments.
+
+        Args:
+            data: The batch: each example a ``Datum`` in the SDK's JSON form,
+                e.g. ``{"model_input": {"chunks": [{"type": "encoded_text",
+                "tokens": [...]}]}, "loss_fn_inputs": {"target_tokens":
+                {"data": [...], "dtype": "int64", "shape": [n]}, ...}}``.
+            loss_fn: The loss function, e.g. ``"cross_entropy"``.
+            loss_fn_config: Its parameters, if any.
+
+        Returns:
+            The per-example outputs and the metrics (e.g. ``"loss:sum"``).
+
+        Raises:
+            TypeError: ``data`` is not a sequence of mappings, or is not JSON.
+            ValueError: ``data`` is empty (nothing is sent).
+            RequestFailedError: The service failed the pass (e.g. the model
+                is corrupted: category ``server``).
+            TinkerAPIError: A request failed (after retries if transient).
+            ResponseValidationError: The answer is not a forward-backward output.
+        """
+        if isinstance(data, str | bytes | Mapping):
+            raise TypeError("data must be a sequence of Datum mappings")
+        examples = list(data)
+        if not all(isinstance(datum, Mapping) for datum in examples):
+            raise TypeError("data must be a sequence of Datum mappings")
+        if not examples:
+            raise ValueError("data is empty: a forward pass needs an example")
+        if not isinstance(loss_fn, str):
+            raise TypeError(f"loss_fn must be a str, got {type(loss_fn).__name__}")
+        given: dict[str, Any] = {"data": [dict(datum) for datum in examples]}
+        given["loss_fn"] = loss_fn
+        if loss_fn_config is not None:
+            given["loss_fn_config"] = dict(loss_fn_config)
+        result = await self._in_order(
+            "/api/v1/forward_backward",
+            {"forward_backward_input": given, "model_id": self.model_id},
+            request_type="ForwardBackward",
+        )
+        try:
+            return ForwardBackwardOutput.from_json(result)
+        except ResponseValidationError as exc:
+            raise ResponseValidationError(f"forward_backward result: {exc}") from exc
+
+    async def optim_step(
+        self,
+        *,
+        learning_rate: float = 1e-4,
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        eps: float = 1e-12,
+        weight_decay: float = 0.0,
+        grad_clip_norm: float = 0.0,
+    ) -> dict[str, float]:
+        """An Adam step with the gradients accumulated since the last one.
+
+        ``POST /api/v1/optim_step {"model_id", "seq_id", "type": "optim_step",
+        "adam_params": {...}}``, then the result from ``retrieve_future``: the
+        SDK's ``OptimStepRequest`` with ``AdamParams`` (whose defaults these
+        are, all sent).  Ordered and repeated like `forward_backward`.
+
+        Returns:
+            The step's metrics (often empty).
+
+        Raises:
+            TypeError: A parameter is not a number.
+            ValueError: A parameter is not finite, or ``learning_rate`` < 0.
+            RequestFailedError: The service failed the step.
+            TinkerAPIError: A request failed (after retries if transient).
+            ResponseValidationError: The answer has malformed metrics.
+        """
+        adam_params = {
+            "learning_rate": learning_rate,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "grad_clip_norm": grad_clip_norm,
+        }
+        for field, value in adam_params.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{field} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{field} must be finite, got {value!r}")
+        if learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {learning_rate!r}")
+        result = await self._in_order(
+            "/api/v1/optim_step",
+            {
+                "model_id": self.model_id,
+                "type": "optim_step",
+                "adam_params": {k: float(v) for k, v in adam_params.items()},
+            },
+            request_type="OptimStep",
+        )
+        metrics = result.get("metrics") or {}
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool)
+            for v in metrics.values()
+        ):
+            raise ResponseValidationError(
+                f"optim_step result: expected numbers at $.metrics, got {metrics!r}"[
+                    :300
+                ]
+            )
+        return {str(k): float(v) for k, v in metrics.items()}
+
+    async def _in_order(
+        self, path: str, request: dict[str, Any], *, request_type: str
+    ) -> dict[str, Any]:
+        """Send a training request with the client's next ``seq_id``; its result.
+
+        One at a time, in order, with `save_state`.  A request that failed
+        without a clear answer is kept, so the same request repeated (same
+        body) is sent again with its first ``seq_id`` and idempotency key.
+        """
+        pending_key = f"{path} {_digest(request)}"
+        saves = self._saves
+        async with saves.lock:
+            operation = saves.pending.pop(pending_key, None) or _Operation(
+                seq_id=saves.take_seq_id()
+            )
+            settled = False
+            try:
+                body = await self._http.request_object(
+                    "POST",
+                    path,
+                    json={**request, "seq_id": operation.seq_id},
+                    idempotency_key=operation.key,
+                )
+                request_id = _required_str(body, "request_id", f"POST {path}")
+                result = await retrieve_future(
+                    self._http, request_id, request_type=request_type
+                )
+                settled = True
+                return result
+            except TinkerAPIError as exc:
+                settled = settled or not exc.retryable or _is_definitive(exc)
+                raise
+            finally:
+                if not settled:
+                    saves.pending[pending_key] = operation
+
+
+def _check_user_metadata(metadata: object) -> dict[str, str]:
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TypeError("user_metadata must be a mapping of str to str")
+    return dict(metadata)
+
+
+def _digest(value: object) -> str:
+    """A short fingerprint of a JSON value, to recognise a repeated request.
+
+    It is taken before a ``seq_id`` is: a body that cannot be sent fails here.
+
+    Raises:
+        TypeError: ``value`` is not JSON (NaN and infinities included).
+    """
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:  # a NaN or a circular reference
+        raise TypeError(f"not valid JSON: {exc}") from None
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _is_definitive(exc: TinkerAPIError) -> bool:
