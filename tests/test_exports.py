@@ -8,7 +8,9 @@ import types
 import pytest
 
 import trio_tinkex_recovery
+import trio_tinkex_recovery.metrics
 import trio_tinkex_recovery.sdk
+import trio_tinkex_recovery.testing
 from trio_tinkex_recovery import (
     AlreadyPendingError,
     CheckpointUnavailableError,
@@ -18,7 +20,12 @@ from trio_tinkex_recovery import (
     TinkexRecoveryError,
 )
 
-PUBLIC_MODULES = [trio_tinkex_recovery, trio_tinkex_recovery.sdk]
+PUBLIC_MODULES = [
+    trio_tinkex_recovery,
+    trio_tinkex_recovery.sdk,
+    trio_tinkex_recovery.testing,
+    trio_tinkex_recovery.metrics,
+]
 
 
 def public_names(module: types.ModuleType) -> set[str]:

@@ -39,6 +39,7 @@ from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._text import printable
 from ._types import Checkpoint, validate_run_id
 from ._util import NoPublicConstructor
+from ._validators import check_number
 
 if TYPE_CHECKING:
     from ._protocols import RestClientProtocol, ServiceProtocol
@@ -706,10 +707,7 @@ async def open_executor(
 
 def check_max_concurrent(max_concurrent: object) -> None:
     """Reject a ``max_concurrent`` that is not an int ≥ 1."""
-    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int):
-        raise TypeError(f"max_concurrent must be an int, got {max_concurrent!r}")
-    if max_concurrent < 1:
-        raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
+    check_number("max_concurrent", max_concurrent, minimum=1, integer=True)
 
 
 def new_executor(
