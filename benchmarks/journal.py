@@ -101,8 +101,12 @@ async def restart(runs: int) -> tuple[float, float]:
         async with open_monitor(policy=policy, rest=_InstantRest(), store=path) as m:
             watching = time.perf_counter() - start
             assert len(m.monitored_runs) == runs
-            while m.statistics().polled < runs:
-                await trio.sleep(0.01)
+            async with m.subscribe(max_buffer=runs + 1) as events:
+                seen = m.statistics().polled
+                async for event in events:
+                    seen += event.name == "polled"
+                    if seen >= runs:
+                        break
             polled = time.perf_counter() - start
     return watching, polled
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"| CPU per poll, journal off / on ({args.runs} runs, median of "
         f"{args.rounds}) | {result['cpu_us_per_poll_off']:.0f} µs / "
-        f"{result['cpu_us_per_poll_on']:.0f} µs (×{result['ratio_on_off']:.3f}) |"
+        f"{result['cpu_us_per_poll_on']:.0f} µs (x{result['ratio_on_off']:.3f}) |"
     )
     print(
         f"| restart with {args.stored:,} stored runs: all watched / all polled "
