@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from trio_tinkex_recovery import Checkpoint, CheckpointUnavailableError, TrainingRun
 from trio_tinkex_recovery._types import TrainingRunPage
+from trio_tinkex_recovery.testing import FakeTinker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,6 +30,27 @@ settings.register_profile("nightly", settings.get_profile("default"), max_exampl
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+#: The API key the ``fake`` simulator expects.
+FAKE_KEY = "tml-FakeTinkerTestKey-never-shown"
+
+
+@pytest.fixture
+def fake() -> FakeTinker:
+    """A Tinker simulator expecting `FAKE_KEY`, holding ``run-1``.
+
+    ``run-1`` is a LoRA (rank 32) of ``Qwen/Qwen3-8B`` with the training
+    checkpoints ``ckpt-0001`` and ``ckpt-0002`` (the last one).
+    """
+    fake = FakeTinker(api_key=FAKE_KEY)
+    fake.add_run(
+        "run-1",
+        base_model="Qwen/Qwen3-8B",
+        lora_rank=32,
+        checkpoints=["ckpt-0001", "ckpt-0002"],
+    )
+    return fake
 
 
 @pytest.fixture(autouse=True)

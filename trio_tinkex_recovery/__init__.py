@@ -27,6 +27,7 @@ from ._errors import RateLimitError as RateLimitError
 from ._errors import RecoveryDisabledError as RecoveryDisabledError
 from ._errors import RecoveryError as RecoveryError
 from ._errors import RequestFailedError as RequestFailedError
+from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import ResponseValidationError as ResponseValidationError
 from ._errors import TinkerAPIError as TinkerAPIError
 from ._errors import TinkexRecoveryError as TinkexRecoveryError
@@ -47,13 +48,21 @@ from ._protocols import RestClientProtocol as RestClientProtocol
 from ._protocols import ServiceProtocol as ServiceProtocol
 from ._state import RecoveryPhase as RecoveryPhase
 from ._state import RecoveryState as RecoveryState
+from ._store import LeaseLostError as LeaseLostError
+from ._store import Store as Store
+from ._store import StoreError as StoreError
+from ._store import open_store as open_store
 from ._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._telemetry import Statistics as Statistics
 from ._telemetry import TelemetryEvent as TelemetryEvent
+from ._test_mode import is_testing as is_testing
+from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
+from ._types import ForwardBackwardOutput as ForwardBackwardOutput
 from ._types import TrainingRun as TrainingRun
 from ._types import TrainingRunPage as TrainingRunPage
 from ._types import WeightsInfo as WeightsInfo
+from ._util import publish as _publish
 
 __version__ = "0.1.0.dev0"
 
@@ -72,8 +81,10 @@ __all__ = [
     "Config",
     "ConflictError",
     "Executor",
+    "ForwardBackwardOutput",
     "InternalServerError",
     "Latest",
+    "LeaseLostError",
     "ListingRestClientProtocol",
     "Monitor",
     "NoCheckpointError",
@@ -87,6 +98,7 @@ __all__ = [
     "RecoveryPhase",
     "RecoveryState",
     "RequestFailedError",
+    "ResponseTooLargeError",
     "ResponseValidationError",
     "RestClient",
     "RestClientProtocol",
@@ -94,6 +106,8 @@ __all__ = [
     "ServiceProtocol",
     "Specific",
     "Statistics",
+    "Store",
+    "StoreError",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
@@ -103,7 +117,13 @@ __all__ = [
     "UnprocessableEntityError",
     "UnsupportedStrategyError",
     "WeightsInfo",
+    "is_testing",
     "open_executor",
     "open_monitor",
     "open_service_client",
+    "open_store",
+    "set_testing",
 ]
+
+
+_publish(globals())

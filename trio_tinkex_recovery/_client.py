@@ -1,8 +1,14 @@
-"""The native Tinker client, for Trio: ServiceClient, RestClient, TrainingClient.
+"""The native Tinker client, for Trio: ServiceClient and RestClient.
+
+(`TrainingClient` lives in ``_training_client.py``.)  This module is about
+700 lines on purpose: a ``ServiceClient``'s session, its heartbeat, and the
+restores made in it (plain ones, and the journaled ones that write every
+side effect ahead and reconcile after a crash) share one piece of state,
+the session, and read best side by side.
 
 It speaks the wire protocol of the official ``tinker`` SDK 0.38.0 (request
-paths, JSON keys, the session and ``load_weights`` flow; see DESIGN
-section 4), over one ``httpx.AsyncClient`` per service client.
+paths, JSON keys, the session and ``load_weights`` flow), over one
+`HTTPClient` per service client.
 
 Restoring a checkpoint, as ``tinker/lib/public_interfaces/service_client.py``
 does it (``_create_training_client_via_load_weights_submit``)::
@@ -29,21 +35,28 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 import trio
 
+from . import _test_mode
 from ._config import Config
 from ._errors import (
     APIStatusError,
     CheckpointUnavailableError,
+    NotFoundError,
     RequestFailedError,
     ResponseValidationError,
     TinkerAPIError,
     TinkexRecoveryError,
 )
+from ._failpoints import crash_point
+from ._futures import retrieve_future
 from ._http import HTTPClient, HTTPSettings, new_idempotency_key
+from ._operations import GONE, Operation, is_definitive, required_str
+from ._store import LoadRecord, SessionRecord
+from ._training_client import TrainingClient
 from ._types import (
     Checkpoint,
     TrainingRun,
@@ -56,9 +69,11 @@ from ._types import (
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     import httpx
+
+    from ._store import Ledger
 
 __all__ = ["RestClient", "ServiceClient", "TrainingClient", "open_service_client"]
 
@@ -71,44 +86,8 @@ WIRE_SDK_VERSION: Final = "0.38.0"
 HEARTBEAT_INTERVAL: Final = 10.0
 #: How long closing may take to tell the service the session is finished.
 _FINISH_TIMEOUT: Final = 10.0
-#: Statuses meaning "no such checkpoint (any more)" for a checkpoint path.
-_GONE: Final = frozenset({404, 410})
 
 _FinishReason = Literal["success", "errored", "interrupted"]
-
-
-def _required_str(body: dict[str, Any], field: str, endpoint: str) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value:
-        raise ResponseValidationError(
-            f"{endpoint}: expected a non-empty string at $.{field}, got {value!r}"[:300]
-        )
-    return value
-
-
-def _check_checkpoint_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"checkpoint name must be a str, got {type(name).__name__}")
-    try:
-        parse_tinker_path(f"tinker://run/weights/{name}")
-    except ValueError:
-        raise ValueError(
-            f"checkpoint name {name[:100]!r} is not a valid path segment: use 1 or "
-            "more printable characters without whitespace, '/', '\\', '?', '#' or '%'"
-        ) from None
-    return name
-
-
-@attrs.define
-class _Operation:
-    """One logical non-GET operation: its idempotency key and sequence number.
-
-    Kept when the operation failed without a clear answer, so that doing it
-    again repeats the same request rather than starting another one.
-    """
-
-    seq_id: int
-    key: str = attrs.field(factory=new_idempotency_key)
 
 
 @attrs.define
@@ -118,7 +97,7 @@ class _Session:
     session_id: str
     next_model_seq_id: int = 0
     #: Restores that failed ambiguously, by (path, optimizer).
-    pending_loads: dict[tuple[str, bool], _Operation] = attrs.field(factory=dict)
+    pending_loads: dict[tuple[str, bool], Operation] = attrs.field(factory=dict)
     #: Set once the service said the session is over (heartbeat 410).
     expired: bool = False
     #: Stops this session's heartbeat.
@@ -247,7 +226,7 @@ class RestClient(metaclass=NoPublicConstructor):
                 "POST", "/api/v1/weights_info", json={"tinker_path": tinker_path}
             )
         except APIStatusError as exc:
-            if exc.status in _GONE:
+            if exc.status in GONE:
                 raise CheckpointUnavailableError(
                     f"checkpoint {tinker_path} is unavailable: {exc.message}",
                     path=tinker_path,
@@ -255,125 +234,6 @@ class RestClient(metaclass=NoPublicConstructor):
                 ) from exc
             raise
         return WeightsInfo.from_json(body)
-
-
-@attrs.define
-class _SaveState:
-    """A training client's save sequence (mutable, behind the frozen client)."""
-
-    #: The SDK's ``seq_id`` for the model's requests: the load was 0.
-    next_seq_id: int = 1
-    lock: trio.Lock = attrs.field(factory=trio.Lock)
-    #: Saves that failed ambiguously, by checkpoint name.
-    pending: dict[str, _Operation] = attrs.field(factory=dict)
-
-    def take_seq_id(self) -> int:
-        seq_id = self.next_seq_id
-        self.next_seq_id += 1
-        return seq_id
-
-
-@attrs.frozen(eq=False)
-class TrainingClient(metaclass=NoPublicConstructor):
-    """A model restored from a checkpoint, training in the service's session.
-
-    Made by `ServiceClient.create_training_client_from_state` (and
-    ``..._with_optimizer``); it has no public constructor.  Usable while its
-    service client is open: closing that finishes the session.
-    """
-
-    _factory_hint = "use ServiceClient.create_training_client_from_state()"
-
-    #: The new model's id, ``f"{session_id}:train:{model_seq_id}"``; it is
-    #: also the id of the training run the restore created.
-    model_id: str
-    #: The service client's session the model lives in.
-    session_id: str
-    #: The base model, as the checkpoint's weights info reports it.
-    base_model: str
-    #: The LoRA rank, for LoRA weights.
-    lora_rank: int | None
-    #: The checkpoint restored from.
-    checkpoint: Checkpoint
-    #: Whether the optimizer state was restored too.
-    optimizer_restored: bool
-    _http: HTTPClient = attrs.field(repr=False, alias="http")
-    _saves: _SaveState = attrs.field(factory=_SaveState, repr=False, init=False)
-
-    async def save_state(self, name: str) -> Checkpoint:
-        """Save the model's weights and optimizer state as a training checkpoint.
-
-        ``POST /api/v1/save_weights {"model_id", "path": name, "seq_id",
-        "overwrite": false, "type": "save_weights"}``, then the result from
-        ``retrieve_future`` (as ``TrainingClient.save_state`` in the SDK's
-        ``training_client.py``).  Saves of one client run one at a time, in
-        order.  A save that failed without a clear answer is repeated with the
-        same request by the next ``save_state`` of the same name.
-
-        Args:
-            name: The checkpoint's name, e.g. ``"ckpt-0003"``.
-
-        Returns:
-            The checkpoint, ``tinker://{model_id}/weights/{name}``; its
-            ``time`` is ``None`` (the service reports only the path).
-
-        Raises:
-            TypeError: ``name`` is not a str.
-            ValueError: ``name`` cannot be a checkpoint name.
-            RequestFailedError: The service failed the save.
-            TinkerAPIError: A request failed (after retries if transient).
-            ResponseValidationError: An answer is malformed.
-        """
-        _check_checkpoint_name(name)
-        saves = self._saves
-        async with saves.lock:
-            operation = saves.pending.pop(name, None) or _Operation(
-                seq_id=saves.take_seq_id()
-            )
-            settled = False
-            try:
-                body = await self._http.request_object(
-                    "POST",
-                    "/api/v1/save_weights",
-                    json={
-                        "model_id": self.model_id,
-                        "path": name,
-                        "seq_id": operation.seq_id,
-                        "overwrite": False,
-                        "type": "save_weights",
-                    },
-                    idempotency_key=operation.key,
-                )
-                request_id = _required_str(
-                    body, "request_id", "POST /api/v1/save_weights"
-                )
-                result = await self._http.retrieve_future(
-                    request_id, request_type="SaveWeights"
-                )
-                settled = True
-                path = _required_str(result, "path", "save_weights result")
-                try:
-                    return Checkpoint.from_path(path)
-                except ValueError as exc:
-                    raise ResponseValidationError(
-                        f"save_weights result: $.path is not a checkpoint path: "
-                        f"{path[:200]!r}"
-                    ) from exc
-            except TinkerAPIError as exc:
-                settled = settled or not exc.retryable or _is_definitive(exc)
-                raise
-            finally:
-                if not settled:
-                    saves.pending[name] = operation
-
-
-def _is_definitive(exc: TinkerAPIError) -> bool:
-    """Whether the service clearly answered, so repeating cannot find its work.
-
-    A failed request (its future reported an error) is final for that
-    request: sending it again would only fetch the same failure.
-    """
-    return isinstance(exc, RequestFailedError)
 
 
 class ServiceClient(metaclass=NoPublicConstructor):
@@ -386,16 +246,9 @@ class ServiceClient(metaclass=NoPublicConstructor):
 
     _factory_hint = "use open_service_client()"
 
-    def __init__(
-        self,
-        http: HTTPClient,
-        nursery: trio.Nursery,
-        *,
-        heartbeat_interval: float | None,
-    ) -> None:
+    def __init__(self, http: HTTPClient, nursery: trio.Nursery) -> None:
         self._http = http
         self._nursery = nursery
-        self._heartbeat_interval = heartbeat_interval
         self._session_lock = trio.Lock()
         self._session: _Session | None = None
         # One key for creating the session, however many times it is tried:
@@ -477,7 +330,7 @@ class ServiceClient(metaclass=NoPublicConstructor):
         info = await self.create_rest_client().get_weights_info(path)
         session = await self._ensure_session()
         key = (path, optimizer)
-        operation = session.pending_loads.pop(key, None) or _Operation(
+        operation = session.pending_loads.pop(key, None) or Operation(
             seq_id=session.take_model_seq_id()
         )
         settled = False
@@ -485,7 +338,7 @@ class ServiceClient(metaclass=NoPublicConstructor):
             await self._load_weights(session, operation, path, optimizer=optimizer)
             settled = True
         except TinkerAPIError as exc:
-            settled = not exc.retryable or _is_definitive(exc)
+            settled = not exc.retryable or is_definitive(exc)
             raise
         finally:
             if not settled and not session.expired:
@@ -500,8 +353,182 @@ class ServiceClient(metaclass=NoPublicConstructor):
             http=self._http,
         )
 
+    async def restore_with_ledger(
+        self, path: str, *, optimizer: bool, ledger: Ledger
+    ) -> TrainingClient:
+        """Restore ``path`` writing every side effect ahead in ``ledger``.
+
+        What the monitor uses with a journal, so that a watcher killed at
+        any point and started again restores the run exactly once:
+
+        - a restore of this run that may have been sent before (its record
+          has no outcome) is reconciled first: if its model
+          ``{session_id}:train:{model_seq_id}`` exists, it completed and is
+          returned; otherwise the very same request (same idempotency key,
+          same body) is sent again, unless the service says its session is
+          gone;
+        - the session is created with a key written beforehand, and reused
+          across restarts while the service says it is alive;
+        - each ``load_weights`` is written (key, session, sequence number,
+          path, optimizer flag) before it is sent, its request id once
+          accepted, and its outcome once known (a success is marked by the
+          caller through ``ledger.settle()``, after it recorded the recovery).
+
+        Raises:
+            StoreError: A journal write failed; nothing it was meant to
+                precede was sent.
+            Exception: As `create_training_client_from_state`.
+        """
+        self._check_open()
+        parse_tinker_path(path)
+        doubt = ledger.in_doubt()
+        if doubt is not None:
+            client = await self._reconcile(doubt, ledger)
+            if client is not None:
+                return client
+        info = await self.create_rest_client().get_weights_info(path)
+        session = await self._ledger_session(ledger)
+        # A sequence number is written as taken before it is used, so no two
+        # restores, across restarts too, ever share one.
+        seq = max(ledger.next_seq(session.session_id), session.next_model_seq_id)
+        session.next_model_seq_id = seq + 1
+        await ledger.put_session(
+            SessionRecord(self._session_key, session.session_id, next_seq=seq + 1)
+        )
+        load = LoadRecord(
+            key=new_idempotency_key(),
+            run_id=ledger.run_id,
+            attempt=ledger.attempt,
+            session_id=session.session_id,
+            model_seq_id=seq,
+            path=path,
+            optimizer=optimizer,
+        )
+        await ledger.put_load(load)
+        crash_point("load-written")
+        return await self._send_recorded_load(load, info, ledger)
+
+    async def _send_recorded_load(
+        self, load: LoadRecord, info: WeightsInfo, ledger: Ledger
+    ) -> TrainingClient:
+        """Send (or send again) a recorded ``load_weights``; record how it ended."""
+        session = _Session(load.session_id)
+        operation = Operation(seq_id=load.model_seq_id, key=load.key)
+
+        async def accepted(request_id: str) -> None:
+            nonlocal load
+            load = attrs.evolve(load, request_id=request_id)
+            await ledger.put_load(load)
+
+        try:
+            await self._load_weights(
+                session,
+                operation,
+                load.path,
+                optimizer=load.optimizer,
+                accepted=accepted,
+            )
+        except TinkerAPIError as exc:
+            if not exc.retryable or is_definitive(exc):
+                await ledger.put_load(attrs.evolve(load, outcome="failed"))
+            raise
+        # Its outcome is written by the caller, after the recovery's own
+        # outcome: until then a restart finds it in doubt and reconciles it.
+        ledger.restored = load
+        return self._training_client(load, info)
+
+    def _training_client(self, load: LoadRecord, info: WeightsInfo) -> TrainingClient:
+        return TrainingClient._create(
+            model_id=load.model_id,
+            session_id=load.session_id,
+            base_model=info.base_model,
+            lora_rank=info.lora_rank,
+            checkpoint=Checkpoint.from_path(load.path),
+            optimizer_restored=load.optimizer,
+            http=self._http,
+        )
+
+    async def _reconcile(
+        self, load: LoadRecord, ledger: Ledger
+    ) -> TrainingClient | None:
+        """Settle a restore that may have been sent; its client if it completed."""
+        rest = self.create_rest_client()
+        try:
+            await rest.get_training_run(load.model_id)
+        except NotFoundError:
+            pass
+        else:
+            logger.info(
+                "run %s: restore %s had completed before the restart",
+                ledger.run_id,
+                load.model_id,
+            )
+            ledger.restored = load
+            info = await rest.get_weights_info(load.path)
+            return self._training_client(load, info)
+        if not await self._session_alive(load.session_id):
+            # The service ended that session: the load cannot have happened
+            # (no model), and cannot be sent again.
+            await ledger.put_load(attrs.evolve(load, outcome="failed"))
+            return None
+        info = await rest.get_weights_info(load.path)
+        return await self._send_recorded_load(load, info, ledger)
+
+    async def _session_alive(self, session_id: str) -> bool:
+        """Whether the service still knows ``session_id`` (one heartbeat)."""
+        try:
+            await self._http.request(
+                "POST",
+                "/api/v1/session_heartbeat",
+                json={"session_id": session_id, "type": "session_heartbeat"},
+                parse=False,
+            )
+        except APIStatusError as exc:
+            if exc.status in GONE:
+                return False
+            raise
+        return True
+
+    async def _ledger_session(self, ledger: Ledger) -> _Session:
+        """The session to restore in: this client's, the journal's, or a new one."""
+        async with self._session_lock:
+            self._check_open()
+            stored = ledger.session()
+            if self._session is not None and not self._session.expired:
+                return self._session
+            if (
+                stored is not None
+                and stored.session_id is not None
+                and self._session is None
+                and await self._session_alive(stored.session_id)
+            ):
+                # Made by a watcher before a restart: still alive, keep it.
+                self._session_key = stored.key
+                self._session = _Session(stored.session_id)
+                self._start_heartbeat(self._session)
+                return self._session
+            if stored is not None and stored.session_id is None:
+                # Its creation may have been sent: ask again with the same key.
+                self._session_key = stored.key
+            elif self._session is not None or stored is not None:
+                self._session_key = new_idempotency_key()
+            await ledger.put_session(SessionRecord(key=self._session_key))
+            if self._session is None:
+                await self._fetch_client_config()
+            session = await self._create_session()
+            await ledger.put_session(
+                SessionRecord(key=self._session_key, session_id=session.session_id)
+            )
+            return session
+
     async def _load_weights(
-        self, session: _Session, operation: _Operation, path: str, *, optimizer: bool
+        self,
+        session: _Session,
+        operation: Operation,
+        path: str,
+        *,
+        optimizer: bool,
+        accepted: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         try:
             body = await self._http.request_object(
@@ -517,16 +544,19 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 idempotency_key=operation.key,
             )
         except APIStatusError as exc:
-            if exc.status in _GONE:
+            if exc.status in GONE:
                 raise CheckpointUnavailableError(
                     f"checkpoint {path} is unavailable: {exc.message}",
                     path=path,
                     status=exc.status,
                 ) from exc
             raise
-        request_id = _required_str(body, "request_id", "POST /api/v1/load_weights")
+        request_id = required_str(body, "request_id", "POST /api/v1/load_weights")
+        if accepted is not None:
+            await accepted(request_id)
+        crash_point("load-accepted")
         try:
-            await self._http.retrieve_future(request_id, request_type="LoadWeights")
+            await retrieve_future(self._http, request_id, request_type="LoadWeights")
         except RequestFailedError as exc:
             if exc.category == "user":
                 raise CheckpointUnavailableError(
@@ -544,25 +574,33 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 await self._fetch_client_config()
             else:  # the service ended the old session; start another
                 self._session_key = new_idempotency_key()
-            body = await self._http.request_object(
-                "POST",
-                "/api/v1/create_session",
-                json={
-                    "tags": [],
-                    "user_metadata": {},
-                    "sdk_version": WIRE_SDK_VERSION,
-                    "type": "create_session",
-                },
-                idempotency_key=self._session_key,
-            )
-            session = _Session(
-                _required_str(body, "session_id", "POST /api/v1/create_session")
-            )
-            self._session = session
-            logger.debug("created session %s", session.session_id)
-            if self._heartbeat_interval is not None:
-                self._nursery.start_soon(self._heartbeat, session)
-            return session
+            return await self._create_session()
+
+    async def _create_session(self) -> _Session:
+        """``create_session`` with this client's session key; start its heartbeat."""
+        body = await self._http.request_object(
+            "POST",
+            "/api/v1/create_session",
+            json={
+                "tags": [],
+                "user_metadata": {},
+                "sdk_version": WIRE_SDK_VERSION,
+                "type": "create_session",
+            },
+            idempotency_key=self._session_key,
+        )
+        session = _Session(
+            required_str(body, "session_id", "POST /api/v1/create_session")
+        )
+        self._session = session
+        logger.debug("created session %s", session.session_id)
+        self._start_heartbeat(session)
+        return session
+
+    def _start_heartbeat(self, session: _Session) -> None:
+        interval = _test_mode.heartbeat_interval(HEARTBEAT_INTERVAL)
+        if interval is not None:
+            self._nursery.start_soon(self._heartbeat, session, interval)
 
     async def _fetch_client_config(self) -> None:
         """``POST /api/v1/client/config``, as the SDK's first request.
@@ -584,14 +622,12 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 "the API key"
             )
 
-    async def _heartbeat(self, session: _Session) -> None:
-        """Tell the service the session is alive, every few seconds.
+    async def _heartbeat(self, session: _Session, interval: float) -> None:
+        """Tell the service the session is alive, every ``interval`` seconds.
 
         Failures are logged and the loop goes on, except 410 (the session
         is over): the next restore then creates a new session.
         """
-        assert self._heartbeat_interval is not None
-        interval = self._heartbeat_interval
         with session.heartbeat_scope:
             next_at = trio.current_time()
             while True:
@@ -689,17 +725,14 @@ async def _open_service_client(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     settings: HTTPSettings | None = None,
-    heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
 ) -> AsyncIterator[ServiceClient]:
-    """`open_service_client` with the internal knobs, for tests."""
+    """`open_service_client` with the HTTP layer's knobs, for benchmarks."""
     if config is None:
         config = Config.from_env()
     http = HTTPClient(config, transport=transport, settings=settings)
     try:
         async with trio.open_nursery() as nursery:
-            service = ServiceClient._create(
-                http, nursery, heartbeat_interval=heartbeat_interval
-            )
+            service = ServiceClient._create(http, nursery)
             reason: _FinishReason = "success"
             try:
                 yield service

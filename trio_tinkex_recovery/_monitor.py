@@ -29,6 +29,7 @@ import trio
 from ._client import open_service_client
 from ._errors import AlreadyPendingError, RecoveryDisabledError
 from ._executor import Executor, check_max_concurrent, new_executor
+from ._failpoints import crash_point
 from ._policy import Policy
 from ._polling import (
     FETCH,
@@ -211,6 +212,17 @@ class Monitor(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: The monitor's block has exited.
             Exception: Whatever ``rest_for_service`` raised; nothing is scheduled.
         """
+        await self._watch_run(run_id, service, metadata, persist=True)
+
+    async def _watch_run(
+        self,
+        run_id: str,
+        service: ServiceProtocol | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        persist: bool,
+    ) -> None:
+        """`monitor_run`; ``persist=False`` for a run read from the journal."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         if not self._policy.enabled:
@@ -235,7 +247,7 @@ class Monitor(metaclass=NoPublicConstructor):
         rest = await self._rest_client(run_id, service)
         self._check_open()
         metadata = dict(metadata or {})
-        if self._store is not None:
+        if persist and self._store is not None:
             await self._store.put_run(
                 StoredRun(
                     run_id,
@@ -583,6 +595,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 "checkpoint": checkpoint,
             },
         )
+        crash_point("detected")
         return await self._hand_over(watch, run)
 
     async def _hand_over(self, watch: _Watch, run: TrainingRun) -> bool:
@@ -694,6 +707,7 @@ class Monitor(metaclass=NoPublicConstructor):
         restored again (its successor is watched instead); a run whose
         recovery was exhausted is left alone until watched again by name.
         """
+        self._executor.remember(snapshot)
         for stored in snapshot.runs.values():
             if stored.recovered:
                 self._successors[stored.run_id] = stored.successor
@@ -721,7 +735,11 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
                 continue
             if stored.run_id not in self._handed:
-                await self.monitor_run(stored.run_id, metadata=stored.metadata)
+                # Already in the journal: nothing to write (a restart with
+                # thousands of stored runs costs no write per run).
+                await self._watch_run(
+                    stored.run_id, None, stored.metadata, persist=False
+                )
 
 
 @asynccontextmanager

@@ -22,6 +22,7 @@ from ._base import (
     StoreError,
     json_safe,
 )
+from ._ledger import Journal, Ledger
 from ._memory import MemoryStore
 from ._sqlite import SCHEMA_VERSION, SQLiteStore, open_sqlite_store
 
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_VERSION",
     "HistoryEntry",
+    "Journal",
     "LeaseLostError",
+    "Ledger",
     "LoadRecord",
     "MemoryStore",
     "SQLiteStore",
