@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+import shutil
+import tempfile
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +34,14 @@ T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def postgres_server() -> Iterator[Any]:
     """A throwaway PostgreSQL 16 (``pgserver``) for the whole test session.
 
     It fails (never skips) when no server can be started: the PostgreSQL
-    tests are part of the default run.
+    tests are part of the default run.  Its folder is its own, not under
+    pytest's base folder, which another pytest session may prune.
     """
-    folder = tmp_path_factory.mktemp("pg")
+    folder = tempfile.mkdtemp(prefix="ttr-postgres-")
     try:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (root in CI).
@@ -54,6 +57,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 _databases = itertools.count()

@@ -150,6 +150,10 @@ class Statistics:
     in_progress: int = 0
     #: Events a slow subscriber lost.
     dropped_events: int = 0
+    #: Runs this replica holds a lease on (a store shared by replicas).
+    leases_held: int = 0
+    #: Replicas alive on the shared store, this one included (0: no replicas).
+    replicas: int = 0
 
 
 class Telemetry:
