@@ -21,7 +21,7 @@ import trio
 from trio_tinkex_recovery.testing import FakeTinker, serve_fake_tinker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
 #: Runs the CLI with rich made unimportable, as without the ``cli`` extra.
 NO_RICH = (
@@ -79,6 +79,13 @@ class Output:
             self.lines.append(pending.decode())
         self.closed.set()
         self._changed.set()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, checked at every new line."""
+        while not condition():
+            if self.closed.is_set():
+                raise AssertionError(f"the output ended first:\n{self.text}")
+            await self._changed.wait()
 
     async def wait_for(self, pattern: str) -> str:
         """The first line matching ``pattern`` (a regex), once it is written."""

@@ -18,17 +18,14 @@ from trio_tinkex_recovery import (
     NotFoundError,
     RequestFailedError,
     ResponseValidationError,
-    RestClientProtocol,
-    ServiceProtocol,
-)
-from trio_tinkex_recovery._client import (
     RestClient,
+    RestClientProtocol,
     ServiceClient,
+    ServiceProtocol,
     TrainingClient,
-    _open_service_client,
     open_service_client,
+    set_testing,
 )
-from trio_tinkex_recovery._http import HTTPSettings
 from trio_tinkex_recovery.testing import FakeTinker, Fault
 
 if TYPE_CHECKING:
@@ -39,7 +36,6 @@ BASE = "https://tinker.test"
 RUN = "run-1"
 LAST = "tinker://run-1/weights/ckpt-0002"
 FIRST = "tinker://run-1/weights/ckpt-0001"
-EXACT = HTTPSettings(jitter=0)
 
 
 @pytest.fixture
@@ -57,13 +53,12 @@ def config(**overrides) -> Config:
 async def service_for(
     fake: FakeTinker, *, heartbeat_interval: float | None = None, **overrides
 ) -> AsyncIterator[ServiceClient]:
-    async with _open_service_client(
-        config(**overrides),
-        transport=fake.transport(),
-        settings=EXACT,
-        heartbeat_interval=heartbeat_interval,
-    ) as service:
-        yield service
+    """A client of ``fake``, in test mode: exact delays, heartbeat as given."""
+    with set_testing(True, heartbeat_interval=heartbeat_interval):
+        async with open_service_client(
+            config(**overrides), transport=fake.transport()
+        ) as service:
+            yield service
 
 
 def calls(fake: FakeTinker) -> list[tuple[str, str]]:

@@ -15,19 +15,20 @@ from trio_tinkex_recovery import (
     Config,
     Policy,
     open_monitor,
+    open_service_client,
+    set_testing,
 )
-from trio_tinkex_recovery._client import _open_service_client
-from trio_tinkex_recovery._http import HTTPSettings
 from trio_tinkex_recovery.testing import FakeTinker, Fault, serve_fake_tinker
 
 KEY = "tml-e2e-client-SECRET-42"
 LAST = "tinker://run-1/weights/ckpt-0002"
-#: Real time here: retry after 10 ms rather than the SDK's 500 ms.
-QUICK = HTTPSettings(initial_retry_delay=0.01, future_poll_interval=0.01)
 
 
-def open_service_client(config: Config):
-    return _open_service_client(config, settings=QUICK)
+@pytest.fixture(autouse=True)
+def quick_waits():
+    """Real time here: wait at most 10 ms between retries and future polls."""
+    with set_testing(True, max_delay=0.01, heartbeat_interval=10.0):
+        yield
 
 
 @pytest.fixture

@@ -26,15 +26,16 @@ from trio_tinkex_recovery import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
-    RequestFailedError,
+    ResponseTooLargeError,
     ResponseValidationError,
     UnprocessableEntityError,
+    set_testing,
 )
-from trio_tinkex_recovery._http import HTTPClient, HTTPSettings, parse_retry_after
+from trio_tinkex_recovery._backoff import backoff_delay
+from trio_tinkex_recovery._http import HTTPClient, parse_retry_after
 
 KEY = "tml-Sup3rSecretKeyThatMustNeverLeak"
 BASE = "https://tinker.example/services/tinker-prod"
-EXACT = HTTPSettings(jitter=0)
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -74,15 +75,15 @@ async def client(
     recorder: Recorder,
     *,
     max_retries: int = 3,
-    settings: HTTPSettings = EXACT,
+    jitter: bool = False,
     base_url: str = BASE,
 ) -> AsyncIterator[HTTPClient]:
+    """An HTTP client of ``recorder``, in test mode: exact delays unless ``jitter``."""
     config = Config(api_key=KEY, base_url=base_url, max_retries=max_retries)
-    http = HTTPClient(
-        config, transport=httpx.MockTransport(recorder), settings=settings
-    )
+    http = HTTPClient(config, transport=httpx.MockTransport(recorder))
     try:
-        yield http
+        with set_testing(True, jitter=jitter):
+            yield http
     finally:
         await http.aclose()
 
@@ -140,22 +141,29 @@ async def test_retry_delays_double_from_half_a_second_without_jitter(autojump_cl
 
 
 async def test_jitter_shortens_delays_by_up_to_a_quarter(autojump_clock):
-    """The default jitter takes a random fraction (≤ 25%) off each delay."""
-    draws = iter([0.0, 0.5, 0.999])
-    settings = HTTPSettings(random=lambda: next(draws))
+    """With jitter, each delay loses a random fraction (≤ 25%) of itself."""
     recorder = Recorder(status(500))
-    async with client(recorder, settings=settings) as http:
+    async with client(recorder, max_retries=20, jitter=True) as http:
         with pytest.raises(InternalServerError):
             await http.request("GET", "/api/v1/x")
-    assert recorder.gaps() == pytest.approx([0.5, 1.0 * 0.875, 2.0 * 0.75025])
+    nominal = [min(0.5 * 2**n, 10) for n in range(20)]
+    gaps = recorder.gaps()
+    assert all(0.75 * d <= gap <= d for gap, d in zip(gaps, nominal, strict=True))
+    assert len({gap / d for gap, d in zip(gaps, nominal, strict=True)}) > 1
 
 
-@given(retries=st.integers(0, 10_000), draw=st.floats(0, 1, exclude_max=True))
-def test_backoff_stays_within_bounds(retries, draw):
-    """Any retry count gives a finite delay in [0.75·base, base], base ≤ 10."""
-    settings = HTTPSettings(random=lambda: draw)
-    base = min(0.5 * 2.0 ** min(retries, 64), 10.0)
-    assert 0.75 * base <= settings.backoff(retries) <= base
+@given(
+    retries=st.integers(-10, 10**6),
+    initial=st.floats(1e-3, 1e3),
+    factor=st.floats(1, 1e6),
+)
+def test_backoff_doubles_up_to_its_cap_for_any_count(retries, initial, factor):
+    """Any retry count gives min(initial·2^n, maximum), finite, never above it."""
+    maximum = initial * factor
+    delay = backoff_delay(retries, initial=initial, maximum=maximum)
+    assert initial <= delay <= maximum
+    if 0 <= retries < 30:
+        assert delay == min(initial * 2.0**retries, maximum)
 
 
 async def test_success_after_transient_failures_returns_the_answer(autojump_clock):
@@ -179,11 +187,23 @@ async def test_success_after_transient_failures_returns_the_answer(autojump_cloc
         ({"Retry-After": "3600"}, 60.0),
         ({"retry-after-ms": "120000"}, 60.0),
         ({"Retry-After": "0"}, 0.0),
+        ({"Retry-After": "1e308"}, 60.0),
         ({"Retry-After": "soon"}, 0.5),
+        ({"Retry-After": "-5"}, 0.5),
+        ({"Retry-After": "-1e308"}, 0.5),
+        ({"Retry-After": "nan"}, 0.5),
+        ({"Retry-After": "inf"}, 0.5),
+        ({"Retry-After": "1e400"}, 0.5),
+        ({"retry-after-ms": "-1000"}, 0.5),
+        ({"retry-after-ms": "-1000", "Retry-After": "3"}, 3.0),
+        ({"retry-after-ms": "NaN", "Retry-After": "-3"}, 0.5),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.5),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00"}, 0.5),
     ],
 )
 async def test_retry_after_is_honoured_up_to_a_minute(autojump_clock, headers, wait):
-    """Retry-After (seconds) and retry-after-ms set the delay, capped at 60 s."""
+    """Retry-After (seconds, a date) and retry-after-ms set the delay, capped at
+    60 s; negative, non-numeric, infinite or past values leave the backoff."""
     recorder = Recorder(status(429, headers), ok())
     async with client(recorder) as http:
         await http.request("GET", "/api/v1/x")
@@ -202,12 +222,13 @@ async def test_retry_after_http_date_far_ahead_is_capped(autojump_clock):
 
 
 def test_parse_retry_after_reads_http_dates_against_the_wall_clock():
-    """An HTTP date means its distance from now; a past date means no wait."""
+    """An HTTP date means its distance from now; a past one asks for nothing."""
     now = 1_800_000_000.0
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert parse_retry_after(httpx.Headers({"Retry-After": date}), now=now) == 30
-    past = email.utils.formatdate(now - 30, usegmt=True)
-    assert parse_retry_after(httpx.Headers({"Retry-After": past}), now=now) == 0
+    for past in (now - 30, now):
+        date = email.utils.formatdate(past, usegmt=True)
+        assert parse_retry_after(httpx.Headers({"Retry-After": date}), now=now) is None
     assert parse_retry_after(httpx.Headers({}), now=now) is None
     assert parse_retry_after(httpx.Headers({"Retry-After": "nan"}), now=now) is None
 
@@ -355,22 +376,16 @@ async def test_api_key_never_appears_in_errors(autojump_clock):
         assert KEY not in repr(http)
         with pytest.raises(AuthenticationError) as auth:
             await http.request("GET", "/api/v1/x")
-    assert "tml-****" in str(auth.value)
+    assert "bad key ****" in str(auth.value)
     assert_secret_free(auth.value)
 
     recorder = Recorder(httpx.ConnectError(f"cannot reach, key={KEY}"))
     async with client(recorder, max_retries=1) as http:
         with pytest.raises(APIConnectionError) as conn:
             await http.request("GET", "/api/v1/x")
-    assert str(conn.value).count("tml-****") == 1
+    assert str(conn.value).count("key=****") == 1
     assert KEY not in str(conn.value)
     assert KEY not in repr(conn.value)
-
-    recorder = Recorder(ok({"error": KEY, "category": "user"}))
-    async with client(recorder) as http:
-        with pytest.raises(RequestFailedError) as failed:
-            await http.retrieve_future("r")
-    assert_secret_free(failed.value)
 
 
 async def test_cancelling_during_backoff_stops_at_once(autojump_clock):
@@ -395,116 +410,151 @@ async def test_closed_client_refuses_requests():
     assert recorder.requests == []
 
 
-def future_bodies(recorder: Recorder) -> list[dict[str, object]]:
-    return [json.loads(r.content) for r in recorder.requests]
+def endless(chunk: bytes, *, pause: float, sent: list[int]):
+    """A response body that never ends: ``chunk`` every ``pause`` seconds."""
+
+    async def body():
+        while True:
+            await trio.sleep(pause)
+            sent.append(len(chunk))
+            yield chunk
+
+    return body()
 
 
-async def test_retrieve_future_polls_try_again_until_a_result(autojump_clock):
-    """try_again answers are polled again, quick ones after a doubling pause."""
-    try_again = ok({"type": "try_again", "request_id": "r-1"})
-    recorder = Recorder(try_again, try_again, try_again, ok({"path": "p"}))
-    async with client(recorder) as http:
-        result = await http.retrieve_future("r-1", request_type="LoadWeights")
-    assert result == {"path": "p"}
-    assert recorder.gaps() == pytest.approx([0.1, 0.2, 0.4])
-    assert all(
-        r.url.path.endswith("/api/v1/retrieve_future") for r in recorder.requests
+@pytest.mark.parametrize("pause", [1.0, 0.001])
+async def test_a_body_that_never_ends_times_out_at_the_deadline(autojump_clock, pause):
+    """Config.timeout bounds the whole answer: an endless body (a byte a
+    second, or a byte a millisecond) is a timeout, retried as one."""
+    recorder = Recorder(
+        lambda request: httpx.Response(200, content=endless(b"x", pause=pause, sent=[]))
     )
-    assert future_bodies(recorder)[0] == {
-        "request_id": "r-1",
-        "allow_metadata_only": True,
-    }
-    assert [r.headers["X-Tinker-Request-Iteration"] for r in recorder.requests] == [
-        "0",
-        "1",
-        "2",
-        "3",
-    ]
-    assert recorder.requests[0].headers["X-Tinker-Request-Type"] == "LoadWeights"
-    assert len({r.headers["X-Idempotency-Key"] for r in recorder.requests}) == 4
-
-
-async def test_retrieve_future_long_poll_is_not_paused(autojump_clock):
-    """A server that held the poll for seconds is polled again at once."""
-    recorder = Recorder(ok({"type": "try_again"}), ok({"done": True}))
-
-    async def long_poll(request: httpx.Request) -> httpx.Response:
-        await trio.sleep(5)
-        return recorder(request)
-
-    transport = httpx.MockTransport(long_poll)
-    config = Config(api_key=KEY, base_url=BASE)
-    http = HTTPClient(config, transport=transport, settings=EXACT)
+    config = Config(api_key=KEY, base_url=BASE, timeout=5, max_retries=1)
+    http = HTTPClient(config, transport=httpx.MockTransport(recorder))
     try:
-        assert await http.retrieve_future("r") == {"done": True}
+        with set_testing(True), pytest.raises(APITimeoutError) as info:
+            await http.request("GET", "/api/v1/x")
     finally:
         await http.aclose()
-    assert recorder.times == [5.0, 10.0]
+    assert recorder.times == [0.0, 5.5]
+    assert trio.current_time() == 10.5
+    assert "GET /api/v1/x: no complete answer within 5 s" in str(info.value)
+    assert info.value.retryable is True
 
 
-async def test_retrieve_future_metadata_only_answer_is_fetched_in_full():
-    """A complete_metadata answer is re-polled with allow_metadata_only false."""
+async def test_heartbeat_deadline_overrides_the_timeout(autojump_clock):
+    """attempt_timeout sets the deadline of each attempt instead."""
     recorder = Recorder(
-        ok({"status": "complete_metadata", "response_payload_size": 10}),
-        ok({"path": "p"}),
+        lambda request: httpx.Response(200, content=endless(b"x", pause=1, sent=[]))
     )
-    async with client(recorder) as http:
-        assert await http.retrieve_future("r") == {"path": "p"}
-    assert [b["allow_metadata_only"] for b in future_bodies(recorder)] == [True, False]
+    async with client(recorder, max_retries=0) as http:
+        with pytest.raises(APITimeoutError):
+            await http.request("POST", "/api/v1/x", json={}, attempt_timeout=2)
+    assert trio.current_time() == 2
+
+
+LIMIT = 1000
+
+
+@asynccontextmanager
+async def capped(recorder: Recorder) -> AsyncIterator[HTTPClient]:
+    config = Config(api_key=KEY, base_url=BASE, max_response_bytes=LIMIT)
+    http = HTTPClient(config, transport=httpx.MockTransport(recorder))
+    try:
+        with set_testing(True):
+            yield http
+    finally:
+        await http.aclose()
+
+
+@pytest.mark.parametrize("status", [200, 503])
+async def test_an_oversized_body_fails_at_once_and_is_not_read(status):
+    """Past max_response_bytes the request fails, unretried, reading no more."""
+    sent: list[int] = []
+    recorder = Recorder(
+        lambda request: httpx.Response(
+            status, content=endless(b"y" * 300, pause=0, sent=sent)
+        )
+    )
+    async with capped(recorder) as http:
+        with pytest.raises(ResponseTooLargeError) as info:
+            await http.request("GET", "/api/v1/x")
+    assert len(recorder.requests) == 1
+    assert sum(sent) == 1200  # the chunk that crossed the limit, and no more
+    assert info.value.retryable is False
+    assert info.value.status == status
+    assert "larger than 1000 bytes (Config.max_response_bytes)" in str(info.value)
+
+
+@pytest.mark.parametrize("declared", [str(LIMIT + 1), "9" * 5000])
+async def test_a_declared_oversized_body_is_refused_unread(declared):
+    """A Content-Length over the limit fails before a byte of the body is read."""
+    sent: list[int] = []
+    recorder = Recorder(
+        lambda request: httpx.Response(
+            200,
+            headers={"Content-Length": declared},
+            content=endless(b"z", pause=0, sent=sent),
+        )
+    )
+    async with capped(recorder) as http:
+        with pytest.raises(ResponseTooLargeError):
+            await http.request("GET", "/api/v1/x")
+    assert sent == []
+
+
+async def test_a_body_of_exactly_the_limit_is_read():
+    """max_response_bytes itself is allowed."""
+    recorder = Recorder(ok({"pad": "p" * (LIMIT - len('{"pad":""}'))}))
+    async with capped(recorder) as http:
+        body = await http.request("GET", "/api/v1/x")
+    assert isinstance(body, dict)
+    assert len(body["pad"]) == LIMIT - 10
+
+
+def url_encoded(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in text)
+
+
+def json_escaped(text: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" for c in text)
 
 
 @pytest.mark.parametrize(
-    ("category", "expected", "retryable"),
+    "body",
     [
-        ("user", "user", False),
-        ("server", "server", True),
-        ("unknown", "unknown", True),
-        ("weird", "unknown", True),
-        (None, "unknown", True),
+        # Padding puts the key across the 300 characters an error quotes.
+        "x" * 280 + KEY,
+        json.dumps({"detail": "p" * 290 + f"bad key {KEY}"}),
+        '{"detail": "bad key ' + json_escaped(KEY) + '"}',
+        "no route /api/v1/" + url_encoded(KEY) + "/runs",
+        '{"detail": "no route /' + url_encoded(KEY[:10]) + KEY[10:] + '"}',
     ],
+    ids=["padded-raw", "padded-json", "json-escaped", "url-encoded", "half-encoded"],
 )
-async def test_retrieve_future_failure_raises_request_failed(
-    category, expected, retryable
-):
-    """A failure answer raises RequestFailedError with the service's category."""
-    body: dict[str, object] = {"error": "checkpoint is corrupt"}
-    if category is not None:
-        body["category"] = category
-    recorder = Recorder(ok(body))
+async def test_echoed_keys_are_masked_before_a_message_is_cut(body):
+    """However the server spells the key back, no piece of it reaches the error."""
+    recorder = Recorder(httpx.Response(401, content=body.encode()))
     async with client(recorder) as http:
-        with pytest.raises(RequestFailedError) as info:
-            await http.retrieve_future("r-9")
-    assert info.value.category == expected
-    assert info.value.retryable is retryable
-    assert "r-9" in str(info.value)
-    assert "checkpoint is corrupt" in str(info.value)
+        with pytest.raises(AuthenticationError) as info:
+            await http.request("GET", "/api/v1/x")
+    assert_no_piece_of_key(str(info.value))
+    assert_no_piece_of_key(repr(info.value))
 
 
-async def test_retrieve_future_gives_up_at_the_deadline(autojump_clock):
-    """Endless try_again ends with APITimeoutError after future_timeout."""
-    recorder = Recorder(ok({"type": "try_again"}))
-    settings = HTTPSettings(jitter=0, future_timeout=30)
-    async with client(recorder, settings=settings) as http:
-        with pytest.raises(APITimeoutError, match="within 30 s"):
-            await http.retrieve_future("r")
-    assert trio.current_time() == 30
-    assert max(recorder.gaps()) == 1.0
+def assert_no_piece_of_key(text: str) -> None:
+    """No 8 characters of KEY's secret part in a row, raw or URL-encoded."""
+    secret = KEY.removeprefix("tml-")
+    for start in range(len(secret) - 7):
+        window = secret[start : start + 8]
+        assert window not in text
+        assert url_encoded(window) not in text
 
 
-@pytest.mark.parametrize("code", [404, 410])
-async def test_retrieve_future_forgotten_request_is_a_retryable_failure(code):
-    """404/410 on retrieve_future: the service lost the request; retry later."""
-    recorder = Recorder(status(code))
+async def test_a_key_inside_a_success_answer_never_reaches_the_caller():
+    """A key echoed in data is masked before parsing: values and errors are clean."""
+    raw = f'{{"note": "hello {KEY}", "again": "{json_escaped(KEY)}", "k": "v"}}'
+    recorder = Recorder(httpx.Response(200, content=raw.encode()))
     async with client(recorder) as http:
-        with pytest.raises(RequestFailedError) as info:
-            await http.retrieve_future("r")
-    assert info.value.retryable is True
-    assert isinstance(info.value.__cause__, APIStatusError)
-
-
-async def test_retrieve_future_retries_transient_poll_failures(autojump_clock):
-    """A 503 or dropped poll is retried with the usual backoff."""
-    recorder = Recorder(status(503), httpx.ReadError("x"), ok({"path": "p"}))
-    async with client(recorder) as http:
-        assert await http.retrieve_future("r") == {"path": "p"}
-    assert recorder.gaps() == [0.5, 1.0]
+        body = await http.request("GET", "/api/v1/x")
+    assert body == {"note": "hello ****", "again": "****", "k": "v"}

@@ -10,7 +10,7 @@ from trio_tinkex_recovery import Best, Latest, Policy, Specific
 
 
 def test_defaults_are_conservative():
-    """Recovery is off by default; the other defaults are DESIGN.md's."""
+    """Recovery is off by default; the others are the documented ones."""
     policy = Policy()
     assert policy.enabled is False
     assert (policy.max_attempts, policy.backoff, policy.max_backoff) == (3, 5.0, 60.0)
@@ -151,3 +151,13 @@ def test_millisecond_errors_name_the_key_given():
         Policy.from_mapping({"poll_interval_ms": -5})
     with pytest.raises(ValueError, match=r"max_backoff.*\(from max_backoff_ms=1\)"):
         Policy.from_mapping({"backoff_ms": 5000, "max_backoff_ms": 1})
+
+
+@pytest.mark.parametrize("interval", [1e-300, 5e-324, 0.01, 0.0999])
+def test_poll_interval_has_a_floor_of_a_tenth_of_a_second(interval):
+    """Polling more than ten times a second per run is refused, saying so."""
+    with pytest.raises(ValueError, match=r"Policy\.poll_interval must be ≥ 0\.1, got"):
+        Policy(poll_interval=interval)
+    with pytest.raises(ValueError, match=r"poll_interval must be ≥ 0\.1"):
+        Policy.from_mapping({"poll_interval_ms": interval * 1000})
+    assert Policy(poll_interval=0.1).poll_interval == 0.1

@@ -340,3 +340,13 @@ async def test_a_lost_lease_abandons_the_attempt_before_any_restore(autojump_clo
     assert executor.recovery_state("run-1").phase == "interrupted"
     assert executor.statistics().exhausted == 0
     assert failures == []
+
+
+async def test_a_done_recovery_marks_its_run_restored_at_once(location):
+    """Done and 'restored in this episode' are one write: no crash splits them."""
+    async with open_store(location) as store:
+        await store.put_run(StoredRun("run-1"))
+        done = RecoveryState("run-1", "done", attempt=1, new_run_id="s:train:0")
+        await store.put_recovery(StoredRecovery(done))
+        run = (await store.load()).runs["run-1"]
+    assert (run.recovered, run.successor) == (True, "s:train:0")

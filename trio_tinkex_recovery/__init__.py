@@ -27,6 +27,7 @@ from ._errors import RateLimitError as RateLimitError
 from ._errors import RecoveryDisabledError as RecoveryDisabledError
 from ._errors import RecoveryError as RecoveryError
 from ._errors import RequestFailedError as RequestFailedError
+from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import ResponseValidationError as ResponseValidationError
 from ._errors import TinkerAPIError as TinkerAPIError
 from ._errors import TinkexRecoveryError as TinkexRecoveryError
@@ -49,9 +50,13 @@ from ._state import RecoveryState as RecoveryState
 from ._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._telemetry import Statistics as Statistics
 from ._telemetry import TelemetryEvent as TelemetryEvent
+from ._test_mode import is_testing as is_testing
+from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
+from ._types import ForwardBackwardOutput as ForwardBackwardOutput
 from ._types import TrainingRun as TrainingRun
 from ._types import WeightsInfo as WeightsInfo
+from ._util import publish as _publish
 
 __version__ = "0.1.0.dev0"
 
@@ -70,6 +75,7 @@ __all__ = [
     "Config",
     "ConflictError",
     "Executor",
+    "ForwardBackwardOutput",
     "InternalServerError",
     "Latest",
     "Monitor",
@@ -84,6 +90,7 @@ __all__ = [
     "RecoveryPhase",
     "RecoveryState",
     "RequestFailedError",
+    "ResponseTooLargeError",
     "ResponseValidationError",
     "RestClient",
     "RestClientProtocol",
@@ -99,7 +106,12 @@ __all__ = [
     "UnprocessableEntityError",
     "UnsupportedStrategyError",
     "WeightsInfo",
+    "is_testing",
     "open_executor",
     "open_monitor",
     "open_service_client",
+    "set_testing",
 ]
+
+
+_publish(globals())

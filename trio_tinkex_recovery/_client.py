@@ -1,8 +1,8 @@
 """The native Tinker client, for Trio: ServiceClient, RestClient, TrainingClient.
 
 It speaks the wire protocol of the official ``tinker`` SDK 0.38.0 (request
-paths, JSON keys, the session and ``load_weights`` flow; see DESIGN
-section 4), over one ``httpx.AsyncClient`` per service client.
+paths, JSON keys, the session and ``load_weights`` flow), over one
+`HTTPClient` per service client.
 
 Restoring a checkpoint, as ``tinker/lib/public_interfaces/service_client.py``
 does it (``_create_training_client_via_load_weights_submit``)::
@@ -27,25 +27,35 @@ answers it with the model it already made.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import trio
 
+from . import _test_mode
 from ._config import Config
 from ._errors import (
     APIStatusError,
     CheckpointUnavailableError,
+    NotFoundError,
     RequestFailedError,
     ResponseValidationError,
     TinkerAPIError,
     TinkexRecoveryError,
 )
+from ._failpoints import crash_point
+from ._futures import retrieve_future
 from ._http import HTTPClient, HTTPSettings, new_idempotency_key
+from ._store import LoadRecord, SessionRecord
 from ._types import (
     Checkpoint,
+    ForwardBackwardOutput,
     TrainingRun,
     WeightsInfo,
     parse_tinker_path,
@@ -54,9 +64,11 @@ from ._types import (
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     import httpx
+
+    from ._store import Ledger
 
 __all__ = ["RestClient", "ServiceClient", "TrainingClient", "open_service_client"]
 
@@ -264,34 +276,45 @@ class TrainingClient(metaclass=NoPublicConstructor):
     _http: HTTPClient = attrs.field(repr=False, alias="http")
     _saves: _SaveState = attrs.field(factory=_SaveState, repr=False, init=False)
 
-    async def save_state(self, name: str) -> Checkpoint:
+    async def save_state(
+        self, name: str, *, user_metadata: Mapping[str, str] | None = None
+    ) -> Checkpoint:
         """Save the model's weights and optimizer state as a training checkpoint.
 
         ``POST /api/v1/save_weights {"model_id", "path": name, "seq_id",
-        "overwrite": false, "type": "save_weights"}``, then the result from
-        ``retrieve_future`` (as ``TrainingClient.save_state`` in the SDK's
-        ``training_client.py``).  Saves of one client run one at a time, in
-        order.  A save that failed without a clear answer is repeated with the
-        same request by the next ``save_state`` of the same name.
+        "overwrite": false, "user_metadata"?, "type": "save_weights"}``, then
+        the result from ``retrieve_future`` (as ``TrainingClient.save_state``
+        in the SDK's ``training_client.py``).  Requests of one client (saves
+        and training steps) run one at a time, in order.  A save that failed
+        without a clear answer is repeated with the same request by the next
+        ``save_state`` of the same name and metadata.
 
         Args:
             name: The checkpoint's name, e.g. ``"ckpt-0003"``.
+            user_metadata: Stored with the checkpoint (strings to strings, as
+                the SDK's), e.g. ``{"step": "12"}``; sent only when given.
 
         Returns:
             The checkpoint, ``tinker://{model_id}/weights/{name}``; its
             ``time`` is ``None`` (the service reports only the path).
 
         Raises:
-            TypeError: ``name`` is not a str.
+            TypeError: ``name`` is not a str, or ``user_metadata`` is not a
+                mapping of strings to strings.
             ValueError: ``name`` cannot be a checkpoint name.
             RequestFailedError: The service failed the save.
             TinkerAPIError: A request failed (after retries if transient).
             ResponseValidationError: An answer is malformed.
         """
         _check_checkpoint_name(name)
+        extra: dict[str, Any] = {}
+        pending_key = name
+        if user_metadata is not None:
+            extra["user_metadata"] = _check_user_metadata(user_metadata)
+            pending_key = f"{name} {_digest(extra)}"
         saves = self._saves
         async with saves.lock:
-            operation = saves.pending.pop(name, None) or _Operation(
+            operation = saves.pending.pop(pending_key, None) or _Operation(
                 seq_id=saves.take_seq_id()
             )
             settled = False
@@ -304,6 +327,7 @@ class TrainingClient(metaclass=NoPublicConstructor):
                         "path": name,
                         "seq_id": operation.seq_id,
                         "overwrite": False,
+                        **extra,
                         "type": "save_weights",
                     },
                     idempotency_key=operation.key,
@@ -311,8 +335,8 @@ class TrainingClient(metaclass=NoPublicConstructor):
                 request_id = _required_str(
                     body, "request_id", "POST /api/v1/save_weights"
                 )
-                result = await self._http.retrieve_future(
-                    request_id, request_type="SaveWeights"
+                result = await retrieve_future(
+                    self._http, request_id, request_type="SaveWeights"
                 )
                 settled = True
                 path = _required_str(result, "path", "save_weights result")
@@ -328,7 +352,190 @@ class TrainingClient(metaclass=NoPublicConstructor):
                 raise
             finally:
                 if not settled:
-                    saves.pending[name] = operation
+                    saves.pending[pending_key] = operation
+
+    async def forward_backward(
+        self,
+        data: Sequence[Mapping[str, Any]],
+        loss_fn: str,
+        *,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> ForwardBackwardOutput:
+        """A forward and backward pass: gradients accumulate until `optim_step`.
+
+        ``POST /api/v1/forward_backward {"forward_backward_input": {"data",
+        "loss_fn", "loss_fn_config"?}, "model_id", "seq_id"}``, then the
+        result from ``retrieve_future``.  This is the JSON form of the SDK's
+        ``ForwardBackwardRequest`` (SDK 0.38 sends the same fields as
+        protobuf, and splits a large batch into several requests; this
+        sends one).  It takes its place in the client's request order like
+        `save_state`, and a call that failed without a clear answer is
+        repeated with the same request by the next call with the same
+        arguments.
+
+        Args:
+            data: The batch: each example a ``Datum`` in the SDK's JSON form,
+                e.g. ``{"model_input": {"chunks": [{"type": "encoded_text",
+                "tokens": [...]}]}, "loss_fn_inputs": {"target_tokens":
+                {"data": [...], "dtype": "int64", "shape": [n]}, ...}}``.
+            loss_fn: The loss function, e.g. ``"cross_entropy"``.
+            loss_fn_config: Its parameters, if any.
+
+        Returns:
+            The per-example outputs and the metrics (e.g. ``"loss:sum"``).
+
+        Raises:
+            TypeError: ``data`` is not a sequence of mappings, or is not JSON.
+            ValueError: ``data`` is empty (nothing is sent).
+            RequestFailedError: The service failed the pass (e.g. the model
+                is corrupted: category ``server``).
+            TinkerAPIError: A request failed (after retries if transient).
+            ResponseValidationError: The answer is not a forward-backward output.
+        """
+        if isinstance(data, str | bytes | Mapping):
+            raise TypeError("data must be a sequence of Datum mappings")
+        examples = list(data)
+        if not all(isinstance(datum, Mapping) for datum in examples):
+            raise TypeError("data must be a sequence of Datum mappings")
+        if not examples:
+            raise ValueError("data is empty: a forward pass needs an example")
+        if not isinstance(loss_fn, str):
+            raise TypeError(f"loss_fn must be a str, got {type(loss_fn).__name__}")
+        given: dict[str, Any] = {"data": [dict(datum) for datum in examples]}
+        given["loss_fn"] = loss_fn
+        if loss_fn_config is not None:
+            given["loss_fn_config"] = dict(loss_fn_config)
+        result = await self._in_order(
+            "/api/v1/forward_backward",
+            {"forward_backward_input": given, "model_id": self.model_id},
+            request_type="ForwardBackward",
+        )
+        try:
+            return ForwardBackwardOutput.from_json(result)
+        except ResponseValidationError as exc:
+            raise ResponseValidationError(f"forward_backward result: {exc}") from exc
+
+    async def optim_step(
+        self,
+        *,
+        learning_rate: float = 1e-4,
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        eps: float = 1e-12,
+        weight_decay: float = 0.0,
+        grad_clip_norm: float = 0.0,
+    ) -> dict[str, float]:
+        """An Adam step with the gradients accumulated since the last one.
+
+        ``POST /api/v1/optim_step {"model_id", "seq_id", "type": "optim_step",
+        "adam_params": {...}}``, then the result from ``retrieve_future``: the
+        SDK's ``OptimStepRequest`` with ``AdamParams`` (whose defaults these
+        are, all sent).  Ordered and repeated like `forward_backward`.
+
+        Returns:
+            The step's metrics (often empty).
+
+        Raises:
+            TypeError: A parameter is not a number.
+            ValueError: A parameter is not finite, or ``learning_rate`` < 0.
+            RequestFailedError: The service failed the step.
+            TinkerAPIError: A request failed (after retries if transient).
+            ResponseValidationError: The answer has malformed metrics.
+        """
+        adam_params = {
+            "learning_rate": learning_rate,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "grad_clip_norm": grad_clip_norm,
+        }
+        for field, value in adam_params.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{field} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{field} must be finite, got {value!r}")
+        if learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {learning_rate!r}")
+        result = await self._in_order(
+            "/api/v1/optim_step",
+            {
+                "model_id": self.model_id,
+                "type": "optim_step",
+                "adam_params": {k: float(v) for k, v in adam_params.items()},
+            },
+            request_type="OptimStep",
+        )
+        metrics = result.get("metrics") or {}
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool)
+            for v in metrics.values()
+        ):
+            raise ResponseValidationError(
+                f"optim_step result: expected numbers at $.metrics, got {metrics!r}"[
+                    :300
+                ]
+            )
+        return {str(k): float(v) for k, v in metrics.items()}
+
+    async def _in_order(
+        self, path: str, request: dict[str, Any], *, request_type: str
+    ) -> dict[str, Any]:
+        """Send a training request with the client's next ``seq_id``; its result.
+
+        One at a time, in order, with `save_state`.  A request that failed
+        without a clear answer is kept, so the same request repeated (same
+        body) is sent again with its first ``seq_id`` and idempotency key.
+        """
+        pending_key = f"{path} {_digest(request)}"
+        saves = self._saves
+        async with saves.lock:
+            operation = saves.pending.pop(pending_key, None) or _Operation(
+                seq_id=saves.take_seq_id()
+            )
+            settled = False
+            try:
+                body = await self._http.request_object(
+                    "POST",
+                    path,
+                    json={**request, "seq_id": operation.seq_id},
+                    idempotency_key=operation.key,
+                )
+                request_id = _required_str(body, "request_id", f"POST {path}")
+                result = await retrieve_future(
+                    self._http, request_id, request_type=request_type
+                )
+                settled = True
+                return result
+            except TinkerAPIError as exc:
+                settled = settled or not exc.retryable or _is_definitive(exc)
+                raise
+            finally:
+                if not settled:
+                    saves.pending[pending_key] = operation
+
+
+def _check_user_metadata(metadata: object) -> dict[str, str]:
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TypeError("user_metadata must be a mapping of str to str")
+    return dict(metadata)
+
+
+def _digest(value: object) -> str:
+    """A short fingerprint of a JSON value, to recognise a repeated request.
+
+    It is taken before a ``seq_id`` is: a body that cannot be sent fails here.
+
+    Raises:
+        TypeError: ``value`` is not JSON (NaN and infinities included).
+    """
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:  # a NaN or a circular reference
+        raise TypeError(f"not valid JSON: {exc}") from None
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _is_definitive(exc: TinkerAPIError) -> bool:
@@ -350,16 +557,9 @@ class ServiceClient(metaclass=NoPublicConstructor):
 
     _factory_hint = "use open_service_client()"
 
-    def __init__(
-        self,
-        http: HTTPClient,
-        nursery: trio.Nursery,
-        *,
-        heartbeat_interval: float | None,
-    ) -> None:
+    def __init__(self, http: HTTPClient, nursery: trio.Nursery) -> None:
         self._http = http
         self._nursery = nursery
-        self._heartbeat_interval = heartbeat_interval
         self._session_lock = trio.Lock()
         self._session: _Session | None = None
         # One key for creating the session, however many times it is tried:
@@ -464,8 +664,182 @@ class ServiceClient(metaclass=NoPublicConstructor):
             http=self._http,
         )
 
+    async def restore_with_ledger(
+        self, path: str, *, optimizer: bool, ledger: Ledger
+    ) -> TrainingClient:
+        """Restore ``path`` writing every side effect ahead in ``ledger``.
+
+        What the monitor uses with a journal, so that a watcher killed at
+        any point and started again restores the run exactly once:
+
+        - a restore of this run that may have been sent before (its record
+          has no outcome) is reconciled first: if its model
+          ``{session_id}:train:{model_seq_id}`` exists, it completed and is
+          returned; otherwise the very same request (same idempotency key,
+          same body) is sent again, unless the service says its session is
+          gone;
+        - the session is created with a key written beforehand, and reused
+          across restarts while the service says it is alive;
+        - each ``load_weights`` is written (key, session, sequence number,
+          path, optimizer flag) before it is sent, its request id once
+          accepted, and its outcome once known (a success is marked by the
+          caller through ``ledger.settle()``, after it recorded the recovery).
+
+        Raises:
+            StoreError: A journal write failed; nothing it was meant to
+                precede was sent.
+            Exception: As `create_training_client_from_state`.
+        """
+        self._check_open()
+        parse_tinker_path(path)
+        doubt = ledger.in_doubt()
+        if doubt is not None:
+            client = await self._reconcile(doubt, ledger)
+            if client is not None:
+                return client
+        info = await self.create_rest_client().get_weights_info(path)
+        session = await self._ledger_session(ledger)
+        # A sequence number is written as taken before it is used, so no two
+        # restores, across restarts too, ever share one.
+        seq = max(ledger.next_seq(session.session_id), session.next_model_seq_id)
+        session.next_model_seq_id = seq + 1
+        await ledger.put_session(
+            SessionRecord(self._session_key, session.session_id, next_seq=seq + 1)
+        )
+        load = LoadRecord(
+            key=new_idempotency_key(),
+            run_id=ledger.run_id,
+            attempt=ledger.attempt,
+            session_id=session.session_id,
+            model_seq_id=seq,
+            path=path,
+            optimizer=optimizer,
+        )
+        await ledger.put_load(load)
+        crash_point("load-written")
+        return await self._send_recorded_load(load, info, ledger)
+
+    async def _send_recorded_load(
+        self, load: LoadRecord, info: WeightsInfo, ledger: Ledger
+    ) -> TrainingClient:
+        """Send (or send again) a recorded ``load_weights``; record how it ended."""
+        session = _Session(load.session_id)
+        operation = _Operation(seq_id=load.model_seq_id, key=load.key)
+
+        async def accepted(request_id: str) -> None:
+            nonlocal load
+            load = attrs.evolve(load, request_id=request_id)
+            await ledger.put_load(load)
+
+        try:
+            await self._load_weights(
+                session,
+                operation,
+                load.path,
+                optimizer=load.optimizer,
+                accepted=accepted,
+            )
+        except TinkerAPIError as exc:
+            if not exc.retryable or _is_definitive(exc):
+                await ledger.put_load(attrs.evolve(load, outcome="failed"))
+            raise
+        # Its outcome is written by the caller, after the recovery's own
+        # outcome: until then a restart finds it in doubt and reconciles it.
+        ledger.restored = load
+        return self._training_client(load, info)
+
+    def _training_client(self, load: LoadRecord, info: WeightsInfo) -> TrainingClient:
+        return TrainingClient._create(
+            model_id=load.model_id,
+            session_id=load.session_id,
+            base_model=info.base_model,
+            lora_rank=info.lora_rank,
+            checkpoint=Checkpoint.from_path(load.path),
+            optimizer_restored=load.optimizer,
+            http=self._http,
+        )
+
+    async def _reconcile(
+        self, load: LoadRecord, ledger: Ledger
+    ) -> TrainingClient | None:
+        """Settle a restore that may have been sent; its client if it completed."""
+        rest = self.create_rest_client()
+        try:
+            await rest.get_training_run(load.model_id)
+        except NotFoundError:
+            pass
+        else:
+            logger.info(
+                "run %s: restore %s had completed before the restart",
+                ledger.run_id,
+                load.model_id,
+            )
+            ledger.restored = load
+            info = await rest.get_weights_info(load.path)
+            return self._training_client(load, info)
+        if not await self._session_alive(load.session_id):
+            # The service ended that session: the load cannot have happened
+            # (no model), and cannot be sent again.
+            await ledger.put_load(attrs.evolve(load, outcome="failed"))
+            return None
+        info = await rest.get_weights_info(load.path)
+        return await self._send_recorded_load(load, info, ledger)
+
+    async def _session_alive(self, session_id: str) -> bool:
+        """Whether the service still knows ``session_id`` (one heartbeat)."""
+        try:
+            await self._http.request(
+                "POST",
+                "/api/v1/session_heartbeat",
+                json={"session_id": session_id, "type": "session_heartbeat"},
+                parse=False,
+            )
+        except APIStatusError as exc:
+            if exc.status in _GONE:
+                return False
+            raise
+        return True
+
+    async def _ledger_session(self, ledger: Ledger) -> _Session:
+        """The session to restore in: this client's, the journal's, or a new one."""
+        async with self._session_lock:
+            self._check_open()
+            stored = ledger.session()
+            if self._session is not None and not self._session.expired:
+                return self._session
+            if (
+                stored is not None
+                and stored.session_id is not None
+                and self._session is None
+                and await self._session_alive(stored.session_id)
+            ):
+                # Made by a watcher before a restart: still alive, keep it.
+                self._session_key = stored.key
+                self._session = _Session(stored.session_id)
+                self._start_heartbeat(self._session)
+                return self._session
+            if stored is not None and stored.session_id is None:
+                # Its creation may have been sent: ask again with the same key.
+                self._session_key = stored.key
+            elif self._session is not None or stored is not None:
+                self._session_key = new_idempotency_key()
+            await ledger.put_session(SessionRecord(key=self._session_key))
+            if self._session is None:
+                await self._fetch_client_config()
+            session = await self._create_session()
+            await ledger.put_session(
+                SessionRecord(key=self._session_key, session_id=session.session_id)
+            )
+            return session
+
     async def _load_weights(
-        self, session: _Session, operation: _Operation, path: str, *, optimizer: bool
+        self,
+        session: _Session,
+        operation: _Operation,
+        path: str,
+        *,
+        optimizer: bool,
+        accepted: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         try:
             body = await self._http.request_object(
@@ -489,8 +863,11 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 ) from exc
             raise
         request_id = _required_str(body, "request_id", "POST /api/v1/load_weights")
+        if accepted is not None:
+            await accepted(request_id)
+        crash_point("load-accepted")
         try:
-            await self._http.retrieve_future(request_id, request_type="LoadWeights")
+            await retrieve_future(self._http, request_id, request_type="LoadWeights")
         except RequestFailedError as exc:
             if exc.category == "user":
                 raise CheckpointUnavailableError(
@@ -508,25 +885,33 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 await self._fetch_client_config()
             else:  # the service ended the old session; start another
                 self._session_key = new_idempotency_key()
-            body = await self._http.request_object(
-                "POST",
-                "/api/v1/create_session",
-                json={
-                    "tags": [],
-                    "user_metadata": {},
-                    "sdk_version": WIRE_SDK_VERSION,
-                    "type": "create_session",
-                },
-                idempotency_key=self._session_key,
-            )
-            session = _Session(
-                _required_str(body, "session_id", "POST /api/v1/create_session")
-            )
-            self._session = session
-            logger.debug("created session %s", session.session_id)
-            if self._heartbeat_interval is not None:
-                self._nursery.start_soon(self._heartbeat, session)
-            return session
+            return await self._create_session()
+
+    async def _create_session(self) -> _Session:
+        """``create_session`` with this client's session key; start its heartbeat."""
+        body = await self._http.request_object(
+            "POST",
+            "/api/v1/create_session",
+            json={
+                "tags": [],
+                "user_metadata": {},
+                "sdk_version": WIRE_SDK_VERSION,
+                "type": "create_session",
+            },
+            idempotency_key=self._session_key,
+        )
+        session = _Session(
+            _required_str(body, "session_id", "POST /api/v1/create_session")
+        )
+        self._session = session
+        logger.debug("created session %s", session.session_id)
+        self._start_heartbeat(session)
+        return session
+
+    def _start_heartbeat(self, session: _Session) -> None:
+        interval = _test_mode.heartbeat_interval(HEARTBEAT_INTERVAL)
+        if interval is not None:
+            self._nursery.start_soon(self._heartbeat, session, interval)
 
     async def _fetch_client_config(self) -> None:
         """``POST /api/v1/client/config``, as the SDK's first request.
@@ -548,14 +933,12 @@ class ServiceClient(metaclass=NoPublicConstructor):
                 "the API key"
             )
 
-    async def _heartbeat(self, session: _Session) -> None:
-        """Tell the service the session is alive, every few seconds.
+    async def _heartbeat(self, session: _Session, interval: float) -> None:
+        """Tell the service the session is alive, every ``interval`` seconds.
 
         Failures are logged and the loop goes on, except 410 (the session
         is over): the next restore then creates a new session.
         """
-        assert self._heartbeat_interval is not None
-        interval = self._heartbeat_interval
         with session.heartbeat_scope:
             next_at = trio.current_time()
             while True:
@@ -653,17 +1036,14 @@ async def _open_service_client(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     settings: HTTPSettings | None = None,
-    heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
 ) -> AsyncIterator[ServiceClient]:
-    """`open_service_client` with the internal knobs, for tests."""
+    """`open_service_client` with the HTTP layer's knobs, for benchmarks."""
     if config is None:
         config = Config.from_env()
     http = HTTPClient(config, transport=transport, settings=settings)
     try:
         async with trio.open_nursery() as nursery:
-            service = ServiceClient._create(
-                http, nursery, heartbeat_interval=heartbeat_interval
-            )
+            service = ServiceClient._create(http, nursery)
             reason: _FinishReason = "success"
             try:
                 yield service

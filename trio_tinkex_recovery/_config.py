@@ -1,54 +1,127 @@
-"""Connection configuration: the API key, where it may be sent, timeouts."""
+"""Connection configuration: the API key, where it may be sent, timeouts.
+
+The key is a secret: `Config` never shows it, and `redact` masks it in any
+text that may have come from a server before that text goes anywhere.
+"""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import math
 import os
-from typing import Any
+import re
+from typing import Any, Final
 
 import attrs
 import httpx
 
 from ._policy import Policy
+from ._validators import non_negative_int, positive, positive_int
 
-__all__ = ["DEFAULT_BASE_URL", "Config"]
+__all__ = ["DEFAULT_BASE_URL", "Config", "mask_key", "redact"]
 
 #: The official SDK's default service address.
 DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
 
-_KEY_PREFIX = "tml-"
+_KEY_PREFIX: Final = "tml-"
+#: What a valid key looks like.  Every character after the prefix is
+#: unreserved in URLs and needs no escape in JSON, so a valid key
+#: URL-encoded or JSON-escaped (as ``urllib.parse.quote`` and ``json.dumps``
+#: do it) is the key itself, character for character.
+_KEY: Final = re.compile(r"tml-[A-Za-z0-9_-]+")
+#: What replaces a key in text.  None of its characters can be in a key, so
+#: a mask never joins its neighbours into a piece of one.
+REDACTED: Final = "****"
+#: The largest response body read by default: 8 MiB.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024
 
 
 def mask_key(key: str) -> str:
-    """The key as it may appear anywhere: its prefix, never its secret part."""
+    """The key as it may be shown on its own: its prefix, never its secret part."""
     return f"{_KEY_PREFIX}****" if key.startswith(_KEY_PREFIX) else "****"
 
 
+def _hex(code: int, width: int) -> str:
+    """A pattern for ``code`` in ``width`` hex digits, in either case."""
+    return "".join(
+        f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{code:0{width}x}"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _key_pattern(key: str) -> re.Pattern[str]:
+    """Finds every place ``key`` starts, spelt raw or with any of its
+    characters percent-encoded (``%74``) or JSON-escaped (``\\u0074``).
+
+    A lookahead, so overlapping occurrences are all found.
+    """
+    spellings = (
+        f"(?:{re.escape(char)}|%{_hex(ord(char), 2)}|\\\\u{_hex(ord(char), 4)})"
+        for char in key
+    )
+    return re.compile(f"(?=({''.join(spellings)}))")
+
+
+def redact(text: str, key: str) -> str:
+    """``text`` with every occurrence of the API key ``key`` masked.
+
+    Call it on any text a server (or anything else outside this library)
+    may have written, before it is shortened, logged or shown.  The key is
+    found raw, URL-encoded and JSON-escaped (also with only some characters
+    encoded); each stretch of text covered by occurrences becomes `REDACTED`.
+    Nothing else changes: a ``key`` that is not a valid Tinker API key
+    (``tml-`` and letters, digits, ``-``, ``_``) masks nothing, so text is
+    never garbled by masking a stray short string.
+    """
+    if not _KEY.fullmatch(key) or (
+        key not in text and "%" not in text and "\\u" not in text
+    ):
+        return text
+    spans: list[list[int]] = []  # merged [start, end) of all occurrences
+    for match in _key_pattern(key).finditer(text):
+        start, end = match.span(1)
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    if not spans:
+        return text
+    pieces: list[str] = []
+    done = 0
+    for start, end in spans:
+        pieces += (text[done:start], REDACTED)
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
 def _check_key(_: object, attribute: attrs.Attribute[str], value: object) -> None:
-    # Messages here never include the value: it is a secret.
+    # Messages here never include the value, nor any part of it: it is secret.
+    name = f"Config.{attribute.name}"
+    where = "check TINKER_API_KEY or the api_key passed"
     if not isinstance(value, str):
-        raise TypeError(f"Config.{attribute.name} must be a str")
+        raise TypeError(f"{name} must be a str")
     if not value:
-        raise ValueError(
-            f"Config.{attribute.name} is empty: set TINKER_API_KEY or pass api_key"
-        )
+        raise ValueError(f"{name} is empty: set TINKER_API_KEY or pass api_key")
     if not value.startswith(_KEY_PREFIX):
         raise ValueError(
-            f"Config.{attribute.name} is malformed: a Tinker API key starts "
-            f"with {_KEY_PREFIX!r}"
+            f"{name} is malformed: a Tinker API key starts with {_KEY_PREFIX!r}; "
+            f"{where}"
         )
-    if len(value) == len(_KEY_PREFIX) or not all("!" <= c <= "~" for c in value):
+    if not _KEY.fullmatch(value):
         raise ValueError(
-            f"Config.{attribute.name} is malformed: after {_KEY_PREFIX!r} it must "
-            "be printable ASCII without whitespace"
+            f"{name} is malformed: after {_KEY_PREFIX!r} a Tinker API key has one "
+            f"or more letters, digits, '-' and '_', nothing else; {where}"
         )
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    """Whether ``host`` is this machine: ``localhost``, 127.0.0.0/8 or ``::1``.
+
+    Only these spellings: a name under ``.localhost`` may resolve anywhere.
+    """
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -71,6 +144,10 @@ def _check_base_url(
         )
     if url.userinfo:
         raise ValueError(f"Config.{attribute.name} must not carry credentials")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError(
+            f"Config.{attribute.name} has port {url.port}, outside 1-65535: {value!r}"
+        )
     if (
         url.scheme == "http"
         and not is_loopback_host(url.host)
@@ -81,24 +158,6 @@ def _check_base_url(
             "which would send the API key in clear text; use https, or pass "
             "allow_insecure_http=True if you really mean it"
         )
-
-
-def _check_positive(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"Config.{attribute.name} must be a number, got {value!r}")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond the range of a float
-        raise ValueError(f"Config.{attribute.name} is too large") from None
-    if not (value > 0 and finite):
-        raise ValueError(f"Config.{attribute.name} must be > 0, got {value!r}")
-
-
-def _check_retries(_: object, attribute: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Config.{attribute.name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"Config.{attribute.name} must be ≥ 0, got {value!r}")
 
 
 def _check_recovery(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -121,14 +180,20 @@ class Config:
     api_key: str = attrs.field(validator=_check_key)
     #: The service's address.
     base_url: str = attrs.field(default=DEFAULT_BASE_URL)
-    #: Seconds one HTTP request may take.
-    timeout: float = attrs.field(default=60.0, validator=_check_positive)
+    #: Seconds one HTTP request may take in all: connecting, sending,
+    #: waiting for the answer and reading all of it.
+    timeout: float = attrs.field(default=60.0, validator=positive)
     #: How often one request is retried after a transient failure.
-    max_retries: int = attrs.field(default=10, validator=_check_retries)
+    max_retries: int = attrs.field(default=10, validator=non_negative_int)
     #: The default recovery policy of a monitor built from this config.
     recovery: Policy | None = attrs.field(default=None, validator=_check_recovery)
     #: Allow sending the key over plain http to another machine.
     allow_insecure_http: bool = False
+    #: The largest response body read, in bytes; a larger one fails its
+    #: request with `ResponseTooLargeError`.
+    max_response_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESPONSE_BYTES, validator=positive_int
+    )
 
     def __attrs_post_init__(self) -> None:
         # Checked after all fields are set: it reads allow_insecure_http.
@@ -138,7 +203,8 @@ class Config:
         return (
             f"Config(api_key={mask_key(self.api_key)!r}, base_url={self.base_url!r}, "
             f"timeout={self.timeout!r}, max_retries={self.max_retries!r}, "
-            f"recovery={self.recovery!r})"
+            f"recovery={self.recovery!r}, "
+            f"max_response_bytes={self.max_response_bytes!r})"
         )
 
     __str__ = __repr__

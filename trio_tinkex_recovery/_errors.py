@@ -21,6 +21,7 @@ Every error the library raises on purpose derives from one root::
         │   ├── UnprocessableEntityError     422
         │   ├── RateLimitError               429
         │   └── InternalServerError          5xx
+        ├── ResponseTooLargeError      the answer exceeds Config.max_response_bytes
         ├── RequestFailedError         an accepted request failed server-side
         └── CheckpointUnavailableError the checkpoint is gone, expired or unusable
 
@@ -30,9 +31,13 @@ recovery at once on the others.  Exceptions that are not ours (raised by a
 user-supplied service) count as retryable.
 
 No message built here contains an API key: the key never reaches this module.
+Errors pickle (and unpickle) with their attributes, so they can cross a
+thread or process boundary.
 """
 
 from __future__ import annotations
+
+from typing import Any, Final
 
 __all__ = [
     "APIConnectionError",
@@ -51,13 +56,25 @@ __all__ = [
     "RecoveryDisabledError",
     "RecoveryError",
     "RequestFailedError",
+    "ResponseTooLargeError",
     "ResponseValidationError",
     "TinkerAPIError",
     "TinkexRecoveryError",
     "UnprocessableEntityError",
     "UnsupportedStrategyError",
+    "error_for_status",
     "is_retryable",
 ]
+
+
+def _rebuild(
+    cls: type[TinkexRecoveryError], args: tuple[Any, ...], state: dict[str, Any]
+) -> TinkexRecoveryError:
+    """Unpickle an error without calling its (keyword-only) constructor."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class TinkexRecoveryError(Exception):
@@ -65,6 +82,9 @@ class TinkexRecoveryError(Exception):
 
     #: Whether the same operation may succeed if tried again later.
     retryable: bool = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, self.__dict__)
 
 
 class RecoveryError(TinkexRecoveryError):
@@ -186,6 +206,14 @@ class InternalServerError(APIStatusError):
     retryable = True
 
 
+class ResponseTooLargeError(TinkerAPIError):
+    """The answer is larger than ``Config.max_response_bytes``.
+
+    The rest of it was not read: the connection was closed.  Not retryable:
+    the same request would bring the same answer.
+    """
+
+
 class RequestFailedError(TinkerAPIError):
     """A request the service accepted failed while it ran.
 
@@ -216,6 +244,44 @@ class CheckpointUnavailableError(TinkerAPIError):
     def __init__(self, message: str, *, path: str, status: int | None = None) -> None:
         super().__init__(message, status=status, retryable=False)
         self.path = path
+
+
+#: The error class of each HTTP status that has one of its own.
+_STATUS_ERRORS: Final[dict[int, type[APIStatusError]]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+#: Statuses worth trying again (the official SDK's list), besides every 5xx.
+_RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
+
+
+def error_for_status(
+    status: int, message: str, *, retryable: bool | None = None
+) -> APIStatusError:
+    """The error for an HTTP error status, as the native client and SDK adapter map it.
+
+    Args:
+        status: The HTTP status code.
+        message: The error's message.
+        retryable: Overrides the default: 408, 409, 429 and 5xx are
+            retryable, other statuses are not (the SDK's rule).
+
+    Returns:
+        An instance of the status's class (`NotFoundError` for 404, …,
+        `InternalServerError` for any 5xx), else `APIStatusError`.
+    """
+    kind = _STATUS_ERRORS.get(status)
+    if kind is None:
+        kind = InternalServerError if status >= 500 else APIStatusError
+    if retryable is None:
+        retryable = status in _RETRYABLE_STATUSES or status >= 500
+    return kind(message, status=status, retryable=retryable)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -30,18 +30,20 @@ from ._errors import (
     RecoveryDisabledError,
     is_retryable,
 )
+from ._failpoints import crash_point
 from ._policy import Policy
 from ._selection import candidates
 from ._state import RecoveryPhase, RecoveryState
-from ._store import LeaseLostError, StoredRecovery, StoreError, json_safe
+from ._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_safe
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._text import printable
 from ._types import Checkpoint, validate_run_id
 from ._util import NoPublicConstructor
+from ._validators import check_number
 
 if TYPE_CHECKING:
     from ._protocols import RestClientProtocol, ServiceProtocol
-    from ._store import Store
+    from ._store import Ledger, Snapshot, Store
     from ._types import TrainingRun
 
 __all__ = [
@@ -87,6 +89,8 @@ class _Request:
     #: before this Trio time.
     first_attempt: int = 1
     not_before: float | None = None
+    #: The write-ahead ledger of the latest restore, with a journal.
+    ledger: Ledger | None = None
 
     def event_metadata(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -119,6 +123,8 @@ class Executor(metaclass=NoPublicConstructor):
     ) -> None:
         self._rest = rest
         self._journal = journal
+        # What restores write ahead, for services that take a ledger.
+        self._ledgers = Journal(journal) if journal is not None else None
         self._service = service
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._telemetry = telemetry
@@ -256,6 +262,15 @@ class Executor(metaclass=NoPublicConstructor):
         request.not_before = not_before
         self._set(state.run_id, attempt=state.attempt, checkpoint=state.checkpoint)
 
+    def remember(self, snapshot: Snapshot) -> None:
+        """Take over a journal's write-ahead records, read at start.
+
+        Restores that may have been sent before a restart are reconciled by
+        the next attempt of their run, before anything is sent again.
+        """
+        if self._ledgers is not None:
+            self._ledgers.remember(snapshot)
+
     async def wait_idle(self) -> None:
         """Return once every recovery handed over so far has finished.
 
@@ -372,12 +387,14 @@ class Executor(metaclass=NoPublicConstructor):
             )
         )
 
-    async def _persist_outcome(self, request: _Request) -> None:
+    async def _persist_outcome(self, request: _Request) -> bool:
         """Record how the recovery ended; a failure to is logged, not raised."""
         try:
             await self._persist(request)
         except StoreError as exc:
             logger.error("recovery of run %s: %s", request.run_id, exc)
+            return False
+        return True
 
     def _publish(self, outcome: RecoveryOutcome) -> None:
         for send in list(self._outcome_sends):
@@ -514,6 +531,7 @@ class Executor(metaclass=NoPublicConstructor):
         # Written before any side effect of the attempt: a failure to write
         # fails the attempt with nothing sent.
         await self._persist(request)
+        crash_point("attempt-written")
         self._telemetry.emit(
             "started", run_id, request.event_metadata(attempt=attempt), attempt=attempt
         )
@@ -537,7 +555,7 @@ class Executor(metaclass=NoPublicConstructor):
                     attempt=attempt,
                 )
                 try:
-                    client = await _restore(request.service, checkpoint, policy)
+                    client = await self._restore(request, checkpoint, attempt)
                 except CheckpointUnavailableError as exc:
                     if not policy.fallback:
                         raise
@@ -565,6 +583,23 @@ class Executor(metaclass=NoPublicConstructor):
             raise last_error
         raise NoCheckpointError(f"run {run_id!r} has no checkpoint to restore from")
 
+    async def _restore(
+        self, request: _Request, checkpoint: Checkpoint, attempt: int
+    ) -> Any:
+        """Restore ``checkpoint``; with a journal, writing ahead what is sent."""
+        service = request.service
+        path = checkpoint.tinker_path
+        optimizer = request.policy.restore_optimizer
+        restore_with_ledger = getattr(service, "restore_with_ledger", None)
+        if self._ledgers is not None and restore_with_ledger is not None:
+            request.ledger = self._ledgers.ledger(request.run_id, attempt)
+            return await restore_with_ledger(
+                path, optimizer=optimizer, ledger=request.ledger
+            )
+        if optimizer:
+            return await service.create_training_client_from_state_with_optimizer(path)
+        return await service.create_training_client_from_state(path)
+
     def _rest_for(self, request: _Request) -> RestClientProtocol:
         if request.rest is None:
             request.rest = self._rest or request.service.create_rest_client()
@@ -583,8 +618,15 @@ class Executor(metaclass=NoPublicConstructor):
         new_run_id = getattr(client, "model_id", None)
         if not isinstance(new_run_id, str):
             new_run_id = None
+        crash_point("restored")
         state = self._set(run_id, phase="done", new_run_id=new_run_id, error=None)
-        await self._persist_outcome(request)
+        written = await self._persist_outcome(request)
+        crash_point("outcome-written")
+        if written and request.ledger is not None:
+            try:
+                await request.ledger.settle()
+            except StoreError as exc:
+                logger.error("recovery of run %s: %s", run_id, exc)
         self._telemetry.emit(
             "completed",
             run_id,
@@ -609,16 +651,6 @@ class Executor(metaclass=NoPublicConstructor):
         if jitter == 0 or delay == 0:
             return delay
         return delay * self._rng.uniform(1 - jitter, 1 + jitter)
-
-
-async def _restore(
-    service: ServiceProtocol, checkpoint: Checkpoint, policy: Policy
-) -> Any:
-    if policy.restore_optimizer:
-        return await service.create_training_client_from_state_with_optimizer(
-            checkpoint.tinker_path
-        )
-    return await service.create_training_client_from_state(checkpoint.tinker_path)
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -675,10 +707,7 @@ async def open_executor(
 
 def check_max_concurrent(max_concurrent: object) -> None:
     """Reject a ``max_concurrent`` that is not an int ≥ 1."""
-    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int):
-        raise TypeError(f"max_concurrent must be an int, got {max_concurrent!r}")
-    if max_concurrent < 1:
-        raise ValueError(f"max_concurrent must be ≥ 1, got {max_concurrent!r}")
+    check_number("max_concurrent", max_concurrent, minimum=1, integer=True)
 
 
 def new_executor(

@@ -2,7 +2,7 @@
 
 One `HTTPClient` (one per service client) spreads its connections over a
 few small ``httpx.AsyncClient`` pools: httpcore's cost per request grows
-with the size of a pool (see DESIGN section 5), not with the number of
+with the size of a pool (benchmarks/README.md), not with the number of
 pools.  Tasks queue for a connection on a Trio semaphore.
 
 `HTTPClient.request` is the only way a request leaves this library.  It
@@ -12,17 +12,24 @@ pools.  Tasks queue for a connection on a Trio semaphore.
   body bytes) across that operation's HTTP retries, so a server that has
   already acted answers the retry with its first answer instead of acting
   twice;
+- gives each attempt one Trio deadline, ``Config.timeout``, for all of it:
+  connecting, sending, the headers and the whole body, so a server that
+  trickles bytes or never ends its body times out like a silent one;
+- reads at most ``Config.max_response_bytes`` of a body, then closes the
+  connection (`ResponseTooLargeError`);
 - retries 408, 409, 429, 5xx, timeouts and connection errors up to
   ``max_retries`` times, waiting ``min(0.5·2^n, 10)`` seconds less up to 25%
   jitter, or what ``retry-after-ms`` / ``Retry-After`` ask for (capped at
-  60 s), as the official SDK does (``tinker/_base_client.py``);
+  60 s; a value that is negative, not a number or a past date is ignored),
+  as the official SDK does (``tinker/_base_client.py``);
 - translates every failure into the error tree (``raise ... from exc``);
 - parses JSON strictly: a body that is not JSON is a
   `ResponseValidationError` naming the endpoint.
 
-Waiting uses ``trio.sleep``, so tests drive it with ``MockClock``.  Messages
-never contain headers, and any text from the server is scrubbed of the API
-key before it reaches a message.
+Waiting uses Trio's clock, so tests drive it with ``MockClock``.  Messages
+never contain headers.  Every body is scrubbed of the API key (`redact`)
+as soon as it is read, before it is parsed, quoted or shortened, so no
+text built from it anywhere can show the key.
 """
 
 from __future__ import annotations
@@ -41,26 +48,22 @@ import attrs
 import httpx
 import trio
 
-from ._config import mask_key
+from . import _test_mode
+from ._backoff import backoff_delay
+from ._config import redact
 from ._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    InternalServerError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    RequestFailedError,
+    ResponseTooLargeError,
     ResponseValidationError,
     TinkerAPIError,
-    UnprocessableEntityError,
+    error_for_status,
 )
+from ._validators import fraction, positive, positive_int
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from ._config import Config
 
@@ -72,27 +75,14 @@ __all__ = [
 
 logger = logging.getLogger("trio_tinkex_recovery.http")
 
-#: Statuses worth trying again (the official SDK's list, plus every 5xx).
-_RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
-
-_STATUS_ERRORS: Final[Mapping[int, type[APIStatusError]]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    422: UnprocessableEntityError,
-    429: RateLimitError,
-}
-
 #: The longest piece of a response body quoted in an error message.
-_MAX_QUOTED_BODY: Final = 300
+MAX_QUOTED_BODY: Final = 300
 
 #: The most connections in one httpx pool (see `HTTPClient`).
 _POOL_SIZE: Final = 10
 
-_RETRIEVE_FUTURE: Final = "/api/v1/retrieve_future"
-_FUTURE_CATEGORIES: Final = frozenset({"user", "server", "unknown"})
+#: How long closing a response may take (a shielded cleanup).
+_CLOSE_TIMEOUT: Final = 5.0
 
 
 def _package_version() -> str:
@@ -112,53 +102,44 @@ def new_idempotency_key() -> str:
     return f"trio-tinkex-{uuid.uuid4()}"
 
 
-def _check_fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(
-            f"HTTPSettings.{attribute.name} must be in [0, 1), got {value}"
-        )
-
-
-def _check_positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"HTTPSettings.{attribute.name} must be > 0, got {value}")
-
-
 @attrs.frozen(kw_only=True)
 class HTTPSettings:
     """Internal knobs of the HTTP layer; the defaults are the SDK's.
 
-    Not public: users configure `Config` (``timeout``, ``max_retries``).
-    Tests use ``jitter=0`` for exact delays.
+    Not public: users configure `Config` (``timeout``, ``max_retries``),
+    and tests use `set_testing` for exact or short delays.
     """
 
     #: Connections kept to the service (in pools of at most ten); more
     #: tasks queue for one.  50 in flight: 1,000 requests/s at 50 ms each.
-    max_connections: int = 50
+    max_connections: int = attrs.field(default=50, validator=positive_int)
     #: Delay before the first retry; it doubles with each retry.
-    initial_retry_delay: float = attrs.field(default=0.5, validator=_check_positive)
+    initial_retry_delay: float = attrs.field(default=0.5, validator=positive)
     #: The computed delay never exceeds this.
-    max_retry_delay: float = attrs.field(default=10.0, validator=_check_positive)
+    max_retry_delay: float = attrs.field(default=10.0, validator=positive)
     #: A server's ``Retry-After`` is honoured up to this many seconds.
-    max_retry_after: float = attrs.field(default=60.0, validator=_check_positive)
+    max_retry_after: float = attrs.field(default=60.0, validator=positive)
     #: A computed delay is shortened by up to this fraction, at random.
-    jitter: float = attrs.field(default=0.25, validator=_check_fraction)
-    #: The random source of the jitter: returns a float in [0, 1).
-    random: Callable[[], float] = attrs.field(default=random.random, repr=False)
-    #: How long `HTTPClient.retrieve_future` waits for a result in all.
-    future_timeout: float = attrs.field(default=600.0, validator=_check_positive)
-    #: Pause after the first quick ``try_again``; it doubles up to the max.
-    future_poll_interval: float = attrs.field(default=0.1, validator=_check_positive)
-    #: The longest pause between two ``retrieve_future`` polls.
-    max_future_poll_interval: float = attrs.field(
-        default=1.0, validator=_check_positive
-    )
+    jitter: float = attrs.field(default=0.25, validator=fraction)
 
-    def backoff(self, retries_taken: int) -> float:
-        """The delay before retry number ``retries_taken + 1`` (no Retry-After)."""
-        exponent = min(retries_taken, 64)  # 2.0**64 is plenty and cannot overflow
-        delay = min(self.initial_retry_delay * 2.0**exponent, self.max_retry_delay)
-        return delay * (1 - self.jitter * self.random())
+    def retry_delay(self, retries_taken: int, retry_after: float | None) -> float:
+        """The wait before retry number ``retries_taken + 1``.
+
+        What the server asked for (capped), else the backoff less up to
+        ``jitter`` of it at random; `set_testing` may turn the jitter off
+        and shorten the wait.
+        """
+        if retry_after is not None:
+            delay = min(retry_after, self.max_retry_after)
+        else:
+            delay = backoff_delay(
+                retries_taken,
+                initial=self.initial_retry_delay,
+                maximum=self.max_retry_delay,
+            )
+            if _test_mode.jitter_enabled():
+                delay *= 1 - self.jitter * random.random()
+        return _test_mode.limit_delay(delay)
 
 
 def parse_retry_after(
@@ -168,32 +149,38 @@ def parse_retry_after(
 
     ``retry-after-ms`` (milliseconds) wins over ``Retry-After`` (seconds, or
     an HTTP date, measured against the wall clock as the server's is).
-    Unparseable values are ignored; a date in the past means no wait.
+    A value that is negative, not a number, NaN or infinite, or a date that
+    is not in the future (or has no zone) asks nothing: the caller's
+    backoff applies.
     """
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            millis = float(value)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(millis):
-                return max(millis / 1000, 0.0)
+    millis = _non_negative(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
     value = headers.get("retry-after")
     if value is None:
         return None
+    seconds = _non_negative(value)
+    if seconds is not None:
+        return seconds
     try:
-        seconds = float(value)
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT by definition
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return delay if delay > 0 else None
+
+
+def _non_negative(value: str | None) -> float | None:
+    """``value`` as a finite number ≥ 0, or ``None``."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP date is GMT by definition
-            return None
-        wall = time.time() if now is None else now
-        return max(when.timestamp() - wall, 0.0)
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _reject_constant(name: str) -> object:
@@ -209,29 +196,25 @@ def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _describe_body(response: httpx.Response) -> str:
-    """A short description of an error body, for a message."""
+def _describe_body(content: bytes) -> str:
+    """A short description of an (already redacted) error body, for a message."""
     try:
-        body = _loads(response.content)
+        body = _loads(content)
     except (ValueError, RecursionError):
-        text = response.content[:_MAX_QUOTED_BODY].decode("utf-8", "replace")
+        text = content[:MAX_QUOTED_BODY].decode("utf-8", "replace")
         return text.strip() or "(empty body)"
     if isinstance(body, dict):
         for field in ("detail", "error", "message"):
             if isinstance(body.get(field), str):
-                return str(body[field])[:_MAX_QUOTED_BODY]
-    return json.dumps(body)[:_MAX_QUOTED_BODY]
+                return str(body[field])[:MAX_QUOTED_BODY]
+    return json.dumps(body)[:MAX_QUOTED_BODY]
 
 
-def _should_retry_status(response: httpx.Response) -> bool:
-    """Whether a failed response is worth retrying; ``x-should-retry`` wins."""
-    header = response.headers.get("x-should-retry")
-    if header == "true":
-        return True
-    if header == "false":
-        return False
-    status = response.status_code
-    return status in _RETRYABLE_STATUSES or status >= 500
+def _should_retry(response: httpx.Response) -> bool | None:
+    """What ``x-should-retry`` says (as the SDK reads it), if anything."""
+    return {"true": True, "false": False}.get(
+        response.headers.get("x-should-retry", "")
+    )
 
 
 def expect_object(value: object, endpoint: str) -> dict[str, Any]:
@@ -262,8 +245,9 @@ class HTTPClient:
     ) -> None:
         self.settings = settings or HTTPSettings()
         self.max_retries = config.max_retries
+        self.timeout = config.timeout
+        self.max_response_bytes = config.max_response_bytes
         self._key = config.api_key
-        self._masked_key = mask_key(config.api_key)
         self.base_url = config.base_url
         total = self.settings.max_connections
         # httpcore scans every connection of a pool (polling each idle one)
@@ -313,25 +297,95 @@ class HTTPClient:
         for pool in self._pools:
             await pool.aclose()
 
-    async def _send(self, method: str, path: str, **options: Any) -> httpx.Response:
-        """Build and send a request once a connection is free.
+    async def _send(
+        self, method: str, path: str, *, time_limit: float, **options: Any
+    ) -> tuple[httpx.Response, bytes]:
+        """One attempt: send a request once a connection is free, read its answer.
 
-        Built only then: a request still waiting costs no CPU and holds no
-        memory yet, which matters when thousands of polls are queued.  It
-        goes on the first pool with a free connection.
+        The request is built only then: one still waiting costs no CPU and
+        holds no memory yet, which matters when thousands of polls are
+        queued.  It goes on the first pool with a free connection.  From
+        then on the attempt has ``time_limit`` seconds in all, body included.
+
+        Returns:
+            The (closed) response and its body, with the key masked.
+
+        Raises:
+            trio.TooSlowError: The answer was not complete in time.
+            ResponseTooLargeError: The body is over ``max_response_bytes``.
+            httpx.RequestError: The transport failed.
         """
         async with self._slots:
-            request = self._client.build_request(method, path, **options)
+            request = self._client.build_request(
+                method, path, timeout=time_limit, **options
+            )
             index = next(i for i, free in enumerate(self._free) if free)
             self._free[index] -= 1
             try:
-                return await self._pools[index].send(request)
+                with trio.fail_after(time_limit):
+                    response = await self._pools[index].send(request, stream=True)
+                    try:
+                        content = await self._read(response, f"{method} {path}")
+                    finally:
+                        # Unread data is not drained: the connection is closed.
+                        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                            await response.aclose()
             finally:
                 self._free[index] += 1
+        return response, self._redact_body(content)
 
-    def _redact(self, text: str) -> str:
+    async def _read(self, response: httpx.Response, endpoint: str) -> bytes:
+        """The body of ``response``, up to ``max_response_bytes``.
+
+        Raises:
+            ResponseTooLargeError: The body (as declared, or as read) is
+                larger; nothing more of it is read.
+        """
+        limit = self.max_response_bytes
+
+        def too_large() -> ResponseTooLargeError:
+            return ResponseTooLargeError(
+                f"{endpoint}: HTTP {response.status_code}: the answer is larger "
+                f"than {limit} bytes (Config.max_response_bytes)",
+                status=response.status_code,
+                retryable=False,
+            )
+
+        declared = response.headers.get("content-length", "")
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and (len(declared) > 20 or int(declared) > limit)
+        ):
+            raise too_large()
+        body = bytearray()
+        over = False
+        # Leaving the loop early would strand the async generators httpx and
+        # httpcore stack under aiter_bytes.  A cancellation instead lands at
+        # the stream's next read, deep down, and unwinds every one of them.
+        with trio.CancelScope() as stop:
+            async for chunk in response.aiter_bytes():
+                if not over and len(body) + len(chunk) > limit:
+                    over = True
+                    stop.cancel()
+                if not over:
+                    body += chunk
+        if over:
+            raise too_large()
+        return bytes(body)
+
+    def redact(self, text: str) -> str:
         """``text`` with the API key masked, should a server have echoed it."""
-        return text.replace(self._key, self._masked_key) if self._key in text else text
+        return redact(text, self._key)
+
+    def _redact_body(self, content: bytes) -> bytes:
+        if self._key.encode() not in content and not (
+            b"%" in content or b"\\u" in content
+        ):
+            return content  # no spelling of the key can be in it
+        # Latin-1 maps bytes to code points one to one, and the key and its
+        # mask are ASCII: only the key's bytes change, whatever the encoding.
+        return self.redact(content.decode("latin-1")).encode("latin-1")
 
     async def request(
         self,
@@ -367,8 +421,9 @@ class HTTPClient:
         Raises:
             APIStatusError: An error status (a subclass per status), after
                 the retries when it is retryable.
-            APITimeoutError: No answer in time, after the retries.
+            APITimeoutError: No complete answer in time, after the retries.
             APIConnectionError: The connection failed, after the retries.
+            ResponseTooLargeError: The answer is over ``max_response_bytes``.
             ResponseValidationError: A success answer that is not JSON.
             trio.ClosedResourceError: `aclose` has run.
         """
@@ -388,25 +443,26 @@ class HTTPClient:
             request_headers["X-Idempotency-Key"] = (
                 idempotency_key or new_idempotency_key()
             )
-        request_timeout = (
-            self._client.timeout
-            if attempt_timeout is None
-            else httpx.Timeout(attempt_timeout)
-        )
+        timeout = self.timeout if attempt_timeout is None else attempt_timeout
         retries_taken = 0
         while True:
             error: TinkerAPIError
             cause: BaseException
             retry_after: float | None = None
             try:
-                response = await self._send(
+                response, body = await self._send(
                     method,
                     path,
                     content=content,
                     params=params,
                     headers=request_headers,
-                    timeout=request_timeout,
+                    time_limit=timeout,
                 )
+            except trio.TooSlowError as exc:
+                error = APITimeoutError(
+                    f"{endpoint}: no complete answer within {timeout:g} s"
+                )
+                cause = exc
             except httpx.TimeoutException as exc:
                 error = APITimeoutError(
                     f"{endpoint}: no answer in time ({type(exc).__name__})"
@@ -414,7 +470,7 @@ class HTTPClient:
                 cause = exc
             except httpx.RequestError as exc:
                 error = APIConnectionError(
-                    self._redact(
+                    self.redact(
                         f"{endpoint}: connection failed: {type(exc).__name__}: {exc}"
                     )
                 )
@@ -424,12 +480,12 @@ class HTTPClient:
                     if not parse:
                         return None
                     try:
-                        return _loads(response.content)
+                        return _loads(body)
                     except (ValueError, RecursionError) as exc:
                         raise ResponseValidationError(
                             f"{endpoint}: the response is not valid JSON: {exc}"
                         ) from exc
-                error = self._status_error(endpoint, response)
+                error = self._status_error(endpoint, response, body)
                 retry_after = parse_retry_after(response.headers)
                 cause = httpx.HTTPStatusError(
                     f"HTTP {response.status_code}",
@@ -441,10 +497,7 @@ class HTTPClient:
                     error.message = f"{error.message} (after {retries_taken} retries)"
                     error.args = (error.message,)
                 raise error from cause
-            if retry_after is not None:
-                delay = min(retry_after, self.settings.max_retry_after)
-            else:
-                delay = self.settings.backoff(retries_taken)
+            delay = self.settings.retry_delay(retries_taken, retry_after)
             logger.debug(
                 "%s failed (%s); retry %d of %d in %.3f s",
                 endpoint,
@@ -456,13 +509,12 @@ class HTTPClient:
             await trio.sleep(delay)
             retries_taken += 1
 
-    def _status_error(self, endpoint: str, response: httpx.Response) -> APIStatusError:
+    def _status_error(
+        self, endpoint: str, response: httpx.Response, body: bytes
+    ) -> APIStatusError:
         status = response.status_code
-        kind = _STATUS_ERRORS.get(status)
-        if kind is None:
-            kind = InternalServerError if status >= 500 else APIStatusError
-        message = self._redact(f"{endpoint}: HTTP {status}: {_describe_body(response)}")
-        return kind(message, status=status, retryable=_should_retry_status(response))
+        message = f"{endpoint}: HTTP {status}: {_describe_body(body)}"
+        return error_for_status(status, message, retryable=_should_retry(response))
 
     async def request_object(
         self,
@@ -491,83 +543,3 @@ class HTTPClient:
             max_retries=max_retries,
         )
         return expect_object(body, f"{method} {path}")
-
-    async def retrieve_future(
-        self, request_id: str, *, request_type: str | None = None
-    ) -> dict[str, Any]:
-        """Wait for the result of an accepted request.
-
-        Polls ``POST /api/v1/retrieve_future`` while the service answers
-        ``{"type": "try_again"}`` (the server long-polls; a quick answer is
-        followed by a short pause that doubles up to a second), for at most
-        ``HTTPSettings.future_timeout`` seconds in all.
-
-        Args:
-            request_id: The ``request_id`` the service gave the request.
-            request_type: Sent as ``X-Tinker-Request-Type``, as the SDK does
-                (e.g. ``"LoadWeights"``).
-
-        Returns:
-            The result object.
-
-        Raises:
-            RequestFailedError: The request failed server-side (its
-                ``category`` is the service's: ``user``, ``server`` or
-                ``unknown``), or the service does not know it (HTTP 404 or
-                410): it expired or was lost; submitting again may work.
-            APITimeoutError: No result within the overall deadline.
-            TinkerAPIError: A poll failed after its own retries.
-            ResponseValidationError: A poll answer is not a JSON object.
-        """
-        settings = self.settings
-        allow_metadata_only = True
-        pause = settings.future_poll_interval
-        iteration = 0
-        with trio.move_on_after(settings.future_timeout) as deadline:
-            while True:
-                headers = {"X-Tinker-Request-Iteration": str(iteration)}
-                if request_type is not None:
-                    headers["X-Tinker-Request-Type"] = request_type
-                started = trio.current_time()
-                try:
-                    body = await self.request_object(
-                        "POST",
-                        _RETRIEVE_FUTURE,
-                        json={
-                            "request_id": request_id,
-                            "allow_metadata_only": allow_metadata_only,
-                        },
-                        headers=headers,
-                    )
-                except APIStatusError as exc:
-                    if exc.status in (404, 410):
-                        raise RequestFailedError(
-                            f"request {request_id!r} is no longer known to the service",
-                            category="unknown",
-                        ) from exc
-                    raise
-                iteration += 1
-                if body.get("type") == "try_again":
-                    await trio.sleep_until(started + pause)
-                    pause = min(pause * 2, settings.max_future_poll_interval)
-                    continue
-                if body.get("status") == "complete_metadata" and allow_metadata_only:
-                    allow_metadata_only = False
-                    continue
-                if "error" in body:
-                    category = body.get("category")
-                    if category not in _FUTURE_CATEGORIES:
-                        category = "unknown"
-                    raise RequestFailedError(
-                        self._redact(
-                            f"request {request_id!r} failed ({category}): "
-                            f"{str(body['error'])[:_MAX_QUOTED_BODY]}"
-                        ),
-                        category=str(category),
-                    )
-                return body
-        assert deadline.cancelled_caught
-        raise APITimeoutError(
-            f"request {request_id!r} gave no result within "
-            f"{settings.future_timeout:g} s"
-        )

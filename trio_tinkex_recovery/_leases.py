@@ -246,6 +246,10 @@ class LeaseKeeper:
             one = Snapshot(
                 runs={run_id: stored},
                 recoveries={} if recovery is None else {run_id: recovery},
+                session=snapshot.session,
+                open_loads=tuple(
+                    load for load in snapshot.open_loads if load.run_id == run_id
+                ),
             )
             try:
                 await self._monitor._resume(one)

@@ -23,6 +23,7 @@ import trio
 from ._client import open_service_client
 from ._errors import AlreadyPendingError, RecoveryDisabledError
 from ._executor import Executor, check_max_concurrent, new_executor
+from ._failpoints import crash_point
 from ._leases import LeaseKeeper
 from ._policy import Policy
 from ._store import (
@@ -348,6 +349,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 "checkpoint": checkpoint,
             },
         )
+        crash_point("detected")
         return await self._hand_over(watch, run)
 
     async def _put_run(self, run: StoredRun) -> None:
@@ -434,6 +436,7 @@ class Monitor(metaclass=NoPublicConstructor):
         restored again (its successor is watched instead); a run whose
         recovery was exhausted is left alone until watched again by name.
         """
+        self._executor.remember(snapshot)
         for stored in snapshot.runs.values():
             if stored.recovered:
                 self._successors[stored.run_id] = stored.successor

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import attrs
 
+from ._backoff import backoff_delay
 from ._types import parse_tinker_path
+from ._validators import boolean, fraction, non_negative, number, positive_int
 
 if TYPE_CHECKING:
     from ._types import Checkpoint
@@ -108,49 +110,15 @@ class Best:
 CheckpointStrategy: TypeAlias = Latest | Specific | Best
 
 
-def _number(
-    minimum: float, *, strict: bool = False, integer: bool = False
-) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        ok = isinstance(value, int) or (not integer and isinstance(value, float))
-        if isinstance(value, bool) or not ok:
-            wanted = "an int" if integer else "a number"
-            raise TypeError(f"Policy.{attribute.name} must be {wanted}, got {value!r}")
-        try:
-            finite = math.isfinite(value)
-        except OverflowError:  # an int beyond the range of a float
-            raise ValueError(f"Policy.{attribute.name} is too large") from None
-        if not finite:
-            raise ValueError(f"Policy.{attribute.name} must be finite, got {value!r}")
-        if value < minimum or (strict and value == minimum):
-            relation = ">" if strict else "≥"
-            raise ValueError(
-                f"Policy.{attribute.name} must be {relation} {minimum}, got {value!r}"
-            )
-
-    return check
-
-
-def _check_jitter(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    _number(0)(_, attribute, value)
-    if value >= 1:
-        raise ValueError(f"Policy.{attribute.name} must be < 1, got {value!r}")
-
-
 def _check_max_backoff(
     policy: Policy, attribute: attrs.Attribute[float], value: float
 ) -> None:
-    _number(0)(policy, attribute, value)
+    non_negative(policy, attribute, value)
     if value < policy.backoff:
         raise ValueError(
             f"Policy.{attribute.name} ({value!r}) must be ≥ "
             f"Policy.backoff ({policy.backoff!r})"
         )
-
-
-def _check_bool(_: object, attribute: attrs.Attribute[bool], value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"Policy.{attribute.name} must be a bool, got {value!r}")
 
 
 def _check_strategy(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -167,6 +135,11 @@ def _check_callback(_: object, attribute: attrs.Attribute[Any], value: object) -
             f"Policy.{attribute.name} must be callable or None, got {value!r}"
         )
 
+
+#: The shortest ``poll_interval``, in seconds: ten polls a second is far
+#: more often than a training run's state changes; polling faster only
+#: loads the service (and a tiny interval polls back to back).
+MIN_POLL_INTERVAL: Final = 0.1
 
 _MS_FIELDS = {
     "poll_interval_ms": "poll_interval",
@@ -185,27 +158,29 @@ class Policy:
     """
 
     #: Recovery is opt-in.
-    enabled: bool = attrs.field(default=False, validator=_check_bool)
+    enabled: bool = attrs.field(default=False, validator=boolean)
     #: Attempts per recovery before it is exhausted (≥ 1).
-    max_attempts: int = attrs.field(default=3, validator=_number(1, integer=True))
+    max_attempts: int = attrs.field(default=3, validator=positive_int)
     #: The first retry delay; retry n waits ``min(backoff·2^(n-1), max_backoff)``.
-    backoff: float = attrs.field(default=5.0, validator=_number(0))
+    backoff: float = attrs.field(default=5.0, validator=non_negative)
     #: The longest retry delay (≥ ``backoff``).
     max_backoff: float = attrs.field(default=60.0, validator=_check_max_backoff)
-    #: Seconds between two polls of a run (> 0).
-    poll_interval: float = attrs.field(default=30.0, validator=_number(0, strict=True))
+    #: Seconds between two polls of a run (≥ `MIN_POLL_INTERVAL`).
+    poll_interval: float = attrs.field(
+        default=30.0, validator=number(minimum=MIN_POLL_INTERVAL)
+    )
     #: Random spread applied to poll and backoff delays, a fraction in [0, 1).
-    jitter: float = attrs.field(default=0.1, validator=_check_jitter)
+    jitter: float = attrs.field(default=0.1, validator=fraction)
     #: Which checkpoint to restore from.
     checkpoint_strategy: CheckpointStrategy = attrs.field(
         factory=Latest, validator=_check_strategy
     )
     #: Try older, unexpired checkpoints when a restore fails for a checkpoint reason.
-    fallback: bool = attrs.field(default=True, validator=_check_bool)
+    fallback: bool = attrs.field(default=True, validator=boolean)
     #: Restore the optimizer state along with the weights.
-    restore_optimizer: bool = attrs.field(default=True, validator=_check_bool)
+    restore_optimizer: bool = attrs.field(default=True, validator=boolean)
     #: Keep watching the run a recovery creates.
-    follow_recovered: bool = attrs.field(default=True, validator=_check_bool)
+    follow_recovered: bool = attrs.field(default=True, validator=boolean)
     #: Called as ``on_recovery(old, new_client, checkpoint)`` after a recovery.
     on_recovery: RecoveryCallback | None = attrs.field(
         default=None, validator=_check_callback, eq=False
@@ -217,9 +192,9 @@ class Policy:
 
     def backoff_delay(self, failures: int) -> float:
         """The nominal delay after the ``failures``-th failed attempt (no jitter)."""
-        # 2**62 outgrows any max_backoff; a larger exponent would overflow.
-        exponent = min(max(failures - 1, 0), 62)
-        return float(min(self.backoff * 2.0**exponent, self.max_backoff))
+        return backoff_delay(
+            max(failures - 1, 0), initial=self.backoff, maximum=self.max_backoff
+        )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> Policy:

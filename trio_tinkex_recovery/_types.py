@@ -1,10 +1,11 @@
 """Tinker's data, as it travels on the wire.
 
-``TrainingRun``, ``Checkpoint`` and ``WeightsInfo`` keep the wire's field
-names.  ``from_json`` is lenient about what it does not know (extra fields
-are ignored) but never silent about what it needs: a missing or mistyped
-field raises `ResponseValidationError` naming the field by its JSON path.
-All conversion goes through one private cattrs converter built here.
+``TrainingRun``, ``Checkpoint``, ``WeightsInfo`` and
+``ForwardBackwardOutput`` keep the wire's field names.  ``from_json`` is
+lenient about what it does not know (extra fields are ignored) but never
+silent about what it needs: a missing or mistyped field raises
+`ResponseValidationError` naming the field by its JSON path.  All
+conversion goes through one private cattrs converter built here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cattrs.preconf.json import make_converter
 
 from ._errors import ResponseValidationError
 
-__all__ = ["Checkpoint", "TrainingRun", "WeightsInfo"]
+__all__ = ["Checkpoint", "ForwardBackwardOutput", "TrainingRun", "WeightsInfo"]
 
 _T = TypeVar("_T")
 
@@ -192,6 +193,19 @@ class WeightsInfo(_WireData):
     train_mlp: bool | None = None
     #: Whether attention layers are trained.
     train_attn: bool | None = None
+
+
+@attrs.frozen
+class ForwardBackwardOutput(_WireData):
+    """The result of a forward and backward pass (the SDK's type of that name)."""
+
+    #: The class name of the per-example records, e.g. ``"ArrayRecord"``.
+    loss_fn_output_type: str
+    #: One record per example: field name to tensor, in the wire's
+    #: ``TensorData`` form (``{"data", "dtype", "shape"}``).
+    loss_fn_outputs: list[dict[str, Any]]
+    #: Training metrics, e.g. ``{"loss:sum": 3.2}``.
+    metrics: dict[str, float] = attrs.field(factory=dict)
 
 
 def parse_tinker_path(path: str) -> tuple[str, str, str]:

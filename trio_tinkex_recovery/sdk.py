@@ -28,14 +28,12 @@ import trio
 
 from ._errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     CheckpointUnavailableError,
-    InternalServerError,
     RequestFailedError,
     TinkerAPIError,
+    error_for_status,
 )
-from ._http import _STATUS_ERRORS
 from ._types import Checkpoint, TrainingRun, parse_tinker_path, validate_run_id
 
 if TYPE_CHECKING:
@@ -46,9 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["SDKRestClient", "SDKService"]
 
 _T = TypeVar("_T")
-
-#: HTTP statuses worth trying again, as the SDK and the native client agree.
-_RETRYABLE = frozenset({408, 409, 429})
 
 
 def _translate(exc: Exception, *, path: str | None = None) -> Exception:
@@ -74,14 +69,7 @@ def _translate(exc: Exception, *, path: str | None = None) -> Exception:
                 path=path,
                 status=status,
             )
-        kind = _STATUS_ERRORS.get(status) or (
-            InternalServerError if status >= 500 else APIStatusError
-        )
-        return kind(
-            f"HTTP {status}: {exc.message}",
-            status=status,
-            retryable=status in _RETRYABLE or status >= 500,
-        )
+        return error_for_status(status, f"HTTP {status}: {exc.message}")
     if isinstance(exc, tinker.APIError):
         # e.g. APIResponseValidationError: the answer did not parse.
         return TinkerAPIError(str(exc), retryable=True)

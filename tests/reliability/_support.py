@@ -12,28 +12,26 @@ import attrs
 import trio
 import trio.lowlevel
 
-from trio_tinkex_recovery import Config
-from trio_tinkex_recovery._client import _open_service_client
-from trio_tinkex_recovery._http import HTTPSettings
+from trio_tinkex_recovery import Config, open_service_client, set_testing
 from trio_tinkex_recovery.testing import Fault, send_json
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
     import httpx
 
-    from trio_tinkex_recovery import TelemetryEvent
-    from trio_tinkex_recovery._client import ServiceClient
+    from trio_tinkex_recovery import ServiceClient, TelemetryEvent
     from trio_tinkex_recovery.testing import FakeTinker, RecordedRequest
 
 #: A recognisable fake key: no test output may ever show it.
 KEY = "tml-CANARY-d3adb33f-never-print-me"
 #: A base URL for in-process clients (nothing is sent over a network).
 BASE = "https://tinker.test"
-#: Retries without long waits, for real-time (loopback) tests.
-FAST = HTTPSettings(initial_retry_delay=0.02, max_retry_delay=0.1)
-#: Retries with exact, jitter-free delays, for MockClock tests.
-EXACT = HTTPSettings(jitter=0)
+#: `set_testing` options: retries without long waits, for real-time
+#: (loopback) tests.
+FAST: Mapping[str, Any] = {"max_delay": 0.02}
+#: `set_testing` options: exact, jitter-free delays, for MockClock tests.
+EXACT: Mapping[str, Any] = {}
 
 TRAINING_RUN_PREFIX = "/api/v1/training_runs/"
 
@@ -127,21 +125,20 @@ async def service_client(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     base_url: str = BASE,
-    settings: HTTPSettings = EXACT,
+    settings: Mapping[str, Any] = EXACT,
     heartbeat_interval: float | None = None,
     **config: Any,
 ) -> AsyncIterator[ServiceClient]:
     """A native service client: in process over ``fake`` (or ``transport``),
-    or over the network to ``base_url``."""
+    or over the network to ``base_url``, in test mode (``settings`` are
+    more `set_testing` options)."""
     if transport is None and fake is not None:
         transport = fake.transport()
-    async with _open_service_client(
-        Config(api_key=KEY, base_url=base_url, **config),
-        transport=transport,
-        settings=settings,
-        heartbeat_interval=heartbeat_interval,
-    ) as service:
-        yield service
+    with set_testing(True, heartbeat_interval=heartbeat_interval, **settings):
+        async with open_service_client(
+            Config(api_key=KEY, base_url=base_url, **config), transport=transport
+        ) as service:
+            yield service
 
 
 @attrs.define

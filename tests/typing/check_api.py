@@ -18,8 +18,10 @@ from trio_tinkex_recovery import (
     Statistics,
     TelemetryEvent,
     TrainingRun,
+    is_testing,
     open_executor,
     open_monitor,
+    set_testing,
 )
 from trio_tinkex_recovery.metrics import (
     MonitorMetrics,
@@ -81,6 +83,9 @@ async def main() -> None:
         )
         assert_type(executor.recovery_state("run-1"), RecoveryState | None)
         await executor.wait_idle()
+    with set_testing(True, max_delay=0.01, heartbeat_interval=None):
+        assert_type(is_testing(), bool)
+    set_testing(False)
 
 
 async def expose(monitor: Monitor) -> None:

@@ -23,6 +23,7 @@ from ._base import (
     StoreError,
     json_safe,
 )
+from ._ledger import Journal, Ledger
 from ._memory import MemoryStore
 from ._postgres import DEFAULT_LEASE, PostgresStore, is_dsn, open_postgres_store
 from ._sqlite import SCHEMA_VERSION, SQLiteStore, open_sqlite_store
@@ -34,7 +35,9 @@ __all__ = [
     "DEFAULT_LEASE",
     "SCHEMA_VERSION",
     "HistoryEntry",
+    "Journal",
     "LeaseLostError",
+    "Ledger",
     "LoadRecord",
     "MemoryStore",
     "PostgresStore",

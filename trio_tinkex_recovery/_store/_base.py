@@ -189,7 +189,12 @@ class Store(Protocol):
         ...
 
     async def put_recovery(self, recovery: StoredRecovery) -> None:
-        """Record a recovery's new state (and a history entry)."""
+        """Record a recovery's new state (and a history entry).
+
+        A recovery that reached ``done`` marks its run, in the same
+        transaction, restored in its current episode with its successor:
+        a crash right after cannot leave a restored run looking unrestored.
+        """
         ...
 
     async def put_session(self, session: SessionRecord) -> None:

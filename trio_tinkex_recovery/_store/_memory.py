@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from ._base import HistoryEntry, Snapshot, history_entry
@@ -55,8 +56,14 @@ class MemoryStore:
 
     async def put_recovery(self, recovery: StoredRecovery) -> None:
         await trio.lowlevel.checkpoint()
-        previous = self._recoveries.get(recovery.state.run_id)
-        self._recoveries[recovery.state.run_id] = recovery
+        state = recovery.state
+        previous = self._recoveries.get(state.run_id)
+        self._recoveries[state.run_id] = recovery
+        run = self._runs.get(state.run_id)
+        if state.phase == "done" and run is not None:
+            self._runs[state.run_id] = attrs.evolve(
+                run, recovered=True, successor=state.new_run_id
+            )
         entry = history_entry(previous, recovery, time.time())
         if entry is not None:
             self._history.append(entry)

@@ -511,9 +511,13 @@ class PostgresStore:
             self._held.pop(run_id, None)
 
     async def runs(self, run_ids: Collection[str]) -> Snapshot:
-        """The stored runs ``run_ids`` and their recoveries."""
+        """The stored runs ``run_ids``, their recoveries and restores in doubt.
+
+        With this replica's session.
+        """
         ids = list(run_ids)
-        return await self._run("read", lambda db, _: _read_snapshot(db, None, ids))
+        replica = self.replica_id
+        return await self._run("read", lambda db, _: _read_snapshot(db, replica, ids))
 
     async def owners(self) -> dict[str, Owner]:
         """Who holds each run, with the seconds left on its lease."""
@@ -641,9 +645,7 @@ def _recovery(row: Any) -> StoredRecovery:
 
 
 def _read_snapshot(
-    db: psycopg.Connection[Any],
-    replica: str | None,
-    ids: list[str] | None = None,
+    db: psycopg.Connection[Any], replica: str, ids: list[str] | None = None
 ) -> Snapshot:
     where = "" if ids is None else " WHERE run_id = ANY(%(ids)s)"
     params = {"ids": ids}
@@ -659,8 +661,6 @@ def _read_snapshot(
         row[0]: _recovery(row)
         for row in db.execute(f"SELECT * FROM recoveries{where}", params)
     }
-    if ids is not None:
-        return Snapshot(runs=runs, recoveries=recoveries)
     row = db.execute(
         "SELECT key, session_id, next_seq FROM sessions WHERE replica = %s",
         (replica,),
@@ -680,7 +680,10 @@ def _read_snapshot(
         )
         for row in db.execute(
             "SELECT key, run_id, attempt, session_id, model_seq_id, path, optimizer, "
-            "request_id, outcome FROM loads WHERE outcome IS NULL ORDER BY created"
+            "request_id, outcome FROM loads WHERE outcome IS NULL"
+            + ("" if ids is None else " AND run_id = ANY(%(ids)s)")
+            + " ORDER BY created",
+            params,
         )
     )
     return Snapshot(runs=runs, recoveries=recoveries, session=session, open_loads=loads)

@@ -176,6 +176,12 @@ class SQLiteStore:
                     json.dumps(dict(recovery.metadata)),
                 ),
             )
+            if state.phase == "done":
+                # In the same transaction: the run is restored in its episode.
+                db.execute(
+                    "UPDATE runs SET recovered = 1, successor = ? WHERE run_id = ?",
+                    (state.new_run_id, state.run_id),
+                )
             entry = history_entry(previous, recovery, now)
             if entry is not None:
                 db.execute(

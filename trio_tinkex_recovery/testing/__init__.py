@@ -14,6 +14,7 @@ ASGI request with JSON, for middleware wrapped around ``fake.app``.
 
 from __future__ import annotations
 
+from .._util import publish as _publish
 from ._app import send_json as send_json
 from ._fake import FakeTinker as FakeTinker
 from ._faults import Fault as Fault
@@ -35,3 +36,5 @@ __all__ = [
     "send_json",
     "serve_fake_tinker",
 ]
+
+_publish(globals())

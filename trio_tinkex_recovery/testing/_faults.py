@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 import attrs
 
+from .._validators import check_number
+
 if TYPE_CHECKING:
     import random
 
@@ -33,20 +35,12 @@ _AFTER_ACTION_KINDS = frozenset({"malformed", "truncated", "missing_fields"})
 
 
 def _check_status(status: int) -> int:
-    if not isinstance(status, int) or isinstance(status, bool):
-        raise TypeError(f"status must be an int, got {type(status).__name__}")
-    if not 400 <= status <= 599:
-        raise ValueError(f"status must be an HTTP error status (400-599), got {status}")
+    check_number("status", status, minimum=400, below=600, integer=True)
     return status
 
 
 def _check_seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(
-            f"{name} must be a number of seconds, got {type(value).__name__}"
-        )
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    check_number(name, value, minimum=0)
     return float(value)
 
 

@@ -1,0 +1,111 @@
+"""Masking the API key in text: whole keys only, however they are spelt."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from trio_tinkex_recovery import Config
+from trio_tinkex_recovery._config import redact
+
+keys = st.from_regex(r"tml-[A-Za-z0-9_-]{8,40}", fullmatch=True)
+#: Text around a key, from anywhere in Unicode (the server's choice).
+texts = st.text(max_size=60)
+
+
+def windows(key: str, size: int = 8) -> set[str]:
+    """Every run of ``size`` characters of ``key``."""
+    return {key[i : i + size] for i in range(len(key) - size + 1)}
+
+
+def has_window(text: str, key: str) -> bool:
+    return any(window in text for window in windows(key))
+
+
+@st.composite
+def spellings(draw: st.DrawFn, key: str) -> str:
+    """``key`` with each character raw, percent-encoded or JSON-escaped."""
+    styles = st.sampled_from(["raw", "%X", "%x", "u"])
+    out = []
+    for char in key:
+        style = draw(styles)
+        code = ord(char)
+        out.append(
+            char
+            if style == "raw"
+            else f"%{code:02X}"
+            if style == "%X"
+            else f"%{code:02x}"
+            if style == "%x"
+            else f"\\u{code:04x}"
+        )
+    return "".join(out)
+
+
+@given(key=keys, before=texts, after=texts)
+@example(key="tml-abtml-abcdefgh", before="tml-ab", after="")
+@example(key="tml-xtml-xtml-xtml-x", before="tml-x", after="tml-x")
+@example(key="tml-aaaaaaaaaaaa", before="aaaaaaa", after="aaaaaaa")
+def test_masked_text_holds_no_piece_of_the_key(key, before, after):
+    """Around a key anywhere in text, masking leaves no 8 characters of it."""
+    assume(not has_window(before, key) and not has_window(after, key))
+    masked = redact(before + key + after, key)
+    assert not has_window(masked, key)
+    assert "****" in masked
+
+
+@given(key=keys, before=texts, after=texts, data=st.data())
+def test_encoded_keys_are_masked_too(key, before, after, data):
+    """URL-encoded, JSON-escaped or mixed spellings of the key are masked."""
+    assume(not has_window(before, key) and not has_window(after, key))
+    spelt = data.draw(spellings(key))
+    masked = redact(before + spelt + after, key)
+    assert spelt not in masked
+    assert not has_window(masked, key)
+    assert not has_window(urllib.parse.unquote(masked), key)
+
+
+@given(key=keys, text=texts)
+def test_text_without_the_key_is_unchanged(key, text):
+    """Text that does not contain the key comes back as it was."""
+    assume(key not in text)
+    assert redact(text, key) == text
+
+
+@given(key=st.text(max_size=20), text=texts)
+@example(key="e", text="Config.api_key is malformed")
+@example(key="tml-", text="tml-tml-")
+@example(key="", text="anything")
+def test_an_invalid_key_masks_nothing(key, text):
+    """A string that is no valid key is never masked: short strings stay."""
+    try:
+        Config(api_key=key)
+    except (ValueError, TypeError):
+        assert redact(text, key) == text
+
+
+@given(key=keys)
+def test_standard_encodings_of_a_valid_key_are_the_key(key):
+    """The key's alphabet needs no escape: quote() and dumps() leave it as is."""
+    assert urllib.parse.quote(key, safe="") == key
+    assert json.dumps(key) == f'"{key}"'
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("key=tml-abcdefgh1234.", "key=****."),
+        ("tml-abcdefgh1234tml-abcdefgh1234", "****"),
+        ("a tml-abcdefgh123 b", "a tml-abcdefgh123 b"),
+        ("TML-ABCDEFGH1234", "TML-ABCDEFGH1234"),
+        ('{"detail":"\\u0074ml-abcdefgh1234"}', '{"detail":"****"}'),
+        ("/runs/%74ml-abcdefgh1234/x", "/runs/****/x"),
+    ],
+)
+def test_what_masking_looks_like(text, masked):
+    """Each whole occurrence becomes ****; near misses stay as they are."""
+    assert redact(text, "tml-abcdefgh1234") == masked
