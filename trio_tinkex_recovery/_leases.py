@@ -3,10 +3,12 @@
 With a store that holds leases (PostgreSQL), a monitor does not watch every
 stored run: its `LeaseKeeper` decides.  Every third of a lease it renews
 the leases it holds, gives back runs above its fair share (⌈runs / live
-replicas⌉, so a replica that joins gets work) and claims free or expired
-runs up to that share.  The runs it gains are watched (and their pending
-recoveries resumed, reconciled as after a restart); the runs it loses stop
-being polled at once.
+replicas⌉, so a replica that joins gets work), claims free runs up to that
+share, and takes over every orphan (a run whose lease expired, or left
+free for a third of a lease) whatever the share, so that the runs of a
+replica that died are polled again at the next renewal of any other.  The
+runs it gains are watched (and their pending recoveries resumed, reconciled
+as after a restart); the runs it loses stop being polled at once.
 
 When renewals fail it stops acting on every run before any of its leases
 can have expired: at the start of the last renewal that succeeded plus the
@@ -177,7 +179,7 @@ class LeaseKeeper:
             self._failing = False
 
     async def _round(self) -> None:
-        """Renew, then give back above the fair share or claim up to it."""
+        """Renew; give back above the fair share; claim orphans and free runs."""
         started = self._last_start = self._clock()
         store = self._store
         renewal = None
@@ -209,24 +211,23 @@ class LeaseKeeper:
                     share,
                     renewal.replicas,
                 )
-        else:
-            for claim in await store.claim(share - len(renewal.held)):
-                self.claims += 1
-                if claim.previous is not None and claim.previous != self.replica_id:
-                    self.takeovers += 1
-                    logger.warning(
-                        "replica %s took over run %s from replica %s (its lease "
-                        "expired)",
-                        self.replica_id,
-                        printable(claim.run_id),
-                        printable(claim.previous),
-                    )
-                else:
-                    logger.info(
-                        "replica %s claimed run %s",
-                        self.replica_id,
-                        printable(claim.run_id),
-                    )
+        # Orphans whatever the share (given back next round if above it).
+        for claim in await store.claim(share - len(renewal.held)):
+            self.claims += 1
+            if claim.previous is not None and claim.previous != self.replica_id:
+                self.takeovers += 1
+                logger.warning(
+                    "replica %s took over run %s from replica %s (its lease expired)",
+                    self.replica_id,
+                    printable(claim.run_id),
+                    printable(claim.previous),
+                )
+            else:
+                logger.info(
+                    "replica %s claimed run %s",
+                    self.replica_id,
+                    printable(claim.run_id),
+                )
         gained = set(store.held) - self._acting
         if gained:
             await self._start(await store.runs(gained))

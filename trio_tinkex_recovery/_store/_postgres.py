@@ -262,10 +262,10 @@ class PostgresStore:
                 # A run nobody holds here: added for whichever replica claims
                 # it; a run some replica holds is theirs to change.
                 db.execute(
-                    "INSERT INTO runs (run_id, metadata, recovered, successor) "
-                    "VALUES (%(run_id)s, %(metadata)s, %(recovered)s, %(successor)s) "
-                    "ON CONFLICT (run_id) DO NOTHING",
-                    values,
+                    "INSERT INTO runs (run_id, metadata, recovered, successor, "
+                    "lease_until) VALUES (%(run_id)s, %(metadata)s, %(recovered)s, "
+                    f"%(successor)s, {_NOW}) ON CONFLICT (run_id) DO NOTHING",
+                    {**values, "shift": shift},
                 )
                 return
             self._fence(db, run.run_id, token, shift)
@@ -447,23 +447,39 @@ class PostgresStore:
         return renewal
 
     async def claim(self, limit: int) -> list[Claim]:
-        """Take up to ``limit`` runs that nobody holds or whose lease expired."""
-        if limit <= 0:
-            await trio.lowlevel.checkpoint()
-            return []
-        params = {"me": self.replica_id, "lease": self.lease, "limit": limit}
+        """Take runs nobody acts on: every orphan, and free runs up to ``limit``.
+
+        Orphans (a lease that expired, a run left free for a third of a
+        lease) are taken whatever the fair share, so that a replica that
+        died has its runs polled again at the next renewal of any other;
+        the share is restored by giving back later.  Runs that are free
+        (added, or given back) are taken up to ``limit``.
+        """
+        params = {"me": self.replica_id, "lease": self.lease, "limit": max(0, limit)}
+        take = (
+            "UPDATE runs SET owner = %(me)s, "
+            f"lease_until = {_NOW} + {_LEASE}, token = runs.token + 1 "
+            "FROM free WHERE runs.run_id = free.run_id "
+            "RETURNING runs.run_id, runs.token, free.owner"
+        )
 
         def write(db: psycopg.Connection[Any], shift: float) -> list[Claim]:
+            p = {**params, "shift": shift}
             rows = db.execute(
                 "WITH free AS (SELECT run_id, owner FROM runs "
-                f"WHERE owner IS NULL OR lease_until <= {_NOW} "
-                "ORDER BY lease_until NULLS FIRST, run_id LIMIT %(limit)s "
-                "FOR UPDATE SKIP LOCKED) "
-                f"UPDATE runs SET owner = %(me)s, lease_until = {_NOW} + {_LEASE}, "
-                "token = runs.token + 1 FROM free WHERE runs.run_id = free.run_id "
-                "RETURNING runs.run_id, runs.token, free.owner",
-                {**params, "shift": shift},
+                f"WHERE (owner IS NOT NULL AND lease_until <= {_NOW}) "
+                f"OR (owner IS NULL AND lease_until <= {_NOW} - {_LEASE} / 3) "
+                f"FOR UPDATE SKIP LOCKED) {take}",
+                p,
             ).fetchall()
+            p["limit"] = max(0, limit - len(rows))
+            if p["limit"]:
+                rows += db.execute(
+                    "WITH free AS (SELECT run_id, owner FROM runs "
+                    "WHERE owner IS NULL ORDER BY lease_until, run_id "
+                    f"LIMIT %(limit)s FOR UPDATE SKIP LOCKED) {take}",
+                    p,
+                ).fetchall()
             return [Claim(run_id, token, previous) for run_id, token, previous in rows]
 
         claims = await self._run("claim runs in", write)
@@ -480,9 +496,9 @@ class PostgresStore:
 
         def write(db: psycopg.Connection[Any], shift: float) -> None:
             db.execute(
-                "UPDATE runs SET owner = NULL, lease_until = NULL "
-                "WHERE owner = %s AND run_id = ANY(%s)",
-                (self.replica_id, list(tokens)),
+                f"UPDATE runs SET owner = NULL, lease_until = {_NOW} "
+                "WHERE owner = %(me)s AND run_id = ANY(%(ids)s)",
+                {"me": self.replica_id, "ids": list(tokens), "shift": shift},
             )
 
         await self._run("give back runs in", write)
@@ -493,8 +509,9 @@ class PostgresStore:
 
         def write(db: psycopg.Connection[Any], shift: float) -> None:
             db.execute(
-                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = %s",
-                (self.replica_id,),
+                f"UPDATE runs SET owner = NULL, lease_until = {_NOW} "
+                "WHERE owner = %(me)s",
+                {"me": self.replica_id, "shift": shift},
             )
             db.execute("DELETE FROM replicas WHERE id = %s", (self.replica_id,))
 
