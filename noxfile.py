@@ -81,3 +81,5 @@ def bench(session: nox.Session) -> None:
     if os.environ.get("BENCH_WITH_SDK", "1") == "1":
         session.install("tinker")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    if "--quick" not in session.posargs:
+        session.run("python", "-m", "benchmarks.journal")

@@ -16,6 +16,7 @@ import trio
 from hypothesis import HealthCheck, settings
 
 from trio_tinkex_recovery import Checkpoint, CheckpointUnavailableError, TrainingRun
+from trio_tinkex_recovery.testing import FakeTinker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -75,6 +76,27 @@ def postgres_dsn(postgres_server: Any) -> Iterator[str]:
     yield postgres_server.get_uri(name)
     with psycopg.connect(admin, autocommit=True) as db:
         db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: The API key the ``fake`` simulator expects.
+FAKE_KEY = "tml-FakeTinkerTestKey-never-shown"
+
+
+@pytest.fixture
+def fake() -> FakeTinker:
+    """A Tinker simulator expecting `FAKE_KEY`, holding ``run-1``.
+
+    ``run-1`` is a LoRA (rank 32) of ``Qwen/Qwen3-8B`` with the training
+    checkpoints ``ckpt-0001`` and ``ckpt-0002`` (the last one).
+    """
+    fake = FakeTinker(api_key=FAKE_KEY)
+    fake.add_run(
+        "run-1",
+        base_model="Qwen/Qwen3-8B",
+        lora_rank=32,
+        checkpoints=["ckpt-0001", "ckpt-0002"],
+    )
+    return fake
 
 
 @pytest.fixture(autouse=True)

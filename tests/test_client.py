@@ -28,21 +28,16 @@ from trio_tinkex_recovery import (
 )
 from trio_tinkex_recovery.testing import FakeTinker, Fault
 
+from .conftest import FAKE_KEY
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-KEY = "tml-ClientTestKeyNeverShown"
+KEY = FAKE_KEY
 BASE = "https://tinker.test"
 RUN = "run-1"
 LAST = "tinker://run-1/weights/ckpt-0002"
 FIRST = "tinker://run-1/weights/ckpt-0001"
-
-
-@pytest.fixture
-def fake() -> FakeTinker:
-    fake = FakeTinker(api_key=KEY)
-    fake.add_run(RUN, base_model="Qwen/Qwen3-8B", lora_rank=32)
-    return fake
 
 
 def config(**overrides) -> Config:

@@ -20,7 +20,9 @@ from trio_tinkex_recovery import (
 )
 from trio_tinkex_recovery.testing import FakeTinker, Fault, serve_fake_tinker
 
-KEY = "tml-e2e-client-SECRET-42"
+from .conftest import FAKE_KEY
+
+KEY = FAKE_KEY
 LAST = "tinker://run-1/weights/ckpt-0002"
 
 
@@ -29,13 +31,6 @@ def quick_waits():
     """Real time here: wait at most 10 ms between retries and future polls."""
     with set_testing(True, max_delay=0.01, heartbeat_interval=10.0):
         yield
-
-
-@pytest.fixture
-def fake() -> FakeTinker:
-    fake = FakeTinker(api_key=KEY)
-    fake.add_run("run-1", checkpoints=["ckpt-0001", "ckpt-0002"])
-    return fake
 
 
 async def serve(nursery: trio.Nursery, fake: FakeTinker, **overrides) -> Config:

@@ -14,9 +14,11 @@ from trio_tinkex_recovery import (
     open_service_client,
     set_testing,
 )
-from trio_tinkex_recovery.testing import FakeTinker, Fault
+from trio_tinkex_recovery.testing import Fault
 
-KEY = "tml-TrainingClientTestKey"
+from .conftest import FAKE_KEY
+
+KEY = FAKE_KEY
 LAST = "tinker://run-1/weights/ckpt-0002"
 
 
@@ -36,13 +38,6 @@ def datum(*given):
 
 
 BATCH = [datum(1, 2, 3), datum(4, 5, 6)]
-
-
-@pytest.fixture
-def fake() -> FakeTinker:
-    fake = FakeTinker(api_key=KEY)
-    fake.add_run("run-1")
-    return fake
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,10 @@ from ._protocols import RestClientProtocol as RestClientProtocol
 from ._protocols import ServiceProtocol as ServiceProtocol
 from ._state import RecoveryPhase as RecoveryPhase
 from ._state import RecoveryState as RecoveryState
+from ._store import LeaseLostError as LeaseLostError
+from ._store import Store as Store
+from ._store import StoreError as StoreError
+from ._store import open_store as open_store
 from ._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._telemetry import Statistics as Statistics
 from ._telemetry import TelemetryEvent as TelemetryEvent
@@ -78,6 +82,7 @@ __all__ = [
     "ForwardBackwardOutput",
     "InternalServerError",
     "Latest",
+    "LeaseLostError",
     "Monitor",
     "NoCheckpointError",
     "NotFoundError",
@@ -98,6 +103,8 @@ __all__ = [
     "ServiceProtocol",
     "Specific",
     "Statistics",
+    "Store",
+    "StoreError",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
@@ -110,6 +117,7 @@ __all__ = [
     "open_executor",
     "open_monitor",
     "open_service_client",
+    "open_store",
     "set_testing",
 ]
 

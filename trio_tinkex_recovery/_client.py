@@ -307,52 +307,24 @@ class TrainingClient(metaclass=NoPublicConstructor):
             ResponseValidationError: An answer is malformed.
         """
         _check_checkpoint_name(name)
-        extra: dict[str, Any] = {}
-        pending_key = name
+        request: dict[str, Any] = {
+            "model_id": self.model_id,
+            "path": name,
+            "overwrite": False,
+            "type": "save_weights",
+        }
         if user_metadata is not None:
-            extra["user_metadata"] = _check_user_metadata(user_metadata)
-            pending_key = f"{name} {_digest(extra)}"
-        saves = self._saves
-        async with saves.lock:
-            operation = saves.pending.pop(pending_key, None) or _Operation(
-                seq_id=saves.take_seq_id()
-            )
-            settled = False
-            try:
-                body = await self._http.request_object(
-                    "POST",
-                    "/api/v1/save_weights",
-                    json={
-                        "model_id": self.model_id,
-                        "path": name,
-                        "seq_id": operation.seq_id,
-                        "overwrite": False,
-                        **extra,
-                        "type": "save_weights",
-                    },
-                    idempotency_key=operation.key,
-                )
-                request_id = _required_str(
-                    body, "request_id", "POST /api/v1/save_weights"
-                )
-                result = await retrieve_future(
-                    self._http, request_id, request_type="SaveWeights"
-                )
-                settled = True
-                path = _required_str(result, "path", "save_weights result")
-                try:
-                    return Checkpoint.from_path(path)
-                except ValueError as exc:
-                    raise ResponseValidationError(
-                        f"save_weights result: $.path is not a checkpoint path: "
-                        f"{path[:200]!r}"
-                    ) from exc
-            except TinkerAPIError as exc:
-                settled = settled or not exc.retryable or _is_definitive(exc)
-                raise
-            finally:
-                if not settled:
-                    saves.pending[pending_key] = operation
+            request["user_metadata"] = _check_user_metadata(user_metadata)
+        result = await self._in_order(
+            "/api/v1/save_weights", request, request_type="SaveWeights"
+        )
+        path = _required_str(result, "path", "save_weights result")
+        try:
+            return Checkpoint.from_path(path)
+        except ValueError as exc:
+            raise ResponseValidationError(
+                f"save_weights result: $.path is not a checkpoint path: {path[:200]!r}"
+            ) from exc
 
     async def forward_backward(
         self,

@@ -8,6 +8,8 @@ Every error the library raises on purpose derives from one root::
     │   ├── AlreadyPendingError        the run is queued, attempting or waiting
     │   ├── UnsupportedStrategyError   the checkpoint strategy cannot be applied
     │   └── NoCheckpointError          the run has no checkpoint to restore from
+    ├── StoreError                     the journal cannot be opened, read or written
+    │   └── LeaseLostError             another replica holds the run now
     ├── ResponseValidationError        (also a ValueError) malformed wire data
     └── TinkerAPIError                 the Tinker service failed a request
         ├── APIConnectionError         no answer: connection refused/dropped

@@ -160,6 +160,17 @@ class Monitor(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: The monitor's block has exited.
             Exception: Whatever ``rest_for_service`` raised; nothing is scheduled.
         """
+        await self._watch_run(run_id, service, metadata, persist=True)
+
+    async def _watch_run(
+        self,
+        run_id: str,
+        service: ServiceProtocol | None,
+        metadata: Mapping[str, Any] | None,
+        *,
+        persist: bool,
+    ) -> None:
+        """`monitor_run`; ``persist=False`` for a run read from the journal."""
         await trio.lowlevel.checkpoint()
         self._check_open()
         if not self._policy.enabled:
@@ -188,7 +199,7 @@ class Monitor(metaclass=NoPublicConstructor):
         rest = await self._rest_client(run_id, service)
         self._check_open()
         metadata = dict(metadata or {})
-        if self._store is not None:
+        if persist and self._store is not None:
             await self._store.put_run(
                 StoredRun(
                     run_id,
@@ -464,7 +475,11 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
                 continue
             if stored.run_id not in self._handed:
-                await self.monitor_run(stored.run_id, metadata=stored.metadata)
+                # Already in the journal: nothing to write (a restart with
+                # thousands of stored runs costs no write per run).
+                await self._watch_run(
+                    stored.run_id, None, stored.metadata, persist=False
+                )
 
 
 @asynccontextmanager

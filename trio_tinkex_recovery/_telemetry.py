@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 
 import attrs
 import trio
@@ -40,18 +40,7 @@ EventName: TypeAlias = Literal[
     "interrupted",
 ]
 #: Every event name, in the order a recovery emits them.
-EVENT_NAMES: tuple[EventName, ...] = (
-    "polled",
-    "detected",
-    "poll_error",
-    "started",
-    "checkpoint_selected",
-    "client_created",
-    "completed",
-    "failed",
-    "exhausted",
-    "interrupted",
-)
+EVENT_NAMES: tuple[EventName, ...] = get_args(EventName)
 
 _LEVELS: dict[str, int] = {
     "polled": logging.DEBUG,

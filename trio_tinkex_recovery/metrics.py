@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'trio-tinkex-recovery[metrics]'"
     ) from exc
 
-from ._asgi import bind_socket, serve_asgi
+from ._asgi import bind_socket, lifespan, serve_asgi
 from ._telemetry import DEFAULT_BUFFER
 from ._util import NoPublicConstructor
 
@@ -334,13 +334,8 @@ class _App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         status, content_type, body = self._answer(scope["method"], scope["path"])

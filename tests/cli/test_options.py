@@ -192,7 +192,7 @@ def test_bad_watch_usage_names_the_option(argv, message):
         (_simulate.parse, ["--fault", "503"], "argument --fault: expected KIND:RATE"),
         (_simulate.parse, ["--fault", "503:2"], "rate must be between 0 and 1"),
         (_simulate.parse, ["--fault", "600:0.1"], "argument --fault: status must be"),
-        (_simulate.parse, ["--fault", "latency=-1:0.1"], "seconds must be >= 0"),
+        (_simulate.parse, ["--fault", "latency=-1:0.1"], "seconds must be ≥ 0"),
         (_simulate.parse, ["--port", "70000"], "argument --port: must be ≤ 65535"),
         (_simulate.parse, ["--latency", "-1"], "argument --latency: base_latency"),
     ],

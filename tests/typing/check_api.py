@@ -14,13 +14,16 @@ from trio_tinkex_recovery import (
     Executor,
     Monitor,
     Policy,
+    RecoveryOutcome,
     RecoveryState,
     Statistics,
+    Store,
     TelemetryEvent,
     TrainingRun,
     is_testing,
     open_executor,
     open_monitor,
+    open_store,
     set_testing,
 )
 from trio_tinkex_recovery.metrics import (
@@ -82,7 +85,17 @@ async def main() -> None:
             "run-1", None, policy, last_checkpoint="tinker://r/weights/a"
         )
         assert_type(executor.recovery_state("run-1"), RecoveryState | None)
+        async with executor.outcomes() as outcomes:
+            async for outcome in outcomes:
+                assert_type(outcome, RecoveryOutcome)
+                assert_type(outcome.state, RecoveryState)
         await executor.wait_idle()
+    async with open_store("state.db") as store:
+        assert_type(store, Store)
+        async with open_monitor(policy=policy, service=Service(), store=store):
+            pass
+    async with open_monitor(policy=policy, service=Service(), store="state.db"):
+        pass
     with set_testing(True, max_delay=0.01, heartbeat_interval=None):
         assert_type(is_testing(), bool)
     set_testing(False)

@@ -24,6 +24,7 @@ import attrs
 import httpx
 import trio
 
+from .._asgi import lifespan
 from ._endpoints import Endpoints
 from ._records import MASK, RecordedRequest
 from ._wire import NO_BODY, Reply, WireError, WireRequest, encode_json
@@ -126,7 +127,7 @@ class FakeTinkerApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope (``http`` or ``lifespan``)."""
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return  # no websockets here: returning closes the connection.
@@ -265,16 +266,6 @@ class FakeTinkerApp:
         await send(
             {"type": "http.response.start", "status": _DROP_STATUS, "headers": []}
         )
-
-    @staticmethod
-    async def _lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
 
 def _request_of(scope: Scope) -> httpx.Request:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import trio
+
+from .._asgi import bind_socket, serve_asgi
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -54,39 +55,13 @@ async def serve_fake_tinker(
     Raises:
         OSError: The address cannot be bound.
     """
-    # Imported here: hypercorn is an optional dependency (the testing extra),
-    # and the in-process simulator works without it.
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
-    # Bind here rather than in hypercorn: a busy port then raises a plain
-    # OSError, and hypercorn adopts the bound socket through an fd:// bind.
-    family, kind, proto, _, address = (
-        await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except BaseException:
-        sock.close()
-        raise
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
-    config.graceful_timeout = graceful_timeout
-    config.accesslog = None
-    config.errorlog = logging.getLogger(LOGGER_NAME)
-
-    async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve(
-            cast("Any", fake.app.for_server()),  # hypercorn's ASGI types are narrower
-            config,
-            shutdown_trigger=shutdown_trigger,
-            task_status=task_status,
-            mode="asgi",
-        )
-
-    async with trio.open_nursery() as nursery:
-        urls: list[str] = await nursery.start(run)
-        task_status.started(urls[0])
+    sock = await bind_socket(host, port)
+    await serve_asgi(
+        fake.app.for_server(),
+        sock,
+        logger=logging.getLogger(LOGGER_NAME),
+        keep_alive_max_requests=KEEP_ALIVE_MAX_REQUESTS,
+        graceful_timeout=graceful_timeout,
+        shutdown_trigger=shutdown_trigger,
+        task_status=task_status,
+    )
