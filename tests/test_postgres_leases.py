@@ -83,7 +83,7 @@ class Cluster:
         self.clock.in_flight += 1
         try:
             return await open_postgres_store(
-                self.dsn, lease=LEASE, time_shift=self.shift, connect_timeout=1
+                self.dsn, lease=LEASE, time_shift=self.shift, connect_timeout=0.5
             )
         finally:
             self.clock.in_flight -= 1

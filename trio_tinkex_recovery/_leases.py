@@ -212,7 +212,14 @@ class LeaseKeeper:
                     renewal.replicas,
                 )
         # Orphans whatever the share (given back next round if above it).
-        for claim in await store.claim(share - len(renewal.held)):
+        # Not a run whose recovery, begun under a lease since lost, still
+        # runs here: its next fenced write ends it first.
+        stale = [
+            run_id
+            for run_id, state in self._monitor.executor.recoveries.items()
+            if state.pending and not store.holds(run_id)
+        ]
+        for claim in await store.claim(share - len(renewal.held), exclude=stale):
             self.claims += 1
             if claim.previous is not None and claim.previous != self.replica_id:
                 self.takeovers += 1

@@ -185,14 +185,38 @@ class Owner:
     expires_in: float
 
 
+class _Abandoned(Exception):
+    """The call was cancelled before its worker thread began it."""
+
+
 class _InFlight:
-    """The connection a worker thread uses now, so that it can be cancelled."""
+    """One call's worker thread: its connection, so that it can be cancelled."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.conn: psycopg.Connection[Any] | None = None
+        self.abandoned = False
 
-    def cancel(self) -> None:
+    def begin(self, conn: psycopg.Connection[Any]) -> None:
+        """Called by the worker: raise `_Abandoned` if its caller gave up."""
+        with self.lock:
+            if self.abandoned:
+                raise _Abandoned
+            self.conn = conn
+
+    def end(self) -> None:
+        with self.lock:
+            self.conn = None
+
+    def abandon(self) -> None:
+        """Called by the caller, cancelled: nothing starts, what runs is stopped."""
+        with self.lock:
+            self.abandoned = True
+            busy = self.conn is not None
+        if busy:
+            trio.lowlevel.start_thread_soon(self._cancel, _ignore)
+
+    def _cancel(self) -> None:
         with self.lock:
             if self.conn is None:
                 return
@@ -446,16 +470,22 @@ class PostgresStore:
         self._held = dict(renewal.held)
         return renewal
 
-    async def claim(self, limit: int) -> list[Claim]:
+    async def claim(self, limit: int, *, exclude: Collection[str] = ()) -> list[Claim]:
         """Take runs nobody acts on: every orphan, and free runs up to ``limit``.
 
         Orphans (a lease that expired, a run left free for a third of a
         lease) are taken whatever the fair share, so that a replica that
         died has its runs polled again at the next renewal of any other;
         the share is restored by giving back later.  Runs that are free
-        (added, or given back) are taken up to ``limit``.
+        (added, or given back) are taken up to ``limit``.  Runs in
+        ``exclude`` are left alone.
         """
-        params = {"me": self.replica_id, "lease": self.lease, "limit": max(0, limit)}
+        params = {
+            "me": self.replica_id,
+            "lease": self.lease,
+            "limit": max(0, limit),
+            "exclude": list(exclude),
+        }
         take = (
             "UPDATE runs SET owner = %(me)s, "
             f"lease_until = {_NOW} + {_LEASE}, token = runs.token + 1 "
@@ -467,8 +497,9 @@ class PostgresStore:
             p = {**params, "shift": shift}
             rows = db.execute(
                 "WITH free AS (SELECT run_id, owner FROM runs "
-                f"WHERE (owner IS NOT NULL AND lease_until <= {_NOW}) "
-                f"OR (owner IS NULL AND lease_until <= {_NOW} - {_LEASE} / 3) "
+                f"WHERE ((owner IS NOT NULL AND lease_until <= {_NOW}) "
+                f"OR (owner IS NULL AND lease_until <= {_NOW} - {_LEASE} / 3)) "
+                "AND run_id <> ALL(%(exclude)s) "
                 f"FOR UPDATE SKIP LOCKED) {take}",
                 p,
             ).fetchall()
@@ -476,7 +507,8 @@ class PostgresStore:
             if p["limit"]:
                 rows += db.execute(
                     "WITH free AS (SELECT run_id, owner FROM runs "
-                    "WHERE owner IS NULL ORDER BY lease_until, run_id "
+                    "WHERE owner IS NULL AND run_id <> ALL(%(exclude)s) "
+                    "ORDER BY lease_until, run_id "
                     f"LIMIT %(limit)s FOR UPDATE SKIP LOCKED) {take}",
                     p,
                 ).fetchall()
@@ -597,14 +629,12 @@ class PostgresStore:
         def call() -> T:
             try:
                 with self._pool.connection() as db:
-                    with flight.lock:
-                        flight.conn = db
+                    flight.begin(db)
                     try:
                         with db.transaction():
                             return fn(db, shift)
                     finally:
-                        with flight.lock:
-                            flight.conn = None
+                        flight.end()
             except psycopg.Error as exc:
                 raise StoreError(
                     f"cannot {what} database {self.location}: {self._clean(exc)}"
@@ -615,7 +645,9 @@ class PostgresStore:
                 call, limiter=self._limiter, abandon_on_cancel=True
             )
         except trio.Cancelled:
-            trio.lowlevel.start_thread_soon(flight.cancel, _ignore)
+            # A write that has not begun never will (a renewal must not
+            # land after the release that followed it).
+            flight.abandon()
             raise
 
     def _clean(self, exc: BaseException) -> str:
