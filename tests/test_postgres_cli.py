@@ -16,6 +16,8 @@ import pytest
 import trio
 
 from trio_tinkex_recovery._store import StoredRun, open_store
+from trio_tinkex_recovery.cli import _watch as watch
+from trio_tinkex_recovery.cli._runtime import UsageError
 from trio_tinkex_recovery.testing import FakeTinker, Fault, serve_fake_tinker
 
 from .test_cli import KEY, cli, environ, spawn, watch_argv
@@ -88,6 +90,20 @@ async def test_two_replicas_share_the_runs_and_restore_once(postgres_dsn):
     assert "owner" in text.splitlines()[1]
     assert "Replica " in a.err.text
     assert "Traceback" not in a.err.text + b.err.text
+
+
+def test_lease_is_an_option_of_a_shared_database_only(monkeypatch):
+    """--lease needs a postgresql:// state; with one, the replica needs no run id."""
+    monkeypatch.setenv("TINKER_API_KEY", KEY)
+    dsn = "postgresql://u@db/x"
+    assert watch.parse(["--state", dsn, "--lease", "5"]).lease == 5.0
+    assert watch.parse(["--state", dsn]).run_ids == ()
+    for argv, message in [
+        (["run-1", "--lease", "5"], "only with --state postgresql://"),
+        (["--state", dsn, "--lease", "0.1"], "argument --lease: must be ≥ 1"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            watch.parse(argv)
 
 
 async def test_an_unreachable_database_exits_2_without_the_password():
