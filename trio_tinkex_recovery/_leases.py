@@ -194,7 +194,7 @@ class LeaseKeeper:
         self._valid_until = started + self.lease - self._margin
         self.replicas = renewal.replicas
         lost = self._acting - set(renewal.held)
-        self._stop(lost, why="its lease was lost (taken over, or the run removed)")
+        self._stop(lost, why="their leases were lost (taken over, or runs removed)")
         self.losses += len(lost)
         share = math.ceil(renewal.runs / renewal.replicas)
         excess = len(renewal.held) - share
@@ -219,22 +219,30 @@ class LeaseKeeper:
             for run_id, state in self._monitor.executor.recoveries.items()
             if state.pending and not store.holds(run_id)
         ]
-        for claim in await store.claim(share - len(renewal.held), exclude=stale):
-            self.claims += 1
+        claims = await store.claim(share - len(renewal.held), exclude=stale)
+        self.claims += len(claims)
+        taken: dict[str, list[str]] = {}
+        for claim in claims:
             if claim.previous is not None and claim.previous != self.replica_id:
-                self.takeovers += 1
-                logger.warning(
-                    "replica %s took over run %s from replica %s (its lease expired)",
-                    self.replica_id,
-                    printable(claim.run_id),
-                    printable(claim.previous),
-                )
-            else:
-                logger.info(
-                    "replica %s claimed run %s",
-                    self.replica_id,
-                    printable(claim.run_id),
-                )
+                taken.setdefault(claim.previous, []).append(claim.run_id)
+        for previous, run_ids in taken.items():
+            self.takeovers += len(run_ids)
+            logger.warning(
+                "replica %s took over %d run(s) from replica %s, whose lease "
+                "expired: %s",
+                self.replica_id,
+                len(run_ids),
+                printable(previous),
+                _some(run_ids),
+            )
+        fresh = [c.run_id for c in claims if c.previous in (None, self.replica_id)]
+        if fresh:
+            logger.info(
+                "replica %s claimed %d run(s): %s",
+                self.replica_id,
+                len(fresh),
+                _some(fresh),
+            )
         gained = set(store.held) - self._acting
         if gained:
             await self._start(await store.runs(gained))
@@ -273,16 +281,18 @@ class LeaseKeeper:
                 )
 
     def _stop(self, run_ids: Collection[str], *, why: str | None) -> None:
-        for run_id in list(run_ids):
+        stopped = sorted(run_ids)
+        for run_id in stopped:
             self._acting.discard(run_id)
             self._monitor.stop_monitoring(run_id)
-            if why is not None:
-                logger.warning(
-                    "replica %s stopped acting on run %s: %s",
-                    self.replica_id,
-                    printable(run_id),
-                    why,
-                )
+        if why is not None and stopped:
+            logger.warning(
+                "replica %s stopped acting on %d run(s), %s: %s",
+                self.replica_id,
+                len(stopped),
+                why,
+                _some(stopped),
+            )
 
     def _stop_all(self) -> None:
         """Stop acting on every run: their leases may expire any moment now."""
@@ -295,3 +305,10 @@ class LeaseKeeper:
             )
         self._stop(self._acting, why=None)
         self._store.forget()
+
+
+def _some(run_ids: Collection[str], shown: int = 5) -> str:
+    """A few run ids for a log line: ``a, b, c and 97 more``."""
+    ids = sorted(run_ids)
+    text = ", ".join(printable(r) for r in ids[:shown])
+    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
