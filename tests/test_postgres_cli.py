@@ -54,7 +54,8 @@ def polls(fake: FakeTinker, run_id: str) -> list[float]:
 
 async def test_two_replicas_share_the_runs_and_restore_once(postgres_dsn):
     """Two watch processes on one database: the runs are split between them, a
-    corrupted run is restored exactly once, and status shows each run's owner."""
+    corrupted run is restored exactly once, status shows each run's owner, and
+    unwatch removes a run."""
     runs = [f"run-{i}" for i in range(4)]
     fake = FakeTinker(api_key=KEY)
     for run_id in runs:
@@ -84,6 +85,11 @@ async def test_two_replicas_share_the_runs_and_restore_once(postgres_dsn):
                     assert await replica.wait() == 0, replica.err.text
             nursery.cancel_scope.cancel()
     assert fake.restores == {"run-0": 1}
+    code, out, _ = await run_cli("unwatch", "run-3", "--state", postgres_dsn)
+    assert code == 0
+    assert out.startswith("unwatched 1 run(s) in postgresql://postgres@/")
+    code, out, _ = await run_cli("status", "--state", postgres_dsn, "--json")
+    assert "run-3" not in {r["run_id"] for r in json.loads(out)["runs"]}
     owners = {r["run_id"]: (r["owner"] or {}).get("replica") for r in report["runs"]}
     assert len({o for o in owners.values() if o}) == 2
     assert owners[restore.model_id]
