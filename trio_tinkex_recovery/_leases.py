@@ -68,6 +68,8 @@ class LeaseKeeper:
         self._acting: set[str] = set()
         # Until when (keeper clock) the leases renewed last are surely ours.
         self._valid_until = -math.inf
+        # When the last round began (keeper clock).
+        self._last_start = -math.inf
         self._wake = trio.Event()
         self._failing = False
         #: Live replicas at the last renewal (this one included).
@@ -149,8 +151,6 @@ class LeaseKeeper:
                     )
 
     # -- internals -------------------------------------------------------------
-
-    _last_start = -math.inf
 
     def _trio_time(self, at: float) -> float:
         """The Trio time of ``at`` on the keeper's clock."""
