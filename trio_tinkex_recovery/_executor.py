@@ -7,6 +7,10 @@ one `RecoveryState` record, replaced on every transition.  Which
 checkpoints an attempt tries is `_selection`'s business; how a recovery
 ended goes out on `Executor.outcomes` before any user callback runs, and
 callbacks run in tasks of their own, holding no slot.
+
+About 700 lines, on purpose: queueing, attempts, backoff, the journal
+writes around each attempt and the interruption rules are one state
+machine over one `RecoveryState` per run, and read best in one place.
 """
 
 from __future__ import annotations
