@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import random
+import shutil
+import tempfile
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -17,7 +21,7 @@ from trio_tinkex_recovery._types import TrainingRunPage
 from trio_tinkex_recovery.testing import FakeTinker
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 pytest_plugins = ["trio_tinkex_recovery.testing.pytest_plugin"]
 
@@ -30,6 +34,50 @@ settings.register_profile("nightly", settings.get_profile("default"), max_exampl
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL 16 (``pgserver``) for the whole test session.
+
+    It fails (never skips) when no server can be started: the PostgreSQL
+    tests are part of the default run.  Its folder is its own, not under
+    pytest's base folder, which another pytest session may prune.
+    """
+    folder = tempfile.mkdtemp(prefix="ttr-postgres-")
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (root in CI).
+            warnings.simplefilter("ignore")
+            import pgserver
+
+            server = pgserver.get_server(folder, cleanup_mode="stop")
+    except ImportError as exc:  # pragma: no cover - the test extra has it
+        pytest.fail(f"pgserver is missing ({exc}); pip install -e '.[test]'")
+    except Exception as exc:  # pragma: no cover - reported, not skipped
+        pytest.fail(f"cannot start PostgreSQL with pgserver in {folder}: {exc}")
+    yield server
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Any) -> Iterator[str]:
+    """The DSN of a fresh, empty database on the session's PostgreSQL."""
+    import psycopg
+
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    admin = postgres_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 #: The API key the ``fake`` simulator expects.

@@ -30,6 +30,7 @@ from ._client import open_service_client
 from ._errors import AlreadyPendingError, RecoveryDisabledError
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._failpoints import crash_point
+from ._leases import LeaseKeeper
 from ._policy import Policy
 from ._polling import (
     FETCH,
@@ -42,7 +43,15 @@ from ._polling import (
     read_listed,
 )
 from ._protocols import ListingRestClientProtocol
-from ._store import Snapshot, Store, StoredRun, json_safe, open_store
+from ._store import (
+    PostgresStore,
+    Snapshot,
+    Store,
+    StoredRun,
+    StoreError,
+    json_safe,
+    open_store,
+)
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._text import printable
 from ._types import TrainingRun, list_params, validate_run_id
@@ -160,6 +169,8 @@ class Monitor(metaclass=NoPublicConstructor):
         self._known: set[str] = set()
         self._all: _AllRuns | None = None
         self._existing_corrupted = 0
+        # With replicas sharing the store: which runs this one acts on.
+        self._leases: LeaseKeeper | None = None
 
     def __repr__(self) -> str:
         return f"<Monitor monitored={len(self._watches)} policy={self._policy!r}>"
@@ -243,6 +254,10 @@ class Monitor(metaclass=NoPublicConstructor):
         if successor is not None and self._policy.follow_recovered:
             if successor not in self._watches:
                 await self.monitor_run(successor, service, metadata)
+            return
+        if self._leases is not None and not self._leases.holds(run_id):
+            # Another replica may hold it: stored for whichever claims it.
+            await self._leases.add(run_id, metadata or {})
             return
         rest = await self._rest_client(run_id, service)
         self._check_open()
@@ -378,6 +393,8 @@ class Monitor(metaclass=NoPublicConstructor):
             list_requests=self._counts.lists,
             existing_corrupted=self._existing_corrupted,
             detected=counts["detected"],
+            leases_held=0 if self._leases is None else self._leases.leases_held,
+            replicas=0 if self._leases is None else self._leases.replicas,
             dropped_events=own_dropped
             if self._owns_executor
             else own_dropped + executor.dropped_events,
@@ -580,7 +597,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 self._successors.pop(watch.run_id, None)
                 if self._store is not None:
                     self._nursery.start_soon(
-                        self._store.put_run,
+                        self._put_run,
                         StoredRun(watch.run_id, json_safe(watch.metadata)),
                     )
             return False
@@ -597,6 +614,14 @@ class Monitor(metaclass=NoPublicConstructor):
         )
         crash_point("detected")
         return await self._hand_over(watch, run)
+
+    async def _put_run(self, run: StoredRun) -> None:
+        """Record a run in the background; a failure is logged, not raised."""
+        assert self._store is not None
+        try:
+            await self._store.put_run(run)
+        except StoreError as exc:
+            logger.error("run %s: %s", printable(run.run_id), exc)
 
     async def _hand_over(self, watch: _Watch, run: TrainingRun) -> bool:
         run_id = watch.run_id
@@ -840,7 +865,11 @@ async def open_monitor(
             polling=polling,
         )
         await nursery.start(monitor._follow_outcomes)
-        if store is not None:
+        if isinstance(store, PostgresStore) and not store.readonly:
+            # Replicas share the store: act only on the runs this one claims.
+            monitor._leases = LeaseKeeper(monitor, store)
+            await nursery.start(monitor._leases.run)
+        elif store is not None:
             await monitor._resume(await store.load())
         try:
             yield monitor

@@ -141,6 +141,10 @@ class Statistics:
     dropped_events: int = 0
     #: Runs ``monitor_all`` found already corrupted and left unrestored.
     existing_corrupted: int = 0
+    #: Runs this replica holds a lease on (a store shared by replicas).
+    leases_held: int = 0
+    #: Replicas alive on the shared store, this one included (0: no replicas).
+    replicas: int = 0
 
 
 class Telemetry:

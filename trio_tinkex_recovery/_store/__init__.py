@@ -1,7 +1,8 @@
 """The journal: what a watcher keeps so that a restart loses nothing.
 
 `open_store` opens one by name: ``None`` or ``":memory:"`` for memory, a
-filesystem path for SQLite.  See `_base` for what a store keeps.
+``postgresql://`` DSN for PostgreSQL (shared by replicas), a filesystem
+path for SQLite.  See `_base` for what a store keeps.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from ._base import (
 )
 from ._ledger import Journal, Ledger
 from ._memory import MemoryStore
+from ._postgres import DEFAULT_LEASE, PostgresStore, is_dsn, open_postgres_store
 from ._sqlite import SCHEMA_VERSION, SQLiteStore, open_sqlite_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 __all__ = [
+    "DEFAULT_LEASE",
     "SCHEMA_VERSION",
     "HistoryEntry",
     "Journal",
@@ -37,6 +40,7 @@ __all__ = [
     "Ledger",
     "LoadRecord",
     "MemoryStore",
+    "PostgresStore",
     "SQLiteStore",
     "SessionRecord",
     "Snapshot",
@@ -45,6 +49,7 @@ __all__ = [
     "StoredRecovery",
     "StoredRun",
     "default_state_path",
+    "is_dsn",
     "json_safe",
     "open_store",
 ]
@@ -64,31 +69,34 @@ def default_state_path() -> str:
 
 @asynccontextmanager
 async def open_store(
-    location: str | os.PathLike[str] | None, *, readonly: bool = False
+    location: str | os.PathLike[str] | None,
+    *,
+    readonly: bool = False,
+    lease: float = DEFAULT_LEASE,
 ) -> AsyncIterator[Store]:
     """Open the journal at ``location`` for the ``async with`` block.
 
     Args:
         location: ``None`` or ``":memory:"`` for a store in memory; a
-            ``postgresql://`` DSN is not supported yet; anything else is the
-            path of an SQLite file, created (with its folder) if missing.
-        readonly: Read an existing file beside the watcher that owns it
-            (``status``): no lock is taken and nothing is written.
+            ``postgresql://`` DSN for a database shared by replicas (the
+            ``postgres`` extra); anything else is the path of an SQLite
+            file, created (with its folder) if missing.
+        readonly: Read an existing store beside the watchers that use it
+            (``status``): no lock or lease is taken and nothing is written.
+        lease: With PostgreSQL, seconds a replica's lease on a run lasts
+            (renewed every third of it).
 
     Raises:
         StoreError: The store cannot be opened: locked by another watcher,
-            not a state file, corrupt, newer than this version, unwritable.
+            not a state file, corrupt, newer than this version, unwritable,
+            or a database that cannot be reached.
     """
     if location is None or str(location) == ":memory:":
         store: Store = MemoryStore()
+    elif is_dsn(str(location)):
+        store = await open_postgres_store(str(location), readonly=readonly, lease=lease)
     else:
-        text = str(location)
-        if text.startswith(("postgresql://", "postgres://")):
-            raise StoreError(
-                "a PostgreSQL store is not available in this version; "
-                "pass a file path for --state"
-            )
-        store = await open_sqlite_store(text, readonly=readonly)
+        store = await open_sqlite_store(str(location), readonly=readonly)
     try:
         yield store
     finally:

@@ -30,18 +30,21 @@ class Journal:
     in_doubt: dict[str, LoadRecord] = attrs.field(factory=dict)
 
     def remember(self, snapshot: Snapshot) -> None:
-        """Take what a store held at start: its session and restores in doubt.
+        """Take what a store held: its session and restores in doubt.
 
-        A restore in doubt whose recovery is no longer pending was settled
-        by that recovery's outcome (written first): it is not in doubt.
+        Read at start, or (replicas) for the runs a replica has just
+        claimed: what is known already of other runs is kept.  A restore
+        in doubt whose recovery is no longer pending was settled by that
+        recovery's outcome (written first): it is not in doubt.
         """
-        self.session = snapshot.session
+        if snapshot.session is not None:
+            self.session = snapshot.session
         pending = {
             run_id for run_id, r in snapshot.recoveries.items() if r.state.pending
         }
-        self.in_doubt = {
-            load.key: load for load in snapshot.open_loads if load.run_id in pending
-        }
+        self.in_doubt.update(
+            (load.key, load) for load in snapshot.open_loads if load.run_id in pending
+        )
 
     def ledger(self, run_id: str, attempt: int) -> Ledger:
         """The ledger of one attempt to recover ``run_id``."""

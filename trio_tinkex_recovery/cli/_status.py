@@ -3,7 +3,9 @@
 Read beside a running watcher (the file is opened read-only, without its
 lock): the watched runs, each run's recovery (phase, attempt, checkpoint,
 successor or error), its recovery history, and restores whose outcome is
-still in doubt.  ``--json`` prints the same as one JSON document.
+still in doubt; with a ``postgresql://`` state shared by replicas, the
+replica that holds each run.  ``--json`` prints the same as one JSON
+document.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .._store import StoreError, default_state_path, open_store
+from .._store import PostgresStore, StoreError, default_state_path, open_store
 from .._text import printable
 from ._runtime import EXIT_OK, Command, Parser, UsageError, run_trio
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from .._store import HistoryEntry, Snapshot
+    from .._store._postgres import Owner
     from ._runtime import Output
 
 __all__ = ["COMMAND", "StatusOptions", "parse"]
@@ -46,8 +49,9 @@ def parser(prog: str) -> Parser:
     )
     parser.add_argument(
         "--state",
-        metavar="PATH",
-        help=f"the state file (default: {default_state_path()})",
+        metavar="PATH_OR_DSN",
+        help=f"the state file (default: {default_state_path()}), or a "
+        "postgresql:// DSN",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -59,13 +63,22 @@ def parse(argv: Sequence[str], prog: str = "status") -> StatusOptions:
     return StatusOptions(state=args.state or default_state_path(), json=args.json)
 
 
-def report(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> dict[str, Any]:
-    """What ``status --json`` prints: every run with its recovery and history."""
+def report(
+    snapshot: Snapshot,
+    history: Sequence[HistoryEntry],
+    owners: Mapping[str, Owner] | None = None,
+) -> dict[str, Any]:
+    """What ``status --json`` prints: every run with its recovery and history.
+
+    With ``owners`` (replicas sharing a database), each run says which
+    replica holds it and for how many more seconds.
+    """
     ids = sorted({*snapshot.runs, *snapshot.recoveries})
     runs = []
     for run_id in ids:
         stored = snapshot.runs.get(run_id)
         recovery = snapshot.recoveries.get(run_id)
+        owner = None if owners is None else owners.get(run_id)
         state = recovery.state if recovery is not None else None
         runs.append(
             {
@@ -74,6 +87,9 @@ def report(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> dict[str, Any
                 "metadata": dict(stored.metadata) if stored else {},
                 "restored_this_episode": bool(stored and stored.recovered),
                 "successor": stored.successor if stored else None,
+                "owner": None
+                if owner is None
+                else {"replica": owner.replica, "expires_in": owner.expires_in},
                 "recovery": None
                 if state is None
                 else {
@@ -98,6 +114,7 @@ def report(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> dict[str, Any
         )
     return {
         "runs": runs,
+        "replicas": owners is not None,
         "restores_in_doubt": [
             {
                 "run_id": load.run_id,
@@ -123,17 +140,26 @@ def _lines(location: str, data: dict[str, Any]) -> list[str]:
         if r["recovery"]
         and r["recovery"]["phase"] in ("queued", "attempting", "waiting")
     )
-    lines = [f"state file {location}: {len(runs)} run(s), {pending} recovery pending"]
+    kind = "database" if data["replicas"] else "state file"
+    lines = [f"{kind} {location}: {len(runs)} run(s), {pending} recovery pending"]
     if not runs:
         return lines
+    replicas = data["replicas"]
     rows: list[tuple[str, ...]] = [
         ("run", "watched", "recovery", "attempt", "checkpoint", "outcome")
+        + (("owner",) if replicas else ())
     ]
     for run in runs:
         recovery = run["recovery"] or {}
         outcome = recovery.get("new_run_id") or recovery.get("error") or ""
         if recovery.get("new_run_id"):
             outcome = f"-> {outcome}"
+        owner = run["owner"]
+        held = "-"
+        if owner is not None:
+            held = owner["replica"]
+            if owner["expires_in"] <= 0:
+                held += " (expired)"
         rows.append(
             (
                 run["run_id"],
@@ -143,6 +169,7 @@ def _lines(location: str, data: dict[str, Any]) -> list[str]:
                 recovery.get("checkpoint") or "-",
                 outcome,
             )
+            + ((held,) if replicas else ())
         )
     rows = [tuple(printable(cell)[:80] for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -179,13 +206,18 @@ def run(options: StatusOptions, out: Output, err: Output) -> int:
             async with open_store(options.state, readonly=True) as store:
                 snapshot = await store.load()
                 history = await store.history()
+                owners = (
+                    await store.owners() if isinstance(store, PostgresStore) else None
+                )
+                # A DSN is shown without its password.
+                location = store.location if owners is not None else options.state
         except StoreError as exc:
             raise UsageError(str(exc)) from None
-        data = report(snapshot, history)
+        data = report(snapshot, history, owners)
         if options.json:
-            out.line(json.dumps({"state": options.state, **data}, indent=2))
+            out.line(json.dumps({"state": location, **data}, indent=2))
         else:
-            for line in _lines(options.state, data):
+            for line in _lines(location, data):
                 out.line(line)
         return EXIT_OK
 

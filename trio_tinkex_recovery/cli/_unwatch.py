@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from .._store import StoreError, default_state_path, open_store
+from .._store import StoreError, default_state_path, is_dsn, open_store
 from .._types import validate_run_id
 from ._runtime import EXIT_OK, Command, Parser, UsageError, run_trio
 
@@ -43,8 +43,9 @@ def parser(prog: str) -> Parser:
     parser.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="runs to remove")
     parser.add_argument(
         "--state",
-        metavar="PATH",
-        help=f"the state file (default: {default_state_path()})",
+        metavar="PATH_OR_DSN",
+        help=f"the state file (default: {default_state_path()}), or a "
+        "postgresql:// DSN (the replicas let the runs go at their next renewal)",
     )
     return parser
 
@@ -71,11 +72,13 @@ def run(options: UnwatchOptions, out: Output, err: Output) -> int:
             async with open_store(options.state) as store:
                 known = (await store.load()).runs
                 await store.remove_runs(options.run_ids)
+                # A DSN is shown without its password.
+                where = store.location if is_dsn(options.state) else options.state
         except StoreError as exc:
             raise UsageError(str(exc)) from None
         removed = [r for r in options.run_ids if r in known]
         missing = [r for r in options.run_ids if r not in known]
-        out.line(f"unwatched {len(removed)} run(s) in {options.state}")
+        out.line(f"unwatched {len(removed)} run(s) in {where}")
         if missing:
             err.line(f"not watched, nothing to do: {', '.join(missing)}")
         return EXIT_OK

@@ -18,7 +18,13 @@ import trio
 from .._errors import TinkerAPIError
 from .._monitor import open_monitor
 from .._polling import POLLING_MODES, PollingMode
-from .._store import StoreError, default_state_path, open_store
+from .._store import (
+    DEFAULT_LEASE,
+    StoreError,
+    default_state_path,
+    is_dsn,
+    open_store,
+)
 from .._types import validate_run_id
 from ._board import Board
 from ._options import (
@@ -81,8 +87,11 @@ class WatchOptions:
     duration: float | None = None
     #: How progress is shown.
     output: OutputOptions = attrs.field(factory=OutputOptions)
-    #: The journal's file (``None``: in memory only, ``--no-state``).
+    #: The journal's file or ``postgresql://`` DSN (``None``: in memory only,
+    #: ``--no-state``).
     state: str | None = None
+    #: Seconds a replica's lease on a run lasts (with a DSN).
+    lease: float = DEFAULT_LEASE
     #: Where metrics and probes are served (``None``: nowhere).
     metrics: MetricsOptions | None = None
     #: How runs are polled: ``auto``, ``list`` or ``each``.
@@ -159,13 +168,22 @@ def parser(prog: str) -> Parser:
     where = state.add_mutually_exclusive_group()
     where.add_argument(
         "--state",
-        metavar="PATH",
-        help=f"the state file (default: {default_state_path()})",
+        metavar="PATH_OR_DSN",
+        help=f"the state file (default: {default_state_path()}), or a "
+        "postgresql:// DSN shared by any number of replicas",
     )
     where.add_argument(
         "--no-state",
         action="store_true",
         help="keep nothing: a restart forgets the runs and their recoveries",
+    )
+    state.add_argument(
+        "--lease",
+        metavar="S",
+        help="with a postgresql:// state: seconds a replica's lease on a run "
+        "lasts, renewed every S/3; a replica that dies has its runs polled "
+        "again within S + S/3 + the poll interval "
+        + default_help(WatchOptions, "lease"),
     )
     add_config_options(parser.add_argument_group("connection"))
     policy = parser.add_argument_group("recovery policy")
@@ -218,6 +236,10 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         )
     if args.duration is not None:
         given["duration"] = number(args.duration, "--duration", float, low=0.0)
+    if args.lease is not None:
+        if state is None or not is_dsn(state):
+            raise UsageError("argument --lease: only with --state postgresql://...")
+        given["lease"] = number(args.lease, "--lease", float, low=1.0)
     return WatchOptions(
         run_ids=tuple(run_ids),
         policy=build_policy(args),
@@ -268,14 +290,23 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
         f"up to {policy.max_attempts} attempt(s). Ctrl-C to stop."
     )
 
+    replicas = options.state is not None and is_dsn(options.state)
+
     async def main() -> int:
         async with AsyncExitStack() as stack:
             try:
-                store = await stack.enter_async_context(open_store(options.state))
+                store = await stack.enter_async_context(
+                    open_store(options.state, lease=options.lease)
+                )
                 stored = len((await store.load()).runs)
             except StoreError as exc:
                 raise UsageError(str(exc)) from None
-            if not options.run_ids and not stored and options.all_runs is None:
+            if (
+                not options.run_ids
+                and not stored
+                and not replicas
+                and options.all_runs is None
+            ):
                 raise UsageError(
                     f"nothing to watch: the state file {options.state} holds no "
                     "run; name the runs to watch"
@@ -285,6 +316,14 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
     async def watch(store: Store, stored: int) -> int:
         board = Board(policy=policy, view=view)
         stop = Stop()
+        if replicas:
+            # One of any number of replicas: it waits for runs to claim.
+            where = (
+                f" Replica {getattr(store, 'replica_id', '?')} on {store.location} "
+                f"({stored} run(s) there), lease {options.lease:g} s."
+            )
+        else:
+            where = f" {stored} run(s) came from {store.location}." if stored else ""
         body = partial(
             monitor_runs,
             config=config,
@@ -292,9 +331,10 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
             max_concurrent=options.max_concurrent,
             run_ids=options.run_ids,
             board=board,
-            headline=headline
-            + (f" {stored} run(s) came from {store.location}." if stored else ""),
-            until=partial(_nothing_left, board, every=options.all_runs is not None),
+            headline=headline + where,
+            until=partial(
+                _nothing_left, board, wait=replicas or options.all_runs is not None
+            ),
             duration=options.duration,
             stop=stop,
             store=store,
@@ -333,13 +373,13 @@ COMMAND: Final = Command(
 )
 
 
-def _nothing_left(board: Board, monitor: Monitor, *, every: bool) -> str | None:
+def _nothing_left(board: Board, monitor: Monitor, *, wait: bool) -> str | None:
     if board.fatal is not None:
         return "Tinker rejected the API key"
     if board.view.output_closed:
         return "the output was closed"
-    if every:
-        return None  # New runs may appear at any time.
+    if wait:
+        return None  # new runs may appear (--all), or come with leases (replicas)
     if not monitor.monitored_runs and monitor.statistics().in_progress == 0:
         return "nothing left to watch"
     return None
