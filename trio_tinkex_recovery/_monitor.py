@@ -196,7 +196,11 @@ class Monitor(metaclass=NoPublicConstructor):
         service: ServiceProtocol | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Start watching ``run_id``; the first poll happens at once.
+        """Start watching ``run_id`` (its first poll comes within the jitter).
+
+        The first poll comes after a random delay of up to
+        ``policy.jitter * policy.poll_interval`` (3 s with the defaults; at
+        once with ``jitter=0``), then one every ``poll_interval``.
 
         Watching a run that is already watched updates its service and
         metadata; there is still one polling task.  A run is restored at
@@ -497,9 +501,13 @@ class Monitor(metaclass=NoPublicConstructor):
     ) -> None:
         """Poll ``watch`` until it is handed over; ``first``: its first answer.
 
-        On its own schedule the run is polled at once, then every interval
-        (with jitter); while its batcher coalesces polls it follows the
-        batcher's grid instead, and waits for each poll in the batcher.
+        Without ``first``, the first poll comes after a random delay of up
+        to ``jitter * interval`` (or joins another new run's first poll, or
+        the batcher's grid, within that window); with ``first`` it is that
+        answer, at once.  On its own schedule the run is then polled every
+        interval on a fixed grid, each slot jittered; while its batcher
+        coalesces polls it follows the batcher's grid instead, and waits
+        for each poll in the batcher.
         """
         interval = self._policy.poll_interval
         spread = self._policy.jitter * interval
