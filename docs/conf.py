@@ -54,6 +54,9 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_inv", "_ext"]
 
+# Options such as --duration stay two hyphens, quotes stay straight.
+smartquotes = False
+
 # Single backticks in docstrings and pages are references to Python objects,
 # as in trio's and attrs' documentation.
 default_role = "py:obj"

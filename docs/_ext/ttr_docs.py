@@ -108,6 +108,7 @@ class CliCommands(SphinxDirective):
                 "   :module: ttr_docs",
                 f"   :func: parser_{name.replace('-', '_')}",
                 f"   :prog: {PROG} {name}",
+                "   :nodefault:",
                 "",
             ]
         container = nodes.section()
