@@ -27,28 +27,28 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from ._errors import (
+from .._errors import (
     AlreadyPendingError,
     CheckpointUnavailableError,
     NoCheckpointError,
     RecoveryDisabledError,
     is_retryable,
 )
-from ._failpoints import crash_point
-from ._policy import Policy
+from .._failpoints import crash_point
+from .._policy import Policy
+from .._state import RecoveryPhase, RecoveryState
+from .._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_safe
+from .._text import printable
+from .._types import Checkpoint, validate_run_id
+from .._util import NoPublicConstructor
+from .._validators import check_number
 from ._selection import candidates
-from ._state import RecoveryPhase, RecoveryState
-from ._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_safe
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
-from ._text import printable
-from ._types import Checkpoint, validate_run_id
-from ._util import NoPublicConstructor
-from ._validators import check_number
 
 if TYPE_CHECKING:
-    from ._protocols import RestClientProtocol, ServiceProtocol
-    from ._store import Ledger, Snapshot, Store
-    from ._types import TrainingRun
+    from .._protocols import RestClientProtocol, ServiceProtocol
+    from .._store import Ledger, Snapshot, Store
+    from .._types import TrainingRun
 
 __all__ = [
     "Executor",
