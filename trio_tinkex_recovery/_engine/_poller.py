@@ -2,10 +2,11 @@
 
 A run is first polled after a random delay of up to
 ``jitter * poll_interval``, then every ``poll_interval`` on a drift-free
-grid (``trio.sleep_until``), so a slow poll never shifts the next one; while its REST client's `Batcher`
-coalesces polls it follows the batcher's shared grid instead.  A healthy
-poll of a run restored in its current episode ends that episode; a
-corrupted one is handed over, and the run's polling ends.
+grid (``trio.sleep_until``), so a slow poll never shifts the next one;
+while its REST client's `Batcher` coalesces polls it follows the
+batcher's shared grid instead.  A healthy poll of a run restored in its
+current episode ends that episode; a corrupted one is handed over, and
+the run's polling ends.
 """
 
 from __future__ import annotations
