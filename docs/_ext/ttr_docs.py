@@ -139,17 +139,27 @@ def _check_api_reference(app: Sphinx, exception: Exception | None) -> None:
 #: Module aliases of the source (``import datetime as dt``), as annotations
 #: written with them name their targets.
 MODULE_ALIASES = {"dt.": "datetime."}
+#: Standard-library names the source imports bare, for annotations that
+#: autodoc shows as written (when it cannot evaluate them).
+BARE_NAMES = {
+    "AbstractAsyncContextManager": "contextlib.AbstractAsyncContextManager",
+}
 
 
 def _resolve_alias(
     app: Sphinx, env: Any, node: Any, contnode: nodes.Element
 ) -> nodes.Element | None:
-    """Resolve ``dt.datetime`` as ``datetime.datetime`` (through intersphinx)."""
+    """Resolve ``dt.datetime`` as ``datetime.datetime``, and the like."""
     from sphinx.ext import intersphinx
 
     target = node.get("reftarget", "")
+    if node.get("refdomain") != "py":
+        return None
+    if target in BARE_NAMES:
+        node["reftarget"] = BARE_NAMES[target]
+        return intersphinx.missing_reference(app, env, node, contnode)
     for alias, module in MODULE_ALIASES.items():
-        if node.get("refdomain") == "py" and target.startswith(alias):
+        if target.startswith(alias):
             node["reftarget"] = module + target.removeprefix(alias)
             return intersphinx.missing_reference(app, env, node, contnode)
     return None

@@ -345,8 +345,8 @@ class Monitor(metaclass=NoPublicConstructor):
 
         A recovery already handed to the executor goes on, but its restored
         successor is not watched.  Discovery (`monitor_all`) leaves the run
-        be (the most recent stops are remembered, see the README) until it
-        is watched again by name.  Unknown runs are ignored.
+        be (the 10,000 most recent stops are remembered) until it is
+        watched again by name.  Unknown runs are ignored.
         """
         watch = self._watches.pop(run_id, None)
         self._book.stopped.set(run_id, None)
