@@ -8,6 +8,10 @@
   package and of ``testing``, ``metrics`` and ``sdk``) must have an entry
   of its own in the API reference; a missing one is a warning, so an
   error under ``-W``.
+- autodoc finds the ``#:`` comments of published classes' attributes
+  (they live in private modules), shows an attrs factory default as the
+  call it is (``dict()``), resolves ``dt.datetime`` and the like, and
+  napoleon reads only docstrings of functions and classes.
 """
 
 from __future__ import annotations
