@@ -78,6 +78,8 @@ class FieldOption:
     metavar: str
     #: What it does (the default is added from the field).
     help: str
+    #: The value's type, when the field's default (``None``) does not say.
+    kind: type | None = None
 
     def add(self, group: argparse._ActionsContainer) -> None:
         """Add the option to a parser; unset, it leaves the field's default."""
@@ -93,7 +95,8 @@ class FieldOption:
         text: str | None = getattr(args, self.field, None)
         if text is None:
             return None
-        return convert(text, self.flag, type(field_default(self.owner, self.field)))
+        kind = self.kind or type(field_default(self.owner, self.field))
+        return convert(text, self.flag, kind)
 
 
 POLICY_OPTIONS: Final = (
@@ -118,6 +121,14 @@ POLICY_OPTIONS: Final = (
         "--backoff", Policy, "backoff", "S", "delay before the first retry; it doubles"
     ),
     FieldOption("--max-backoff", Policy, "max_backoff", "S", "the longest retry delay"),
+    FieldOption(
+        "--stall-timeout",
+        Policy,
+        "stall_timeout",
+        "S",
+        "report a run whose last request time stands still this long",
+        kind=float,
+    ),
 )
 CONFIG_OPTIONS: Final = (
     FieldOption(
