@@ -7,6 +7,7 @@ client's `HTTPClient`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 from .._errors import (
@@ -20,6 +21,7 @@ from .._types import (
     TrainingRunPage,
     WeightsInfo,
     list_params,
+    parse_each,
     parse_tinker_path,
     validate_run_id,
 )
@@ -27,9 +29,26 @@ from .._util import NoPublicConstructor
 from ._operations import GONE
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ._http import HTTPClient
 
-__all__ = ["RestClient"]
+__all__ = ["RestClient", "checkpoint_gone"]
+
+
+@contextmanager
+def checkpoint_gone(path: str) -> Iterator[None]:
+    """Raise a 404 or 410 about checkpoint ``path`` as `CheckpointUnavailableError`."""
+    try:
+        yield
+    except APIStatusError as exc:
+        if exc.status in GONE:
+            raise CheckpointUnavailableError(
+                f"checkpoint {path} is unavailable: {exc.message}",
+                path=path,
+                status=exc.status,
+            ) from exc
+        raise
 
 
 class RestClient(metaclass=NoPublicConstructor):
@@ -120,15 +139,7 @@ class RestClient(metaclass=NoPublicConstructor):
                 f"GET {path}: expected a list at $.checkpoints, "
                 f"got {type(items).__name__}"
             )
-        checkpoints = []
-        for index, item in enumerate(items):
-            try:
-                checkpoints.append(Checkpoint.from_json(item))
-            except ResponseValidationError as exc:
-                raise ResponseValidationError(
-                    f"GET {path}: $.checkpoints[{index}]: {exc}"
-                ) from exc
-        return checkpoints
+        return parse_each(items, Checkpoint.from_json, f"GET {path}: $.checkpoints")
 
     async def get_weights_info(self, tinker_path: str) -> WeightsInfo:
         """What the service knows about a checkpoint's weights.
@@ -144,16 +155,8 @@ class RestClient(metaclass=NoPublicConstructor):
             ResponseValidationError: The answer is not valid weights info.
         """
         parse_tinker_path(tinker_path)
-        try:
+        with checkpoint_gone(tinker_path):
             body = await self._http.request(
                 "POST", "/api/v1/weights_info", json={"tinker_path": tinker_path}
             )
-        except APIStatusError as exc:
-            if exc.status in GONE:
-                raise CheckpointUnavailableError(
-                    f"checkpoint {tinker_path} is unavailable: {exc.message}",
-                    path=tinker_path,
-                    status=exc.status,
-                ) from exc
-            raise
         return WeightsInfo.from_json(body)

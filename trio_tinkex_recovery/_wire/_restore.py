@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .._errors import (
-    APIStatusError,
     CheckpointUnavailableError,
     NotFoundError,
     RequestFailedError,
@@ -39,7 +38,8 @@ from .._store import LoadRecord, SessionRecord
 from .._types import Checkpoint, WeightsInfo, parse_tinker_path
 from ._futures import retrieve_future
 from ._http import new_idempotency_key
-from ._operations import GONE, Operation, is_definitive, required_str
+from ._operations import Operation, is_definitive, required_str
+from ._rest import checkpoint_gone
 from ._session import Session
 from ._training_client import TrainingClient
 
@@ -213,7 +213,7 @@ class Restorer:
         optimizer: bool,
         accepted: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
-        try:
+        with checkpoint_gone(path):
             body = await self._http.request_object(
                 "POST",
                 "/api/v1/load_weights",
@@ -226,14 +226,6 @@ class Restorer:
                 },
                 idempotency_key=operation.key,
             )
-        except APIStatusError as exc:
-            if exc.status in GONE:
-                raise CheckpointUnavailableError(
-                    f"checkpoint {path} is unavailable: {exc.message}",
-                    path=path,
-                    status=exc.status,
-                ) from exc
-            raise
         request_id = required_str(body, "request_id", "POST /api/v1/load_weights")
         if accepted is not None:
             await accepted(request_id)
