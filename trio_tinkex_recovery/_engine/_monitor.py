@@ -14,7 +14,6 @@ same pages.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import random
@@ -37,7 +36,8 @@ from ._backends import BACKENDS
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._leases import LeaseKeeper
 from ._poller import Poller
-from ._polling import Batcher, Discovery, PollCounts, PollingMode, check_polling
+from ._polling import Discovery, PollCounts, PollingMode, check_polling
+from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._watch import AllRuns, Watch, is_active
 
@@ -76,11 +76,8 @@ class Monitor(metaclass=NoPublicConstructor):
         polling: PollingMode = "auto",
     ) -> None:
         self._policy = policy
-        self._polling = polling
         self._store = store
         self._service = service
-        self._rest = rest
-        self._rest_for_service = rest_for_service
         self._executor = executor
         self._owns_executor = owns_executor
         self._telemetry = telemetry
@@ -93,9 +90,14 @@ class Monitor(metaclass=NoPublicConstructor):
         self._handed: dict[str, Watch] = {}
         self._successors: dict[str, str | None] = {}
         self._counts = PollCounts()
-        # Per REST client (by identity, kept alive here): its batcher, or
-        # None when its runs are polled one GET each.
-        self._batchers: dict[int, tuple[RestClientProtocol, Batcher | None]] = {}
+        self._routes = Routes(
+            rest=rest,
+            rest_for_service=rest_for_service,
+            polling=polling,
+            interval=policy.poll_interval,
+            nursery=nursery,
+            counts=self._counts,
+        )
         # Every run watched, discovered or stopped: discovery leaves them be.
         self._known: set[str] = set()
         self._all: AllRuns | None = None
@@ -199,7 +201,7 @@ class Monitor(metaclass=NoPublicConstructor):
             # Another replica may hold it: stored for whichever claims it.
             await self._leases.add(run_id, metadata or {})
             return
-        rest = await self._rest_client(run_id, service)
+        rest = await self._routes.rest_client(run_id, service)
         self._check_open()
         metadata = dict(metadata or {})
         if persist and self._store is not None:
@@ -215,7 +217,7 @@ class Monitor(metaclass=NoPublicConstructor):
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.metadata = service, metadata
-            self._bind(watch, rest)
+            self._routes.bind(watch, rest)
             return
         watch = Watch(
             run_id=run_id,
@@ -282,14 +284,14 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(
                 f"recover_existing must be a bool, got {recover_existing!r}"
             )
-        rest = await self._rest_client(None, self._service)
+        rest = await self._routes.rest_client(None, self._service)
         self._check_open()
         if not isinstance(rest, ListingRestClientProtocol):
             raise TypeError(
                 f"monitor_all needs a REST client that can list runs "
                 f"(list_training_runs); {rest!r} cannot"
             )
-        batcher = self._batcher(rest, discovering=True)
+        batcher = self._routes.batcher(rest, discovering=True)
         assert batcher is not None
         if batcher.unsupported is not None:
             raise batcher.unsupported
@@ -357,65 +359,10 @@ class Monitor(metaclass=NoPublicConstructor):
         if self._closed:
             raise trio.ClosedResourceError("the monitor's async with block has exited")
 
-    async def _rest_client(
-        self, run_id: str | None, service: ServiceProtocol | None
-    ) -> RestClientProtocol:
-        """The REST client that polls ``run_id`` (``None``: lists every run)."""
-        if self._rest is not None:
-            return self._rest
-        if service is None:
-            what = "list runs" if run_id is None else f"poll run {run_id!r}"
-            raise ValueError(
-                f"no service to {what} with: pass service= to "
-                "monitor_run() or open_monitor(), or rest= to open_monitor(), "
-                "or set TINKER_API_KEY (and TINKER_BASE_URL) for open_monitor() "
-                "to connect by itself"
-            )
-        if self._rest_for_service is None:
-            return service.create_rest_client()
-        rest = self._rest_for_service(service)
-        if inspect.isawaitable(rest):
-            rest = await rest
-        return rest
-
-    def _batcher(
-        self, rest: RestClientProtocol, *, discovering: bool = False
-    ) -> Batcher | None:
-        """The batcher polling ``rest``'s runs; ``None``: a GET per poll.
-
-        ``discovering``: one is needed to list runs, whatever ``polling``.
-        """
-        known = self._batchers.get(id(rest))
-        if known is not None and known[0] is rest:
-            batcher = known[1]
-        else:
-            batcher = None
-            if isinstance(rest, ListingRestClientProtocol):
-                batcher = Batcher(
-                    rest,
-                    mode=self._polling,
-                    interval=self._policy.poll_interval,
-                    nursery=self._nursery,
-                    counts=self._counts,
-                )
-            self._batchers[id(rest)] = (rest, batcher)
-        if batcher is None or discovering or batcher.mode != "each":
-            return batcher
-        return None
-
-    def _bind(self, watch: Watch, rest: RestClientProtocol) -> None:
-        """Poll ``watch``'s run through ``rest`` (and its batcher) from now on."""
-        batcher = self._batcher(rest)
-        if watch.batcher is not None:
-            watch.batcher.members -= 1
-        if batcher is not None:
-            batcher.members += 1
-        watch.rest, watch.batcher = rest, batcher
-
     def _start_watch(
         self, watch: Watch, first: Mapping[str, Any] | None = None
     ) -> None:
-        self._bind(watch, watch.rest)
+        self._routes.bind(watch, watch.rest)
         self._watches[watch.run_id] = watch
         self._known.add(watch.run_id)
         self._nursery.start_soon(self._watch, watch, first)
@@ -567,7 +514,7 @@ class Monitor(metaclass=NoPublicConstructor):
             if not recovery.state.pending:
                 continue
             run_id = recovery.state.run_id
-            rest = await self._rest_client(run_id, self._service)
+            rest = await self._routes.rest_client(run_id, self._service)
             self._handed[run_id] = Watch(
                 run_id=run_id,
                 service=self._service,
