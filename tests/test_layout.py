@@ -17,11 +17,7 @@ NAME = PACKAGE.name
 #: The most lines a module of the package may have.
 MAX_LINES = 700
 #: Modules still over `MAX_LINES` while the rest of the restructuring lands.
-OVER_FOR_NOW = {
-    f"{NAME}._engine._executor",
-    f"{NAME}._engine._monitor",
-    f"{NAME}._store._postgres",
-}
+OVER_FOR_NOW = {f"{NAME}._store._postgres"}
 
 
 def _module_name(path: Path) -> str:
@@ -127,6 +123,6 @@ def test_no_import_cycle_between_modules():
 @pytest.mark.parametrize("name", sorted(_modules()))
 def test_no_module_is_too_long(name):
     lines = len(_modules()[name].read_text(encoding="utf-8").splitlines())
-    if name in OVER_FOR_NOW:
+    if name in OVER_FOR_NOW and lines > MAX_LINES:
         pytest.skip(f"{name}: {lines} lines, shortened by another change")
     assert lines <= MAX_LINES, f"{name} has {lines} lines (at most {MAX_LINES})"
