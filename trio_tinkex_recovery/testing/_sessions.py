@@ -8,15 +8,12 @@ operations.  Both take their ids from one `Ids` counter, so ids read
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from ._model import PendingFuture, Refused, StoredSession
 from ._records import SessionInfo
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
 
 __all__ = ["Futures", "Ids", "Sessions"]
 
@@ -47,20 +44,10 @@ class Sessions:
         """A session, finished or not, or ``None``."""
         return self._sessions.get(session_id)
 
-    def create(
-        self,
-        tags: Iterable[str],
-        user_metadata: Mapping[str, Any],
-        project_id: str | None = None,
-    ) -> str:
-        """Open a session (its models belong to ``project_id``); its id."""
+    def create(self, **fields: Any) -> str:
+        """Open a session with these `StoredSession` fields; its id."""
         session_id = self._ids.next("session")
-        self._sessions[session_id] = StoredSession(
-            session_id=session_id,
-            tags=tuple(map(str, tags)),
-            user_metadata=dict(user_metadata),
-            project_id=project_id,
-        )
+        self._sessions[session_id] = StoredSession(session_id=session_id, **fields)
         return session_id
 
     def known(self, session_id: str) -> StoredSession:

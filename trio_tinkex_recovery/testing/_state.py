@@ -388,7 +388,11 @@ class TinkerState(Traffic):
         project_id: str | None = None,
     ) -> str:
         """Open a session (its models belong to ``project_id``); its id."""
-        return self._sessions.create(tags, user_metadata, project_id)
+        return self._sessions.create(
+            tags=tuple(map(str, tags)),
+            user_metadata=dict(user_metadata),
+            project_id=project_id,
+        )
 
     def live_session(self, session_id: str) -> StoredSession:
         """A session that has not finished.
