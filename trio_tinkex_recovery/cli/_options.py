@@ -36,10 +36,12 @@ __all__ = [
     "add_metrics_options",
     "add_output_options",
     "add_policy_options",
+    "add_view_options",
     "build",
     "build_config",
     "build_metrics",
     "build_policy",
+    "build_view",
     "convert",
     "default_help",
     "field_default",
@@ -378,6 +380,29 @@ def add_metrics_options(parser: argparse.ArgumentParser, *, host: bool = True) -
             "exposes the metrics to the network "
             f"{default_help(MetricsOptions, 'host')}",
         )
+
+
+def add_view_options(
+    parser: argparse.ArgumentParser, *, metrics_host: bool = True
+) -> None:
+    """How a watching command shows progress and where it serves metrics.
+
+    `add_output_options`, then `add_metrics_options` (``--metrics-host``
+    with ``metrics_host``).
+    """
+    add_output_options(parser)
+    add_metrics_options(parser, host=metrics_host)
+
+
+def build_view(
+    args: argparse.Namespace,
+) -> tuple[OutputOptions, MetricsOptions | None]:
+    """The options of `add_view_options`: output, then metrics (or ``None``).
+
+    Raises:
+        UsageError: As `build_metrics`.
+    """
+    return OutputOptions.from_args(args), build_metrics(args)
 
 
 def build_metrics(args: argparse.Namespace) -> MetricsOptions | None:
