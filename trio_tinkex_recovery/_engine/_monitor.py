@@ -357,7 +357,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 exhausted or its checkpoint says no step.
         """
         return open_training(
-            self,
+            _TrainingHost(self),
             client_or_run_id,
             first_step=first_step,
             step_of=step_of,
@@ -458,26 +458,6 @@ class Monitor(metaclass=NoPublicConstructor):
         if tracker is not None:
             tracker.polled(corrupted, began)
 
-    def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
-        """Tell ``tracker`` about ``run_id``'s polls (for `training`)."""
-        self._trackers[run_id] = tracker
-
-        def untrack() -> None:
-            if self._trackers.get(run_id) is tracker:
-                del self._trackers[run_id]
-
-        return untrack
-
-    def recovery_outcomes(
-        self,
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RecoveryOutcome]]:
-        """How each recovery ends (`Executor.outcomes`), for `training`."""
-        return self._executor.outcomes()
-
-    async def start(self, task: Callable[..., Awaitable[None]]) -> None:
-        """Start ``task`` in the monitor's nursery, for `training`."""
-        await self._nursery.start(task)
-
     def _gone(self, watch: Watch) -> None:
         """A discovered run the service no longer knows: forget it."""
         logger.warning(
@@ -486,6 +466,40 @@ class Monitor(metaclass=NoPublicConstructor):
         )
         if self._current(watch):
             del self._watches[watch.run_id]
+
+
+@final
+@attrs.frozen
+class _TrainingHost:
+    """The monitor as a training uses it."""
+
+    _monitor: Monitor
+
+    async def monitor_run(
+        self,
+        run_id: str,
+        service: ServiceProtocol | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        await self._monitor.monitor_run(run_id, service, metadata)
+
+    def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
+        trackers = self._monitor._trackers
+        trackers[run_id] = tracker
+
+        def untrack() -> None:
+            if trackers.get(run_id) is tracker:
+                del trackers[run_id]
+
+        return untrack
+
+    def recovery_outcomes(
+        self,
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RecoveryOutcome]]:
+        return self._monitor.executor.outcomes()
+
+    async def start(self, task: Callable[..., Awaitable[None]]) -> None:
+        await self._monitor._nursery.start(task)
 
 
 @final
