@@ -475,13 +475,8 @@ class _TrainingHost:
 
     _monitor: Monitor
 
-    async def monitor_run(
-        self,
-        run_id: str,
-        service: ServiceProtocol | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        await self._monitor.monitor_run(run_id, service, metadata)
+    async def watch(self, run_id: str, metadata: Mapping[str, Any]) -> None:
+        await self._monitor.monitor_run(run_id, metadata=metadata)
 
     def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
         trackers = self._monitor._trackers
