@@ -8,8 +8,9 @@ serves a `FakeTinker` holding runs ``run-00000`` … on loopback with
 ``--latency`` seconds in the server (``FakeTinker(base_latency=...)``), a
 stand-in for the network and the service's own work.
 
-The wrapper app below adds what only a benchmark needs, without touching
-the simulator:
+The simulator is the shipped one, unmodified (its list pages come from
+an index kept in order); the wrapper app below adds what only a benchmark
+needs, without touching it:
 
 - it notes the arrival time (``time.monotonic()``, the system-wide
   monotonic clock every process on the machine shares) of every
@@ -52,29 +53,6 @@ LISTED_ID = re.compile(rb'"training_run_id":\s*"([^"]+)"')
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class BenchTinker(FakeTinker):
-    """The simulator, with the order its run list is paged in kept.
-
-    The simulator filters and sorts every run for every page (≈ 10 ms a
-    page at 50,000 runs, which capped it at ≈ 60-90 pages/s here); a real
-    service pages from an index.  The runs of a watch scenario never
-    change (restores are stubbed out), so the order is computed once per
-    scope; each page still renders its runs as they are now.
-    """
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self._orders: dict[tuple[bool, str | None], list[Any]] = {}
-
-    def listed_runs(self, *, owned_only: bool, project_id: str | None = None) -> Any:
-        key = (owned_only, project_id)
-        if key not in self._orders:
-            self._orders[key] = super().listed_runs(
-                owned_only=owned_only, project_id=project_id
-            )
-        return self._orders[key]
 
 
 class BenchApp:
@@ -176,7 +154,7 @@ class BenchApp:
 
 async def serve(runs: int, latency: float, host: str, port: int) -> None:
     # The request log would grow for the whole benchmark; keep a little.
-    fake = BenchTinker(api_key=API_KEY, base_latency=latency, request_log_limit=100)
+    fake = FakeTinker(api_key=API_KEY, base_latency=latency, request_log_limit=100)
     for index in range(runs):
         fake.add_run(run_name(index), checkpoints=["ckpt-0001", "ckpt-0002"])
     async with trio.open_nursery() as nursery:

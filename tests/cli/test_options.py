@@ -206,6 +206,7 @@ def test_bad_watch_usage_names_the_option(argv, message):
         (_simulate.parse, ["--fault", "latency=-1:0.1"], "seconds must be ≥ 0"),
         (_simulate.parse, ["--port", "70000"], "argument --port: must be ≤ 65535"),
         (_simulate.parse, ["--latency", "-1"], "argument --latency: base_latency"),
+        (_simulate.parse, ["--runs", "1000001"], "argument --runs: must be ≤ 1000000"),
     ],
 )
 def test_bad_demo_and_simulate_usage_names_the_option(parse, argv, message):
@@ -251,6 +252,11 @@ def test_simulate_builds_its_simulator():
     assert {fault.path for fault, _ in rates} == {"/api/v1/training_runs"}
     # Left running, it keeps a bounded request log.
     assert options.fake.request_log_limit == _simulate.REQUEST_LOG_LIMIT
+
+
+def test_simulate_takes_a_million_runs():
+    """--runs goes up to 1,000,000: list pages come from an index."""
+    assert _simulate.parse(["--runs", "1000000"]).runs == 1_000_000
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import trio
 
 import trio_tinkex_recovery.testing as testing
 from trio_tinkex_recovery import Checkpoint, TrainingRun, WeightsInfo
-from trio_tinkex_recovery.testing import FakeTinker, Fault
+from trio_tinkex_recovery.testing import FakeTinker, Fault, RecordedRequest
 
 KEY = "tml-test-key-0123456789"
 PAST = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
@@ -964,6 +964,20 @@ async def test_request_log_limit(autojump_clock):
         "/api/v1/training_runs",
     ]
     assert fake.requests_received == 3
+
+
+def test_request_log_is_bounded_by_default():
+    """By default the log keeps the latest 10,000 requests; None keeps all."""
+    bounded, unbounded = FakeTinker(), FakeTinker(request_log_limit=None)
+    assert bounded.request_log_limit == 10_000
+    for fake in (bounded, unbounded):
+        for index in range(10_005):
+            path = f"/api/v1/training_runs/run-{index}"
+            fake.record(RecordedRequest("GET", path, {}, {}, None, 0.0))
+    assert bounded.requests_received == unbounded.requests_received == 10_005
+    assert len(bounded.requests) == 10_000
+    assert bounded.requests[0].path == "/api/v1/training_runs/run-5"
+    assert len(unbounded.requests) == 10_005
 
 
 async def test_request_log_records_faults(fake_tinker, client, autojump_clock):

@@ -174,3 +174,84 @@ def test_list_options_checked(options, error):
     """Bad list options are refused when the simulator is built."""
     with pytest.raises(error, match="list_"):
         FakeTinker(**options)
+
+
+def reference_order(fake, *, owned_only, project_id=None, order="recent"):
+    """What a list shows, by filtering and sorting every run (the slow way)."""
+    runs = [
+        fake.find_run(run_id)
+        for run_id in fake.run_ids
+        if (not owned_only or fake.find_run(run_id).model_owner == fake.model_owner)
+        and (project_id is None or fake.find_run(run_id).project_id == project_id)
+    ]
+    if order == "recent":
+        runs.sort(key=lambda run: run.last_request_time, reverse=True)
+    else:
+        runs.sort(key=lambda run: run.run_id)
+    return [run.run_id for run in runs]
+
+
+async def all_pages(client, limit, **params):
+    """Every page of a list, concatenated: (ids, corrupted flags)."""
+    ids, flags, offset = [], [], 0
+    while True:
+        response = await client.get(
+            "/api/v1/training_runs", params={"limit": limit, "offset": offset, **params}
+        )
+        rows = response.json()["training_runs"]
+        ids += [row["training_run_id"] for row in rows]
+        flags += [row["corrupted"] for row in rows]
+        if len(rows) < limit:
+            return ids, flags
+        offset += limit
+
+
+@pytest.mark.parametrize("order", ["recent", "id"])
+async def test_pages_stay_in_order_as_runs_change(order, autojump_clock):
+    """Pages follow adds, checkpoints, corruption, restores and filters.
+
+    Each list is checked against filtering and sorting every run, after
+    every change, so the list index never serves a stale order.
+    """
+    import random
+
+    rng = random.Random(7)
+    fake = FakeTinker(list_order=order, list_page_max=4)
+    async with client_of(fake) as client:
+        for step in range(60):
+            action = rng.randrange(5)
+            if action == 0 or not fake.run_ids:
+                fake.add_run(
+                    f"run-{step:03d}-{rng.randrange(100)}",
+                    model_owner=rng.choice(["fake-user", "other"]),
+                    project_id=rng.choice([None, "p1", "p2"]),
+                    checkpoints=[],
+                )
+            elif action == 1:
+                fake.add_checkpoint(rng.choice(fake.run_ids), f"ckpt-{step}")
+            elif action == 2:
+                fake.corrupt(rng.choice(fake.run_ids), rng.random() < 0.5)
+            elif action == 3:
+                source = rng.choice(fake.run_ids)
+                if fake.checkpoints(source):
+                    path = fake.checkpoints(source)[-1].tinker_path
+                    await restore(client, path, project_id="p1")
+            else:
+                fake.model_owner = rng.choice(["fake-user", "other"])
+            for scope, project_id in [
+                ("owned", None),
+                ("accessible", None),
+                ("accessible", "p1"),
+                ("owned", "p2"),
+            ]:
+                params = {"access_scope": scope}
+                if project_id is not None:
+                    params["project_id"] = project_id
+                ids, flags = await all_pages(client, rng.choice([1, 3, 4]), **params)
+                assert ids == reference_order(
+                    fake,
+                    owned_only=scope == "owned",
+                    project_id=project_id,
+                    order=order,
+                )
+                assert flags == [fake.run(run_id).corrupted for run_id in ids]

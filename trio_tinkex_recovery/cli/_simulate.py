@@ -30,6 +30,9 @@ __all__ = ["COMMAND", "SimulateOptions", "Simulation", "parse", "simulated_loss"
 
 #: Requests the simulator keeps in its log; older ones are dropped.
 REQUEST_LOG_LIMIT: Final = 10_000
+#: The most runs ``--runs`` starts with: list pages come from an index,
+#: so a page costs the same at this size as at 3 runs.
+MAX_RUNS: Final = 1_000_000
 
 _FAULT_KINDS: Final = (
     "5xx status (e.g. 503), 429, 408, another 4xx status, drop, drop-request, "
@@ -121,7 +124,10 @@ def parser(prog: str) -> Parser:
         "--port", default="8000", help="port to bind; 0 picks a free one (8000)"
     )
     parser.add_argument(
-        "--runs", default="3", metavar="N", help="runs run-1 … run-N to start with (3)"
+        "--runs",
+        default="3",
+        metavar="N",
+        help="runs run-1 … run-N to start with, up to 1,000,000 (3)",
     )
     parser.add_argument("--seed", default="0", help="seeds faults and corruptions (0)")
     parser.add_argument(
@@ -205,7 +211,7 @@ def parse(argv: Sequence[str], prog: str = "simulate") -> SimulateOptions:
         fake=fake,
         host=args.host,
         port=number(args.port, "--port", int, low=0, high=65535),
-        runs=number(args.runs, "--runs", int, low=0, high=10_000),
+        runs=number(args.runs, "--runs", int, low=0, high=MAX_RUNS),
         seed=seed,
         has_api_key=args.api_key is not None,
         checkpoint_every=number(
@@ -347,7 +353,8 @@ class Simulation:
 
     def healthy(self) -> list[str]:
         """The runs (restored models included) not corrupted now."""
-        return [r for r in self.fake.run_ids if not self.fake.run(r).corrupted]
+        runs = map(self.fake.find_run, self.fake.run_ids)
+        return [run.run_id for run in runs if run is not None and not run.corrupted]
 
     def add_run(self, run_id: str, checkpoints: int = 2) -> None:
         """Add a run with ``checkpoints`` checkpoints that report a ``loss``."""
@@ -358,7 +365,8 @@ class Simulation:
     def checkpoint(self, run_id: str) -> None:
         """Save the run's next checkpoint, ``ckpt-NNNN``, with a ``loss``."""
         rng = self._rngs.setdefault(run_id, random.Random(f"{self.seed}:{run_id}"))
-        index = len(self.fake.checkpoints(run_id)) + 1
+        run = self.fake.find_run(run_id)
+        index = (len(run.live()) if run is not None else 0) + 1
         while True:
             try:
                 self.fake.add_checkpoint(

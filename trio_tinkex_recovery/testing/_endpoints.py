@@ -107,12 +107,15 @@ class Endpoints:
             raise WireError(
                 422, "query parameter 'access_scope' must be 'owned' or 'accessible'"
             )
-        runs = state.listed_runs(
-            owned_only=scope == "owned", project_id=request.query.get("project_id")
+        runs, total = state.list_page(
+            owned_only=scope == "owned",
+            project_id=request.query.get("project_id"),
+            offset=offset,
+            limit=limit,
         )
         return {
-            "training_runs": [r.to_json() for r in runs[offset : offset + limit]],
-            "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)},
+            "training_runs": [r.to_json() for r in runs],
+            "cursor": {"offset": offset, "limit": limit, "total_count": total},
         }
 
     @_route("GET", rf"/api/v1/training_runs/{_RUN}/checkpoints")

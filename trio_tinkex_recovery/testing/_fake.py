@@ -43,10 +43,11 @@ class FakeTinker(TinkerState):
             ``None`` (the default) answers 404, as older servers do.
         epoch: The start of the logical clock behind wire timestamps.
         request_log_limit: Keep only the latest this many requests in
-            `requests` (``None``: keep all, what tests want), e.g. for long
-            benchmarks or a long-running ``simulate``, where the log would
-            grow by about 1.7 KB a request; `requests_received` still
-            counts every one.
+            `requests`: 10,000 by default, so that a long benchmark or a
+            long-running ``simulate`` does not grow by about 1.7 KB a
+            request; ``None`` keeps all (a test that counts more requests
+            than that asks for it).  `requests_received` still counts every
+            one.
         list_order: The order ``GET /api/v1/training_runs`` lists runs in:
             ``"recent"`` (by ``last_request_time``, newest first), ``"id"``
             (by run id) or ``"shuffled"`` (a new order, drawn from ``seed``,

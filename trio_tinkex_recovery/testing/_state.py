@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from .._types import Checkpoint, TrainingRun, WeightsInfo, parse_tinker_path
+from ._index import RunIndex
 from ._model import (
     DEFAULT_EPOCH,
     KIND_SEGMENT,
@@ -42,7 +43,7 @@ from ._model import (
 )
 from ._records import Restore, SessionInfo, TrainingStep
 from ._sessions import Futures, Ids, Sessions
-from ._traffic import Traffic
+from ._traffic import DEFAULT_REQUEST_LOG_LIMIT, Traffic
 from ._training import ModelLog
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class TinkerState(Traffic):
         client_config: Mapping[str, Any] | None = None,
         dynamic_config: Mapping[str, Any] | None = None,
         epoch: dt.datetime = DEFAULT_EPOCH,
-        request_log_limit: int | None = None,
+        request_log_limit: int | None = DEFAULT_REQUEST_LOG_LIMIT,
         list_order: ListOrder = "recent",
         list_page_max: int = 100,
     ) -> None:
@@ -113,6 +114,7 @@ class TinkerState(Traffic):
         self._epoch = epoch
         self._ticks = 0
         self._runs: dict[str, StoredRun] = {}
+        self._index = RunIndex()
         self._ids = Ids()
         self._sessions = Sessions(self._ids)
         self._futures = Futures(self._ids)
@@ -178,6 +180,7 @@ class TinkerState(Traffic):
             corrupted=corrupted,
             project_id=project_id,
         )
+        self._index.add(self._runs[run_id])
         for name in checkpoints:
             self.add_checkpoint(run_id, name)
         return self.run(run_id)
@@ -235,7 +238,7 @@ class TinkerState(Traffic):
         )
         run.checkpoints.pop(key, None)
         run.checkpoints[key] = ckpt
-        run.last_request_time = ckpt.time
+        self._touch(run, ckpt.time)
         return Checkpoint.from_json(run.checkpoint_json(ckpt))
 
     def corrupt(self, run_id: str, corrupted: bool = True) -> None:
@@ -362,20 +365,44 @@ class TinkerState(Traffic):
                 (``access_scope=accessible``).
             project_id: Only the runs of this project, if given.
         """
-        runs = [
-            run
-            for run in self._runs.values()
-            if (not owned_only or run.model_owner == self.model_owner)
-            and (project_id is None or run.project_id == project_id)
-        ]
-        if self.list_order == "recent":
-            # Newest first; stable, so runs of one time stay in creation order.
-            runs.sort(key=lambda run: run.last_request_time, reverse=True)
-        elif self.list_order == "id":
-            runs.sort(key=lambda run: run.run_id)
-        else:
-            self._list_rng.shuffle(runs)
+        everything = len(self._runs)
+        runs, _ = self.list_page(
+            owned_only=owned_only, project_id=project_id, offset=0, limit=everything
+        )
         return runs
+
+    def list_page(
+        self,
+        *,
+        owned_only: bool,
+        project_id: str | None = None,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[StoredRun], int]:
+        """One page of `listed_runs`, and how many runs the list holds.
+
+        ``"recent"`` and ``"id"`` pages come from an index kept in order as
+        runs are added and change (O(log n + limit) a page, whatever the
+        fleet); ``"shuffled"`` draws a new order of every run per request.
+        """
+        owner = self.model_owner if owned_only else None
+        if self.list_order == "shuffled":
+            runs = [
+                run
+                for run in self._runs.values()
+                if (owner is None or run.model_owner == owner)
+                and (project_id is None or run.project_id == project_id)
+            ]
+            self._list_rng.shuffle(runs)
+            return runs[offset : offset + limit], len(runs)
+        return self._index.page(
+            self._runs.values(),
+            order=self.list_order,
+            owner=owner,
+            project=project_id,
+            offset=offset,
+            limit=limit,
+        )
 
     def find_future(self, request_id: str) -> PendingFuture | None:
         """A future by its request id, or ``None``."""
@@ -482,6 +509,7 @@ class TinkerState(Traffic):
                 project_id=session.project_id,
                 session_id=session_id,
             )
+            self._index.add(self._runs[model_id])
             self._model_log.supersede(source.run_id, model_id)
             self._restores.append(
                 Restore(
@@ -637,7 +665,7 @@ class TinkerState(Traffic):
             ),
             identity,
         )
-        run.last_request_time = self._stamp()
+        self._touch(run, self._stamp())
         return request_id
 
     # ------------------------------------------------------------------
@@ -646,6 +674,11 @@ class TinkerState(Traffic):
     def _stamp(self) -> dt.datetime:
         self._ticks += 1
         return self._epoch + dt.timedelta(minutes=self._ticks)
+
+    def _touch(self, run: StoredRun, time: dt.datetime) -> None:
+        """Set ``run.last_request_time``, keeping the list index in order."""
+        before, run.last_request_time = run.last_request_time, time
+        self._index.moved(run, before)
 
     def _run(self, run_id: str) -> StoredRun:
         try:

@@ -17,7 +17,12 @@ from ._faults import Fault, FaultPlan
 if TYPE_CHECKING:
     from ._records import RecordedRequest
 
-__all__ = ["Traffic"]
+__all__ = ["DEFAULT_REQUEST_LOG_LIMIT", "Traffic"]
+
+#: How many requests the request log keeps unless told otherwise: a
+#: simulator serving a large fleet for long would otherwise grow by about
+#: 1.7 KB a request.
+DEFAULT_REQUEST_LOG_LIMIT = 10_000
 
 
 class Traffic:
@@ -26,8 +31,8 @@ class Traffic:
     Args:
         seed: Seeds the ``random.Random`` that decides rate-based faults.
         request_log_limit: Keep only the latest this many requests in
-            `requests` (``None``: keep all); `requests_received` still
-            counts every one.
+            `requests` (default `DEFAULT_REQUEST_LOG_LIMIT`, 10,000;
+            ``None``: keep all); `requests_received` still counts every one.
 
     Attributes:
         faults: The scripted faults and fault rates.
@@ -36,7 +41,12 @@ class Traffic:
             ``X-Idempotency-Key`` cache instead of acting again.
     """
 
-    def __init__(self, *, seed: int = 0, request_log_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        request_log_limit: int | None = DEFAULT_REQUEST_LOG_LIMIT,
+    ) -> None:
         if request_log_limit is not None and request_log_limit < 0:
             raise ValueError(f"request_log_limit must be >= 0, got {request_log_limit}")
         self.faults = FaultPlan(random.Random(seed))
@@ -65,7 +75,10 @@ class Traffic:
     def request_count(
         self, *, method: str | None = None, path: str | None = None
     ) -> int:
-        """How many recorded requests match ``method`` and the ``path`` prefix."""
+        """How many logged requests match ``method`` and the ``path`` prefix.
+
+        Counts the requests the log keeps (the latest ``request_log_limit``).
+        """
         return sum(
             1
             for r in self._requests
