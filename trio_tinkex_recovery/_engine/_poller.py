@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from .._policy import Policy
-    from ._polling import Answer
+    from ._polling import Answer, Inline
     from ._telemetry import Telemetry
 
 __all__ = ["Poller"]
@@ -124,13 +124,22 @@ class Poller:
             if watch.batcher is not None:
                 due = watch.batcher.first_due(start, due, start + spread)
         slot = 0
+
+        def inline(item: Mapping[str, Any], began: float) -> bool:
+            return self._inline(watch, item, began)
+
         while True:
             if first is None and not coalesced(watch):
                 await trio.sleep_until(due)
             # Asked again after the sleep: the batcher may coalesce by now.
             batcher = watch.batcher if coalesced(watch) else None
-            if await self._poll(watch, due, batcher, first):
+            asked = due
+            over, due = await self._poll(watch, due, batcher, first, inline)
+            if over:
                 return
+            if due != asked:
+                # Polls answered inline moved the run along the batcher's grid.
+                start, slot = due, 0
             first = None
             now = trio.current_time()
             if watch.batcher is not None and coalesced(watch):
@@ -144,25 +153,63 @@ class Poller:
             due = start + slot * interval
             due += self.rng.uniform(0, spread) if spread else 0.0
 
+    def _inline(self, watch: Watch, item: Mapping[str, Any], began: float) -> bool:
+        """Answer a healthy poll from a page without waking the run's task.
+
+        Only the plain case: the run is healthy, watched now, in no
+        corruption episode, and no stall to judge; the ``polled`` event and
+        the bookkeeping are those of `_poll`.  Anything else (or a malformed
+        row) is left to the task: ``False``.
+        """
+        if (
+            watch.recovered
+            or self.policy.stall_timeout is not None
+            or not self.is_current(watch)
+        ):
+            return False
+        try:
+            corrupted, checkpoint = read_listed(item)
+        except Exception:
+            return False
+        if corrupted:
+            return False
+        self.telemetry.emit(
+            "polled",
+            watch.run_id,
+            {
+                **watch.metadata,
+                "corrupted": False,
+                "checkpoint": checkpoint,
+                "via": "list",
+            },
+            duration=trio.current_time() - began,
+        )
+        self.observe(watch, False, began)
+        return True
+
     async def _poll(
         self,
         watch: Watch,
         due: float,
         batcher: Batcher | None,
         answer: Answer | None = None,
-    ) -> bool:
-        """Poll once; return whether the watch is over (run handed over).
+        inline: Inline | None = None,
+    ) -> tuple[bool, float]:
+        """Poll once: whether the watch is over (run handed over), and when
+        the poll was due.
 
         With a ``batcher``, the run is polled by its cycle at ``due`` (it
-        may answer from a page, or say to GET the run); ``answer``: the run
-        as a page already listed it.  Otherwise it is polled with a GET now.
+        may answer from a page, or say to GET the run; the polls ``inline``
+        answers in place come and go without this returning, so the poll
+        answered may be due later); ``answer``: the run as a page already
+        listed it.  Otherwise it is polled with a GET now.
         """
         began = trio.current_time()
         run: TrainingRun | None = None
         error: Exception | None = None
         try:
             if answer is None and batcher is not None:
-                answer = await batcher.ask(watch.run_id, due)
+                answer, due = await batcher.ask(watch.run_id, due, inline)
                 began = max(began, due)
             else:
                 self.counts.polls += 1
@@ -193,10 +240,10 @@ class Poller:
                 )
                 if watch.discovered and isinstance(error, NotFoundError):
                     self.gone(watch)
-                    return True
-            return False
+                    return True, due
+            return False, due
         if not self.is_current(watch):
-            return False
+            return False, due
         self.telemetry.emit(
             "polled",
             watch.run_id,
@@ -216,9 +263,9 @@ class Poller:
                 # A healthy poll ends the corruption episode.
                 watch.recovered = False
                 self.episode_over(watch)
-            return False
+            return False, due
         if watch.recovered or run is None:
-            return False
+            return False, due
         self.telemetry.emit(
             "detected",
             watch.run_id,
@@ -229,7 +276,7 @@ class Poller:
             },
         )
         crash_point("detected")
-        return await self.hand_over(watch, run)
+        return await self.hand_over(watch, run), due
 
 
 def _request_time(value: object) -> dt.datetime | None:

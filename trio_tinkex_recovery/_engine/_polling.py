@@ -16,6 +16,14 @@ fell due together in one *cycle*:
   due run is told to GET itself, and a sweep stops early once the pages
   left outnumber the runs it still has to find.
 
+A healthy row needs no task: the poller hands each ask a sync *inline*
+handler that answers a healthy, unremarkable poll in place (the same
+``polled`` event, the same bookkeeping), and the ask stays parked for the
+run's next grid time.  A run's task wakes only when its poll needs it (a
+corrupted run, an episode to end, a stall to judge, a GET, a failure), so
+the cost of a poll does not grow with the tasks parked: no wake-up, and
+no new coroutine or ask per poll for the garbage collector to carry.
+
 Runs coalesce because they fall due together: a run read through a
 batcher is polled on the batcher's grid (``origin + k·interval``) after its
 first poll, never later than its own schedule (its second poll may come
@@ -109,6 +117,9 @@ class Failed:
 #: What a waiting run's task is handed: its run's JSON from a page, `FETCH`
 #: or `Failed`.
 Answer: TypeAlias = "Mapping[str, Any] | Literal[_Fetch.FETCH] | Failed"
+#: Answers a poll from a listed run's JSON without waking the run's task,
+#: given when the poll began; whether it did (else the task is woken).
+Inline: TypeAlias = "Callable[[Mapping[str, Any], float], bool]"
 
 
 @attrs.define
@@ -180,6 +191,7 @@ class DiscoveryRound:
 class _Ask:
     task: trio.lowlevel.Task
     due: float
+    inline: Inline | None = None
 
 
 @attrs.define(eq=False)
@@ -296,24 +308,26 @@ class Batcher:
 
     # -- asking ----------------------------------------------------------------
 
-    async def ask(self, run_id: str, due: float) -> Answer:
+    async def ask(
+        self, run_id: str, due: float, inline: Inline | None = None
+    ) -> tuple[Answer, float]:
         """``run_id``'s state, polled at ``due`` (Trio time) or as soon after.
 
         Waits, parked, until the cycle that serves it; the poll counts as
         started once it is due.  Cancelled, the ask is withdrawn: no answer
-        is kept for it.
+        is kept for it.  With ``inline``, each poll ``inline`` answers from
+        a page (it returns true) is done in place, and the ask stays parked
+        for the next grid time: this returns only with a poll it left.
+
+        Returns:
+            The answer, and the time the poll it answers was due.
         """
-        ask = _Ask(trio.lowlevel.current_task(), due)
+        ask = _Ask(trio.lowlevel.current_task(), due, inline)
         if due <= trio.current_time():
             self._enqueue(run_id, ask)
             poke = True
         else:
-            group = self._later.get(due)
-            if group is None:
-                group = self._later[due] = {}
-                heapq.heappush(self._later_times, due)
-            group[run_id] = ask
-            poke = due < self._sleeping_until
+            poke = self._park(run_id, ask)
         if poke or not self._running:
             self._poke()
 
@@ -328,7 +342,33 @@ class Batcher:
             return trio.lowlevel.Abort.SUCCEEDED
 
         answer: Answer = await trio.lowlevel.wait_task_rescheduled(abort)
-        return answer
+        return answer, ask.due
+
+    def _park(self, run_id: str, ask: _Ask) -> bool:
+        """Keep ``ask`` until it is due; whether the runner must look again."""
+        group = self._later.get(ask.due)
+        if group is None:
+            group = self._later[ask.due] = {}
+            heapq.heappush(self._later_times, ask.due)
+        group[run_id] = ask
+        return ask.due < self._sleeping_until
+
+    def _inline(self, run_id: str, ask: _Ask, item: Mapping[str, Any]) -> bool:
+        """Answer ``ask`` in place if its handler can; then park it again.
+
+        The poll began when it was due (the ask came earlier); the next is
+        due at the first grid time after, as a run's task would ask next.
+        """
+        assert ask.inline is not None
+        if not self.coalesces() or not ask.inline(item, ask.due):
+            return False
+        now = trio.current_time()
+        ask.due = self.next_due(ask.due, now)
+        if ask.due <= now:
+            self._enqueue(run_id, ask)
+        else:
+            self._park(run_id, ask)
+        return True
 
     def _enqueue(self, run_id: str, ask: _Ask) -> None:
         """``ask`` is due: the next cycle (or the sweep under way) serves it."""
@@ -544,6 +584,7 @@ class Batcher:
             if ask is not None and ask.due <= sent:
                 del waiting[run_id]
                 sweep.due.discard(run_id)
-                trio.lowlevel.reschedule(ask.task, outcome.Value(item))
+                if ask.inline is None or not self._inline(run_id, ask, item):
+                    trio.lowlevel.reschedule(ask.task, outcome.Value(item))
             elif on_listed is not None:
                 on_listed(run_id, item)
