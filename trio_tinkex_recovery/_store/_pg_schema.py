@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from ._base import StoreError
+from ._rows import tables_v1
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "migrate"]
+__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "SCHEMA", "SCHEMA_VERSION", "migrate"]
 
 #: The schema the tables live in.
 SCHEMA: Final = "trio_tinkex_recovery"
@@ -29,7 +30,6 @@ MIGRATION_LOCK: Final = 0x7474_726B
 #: Forward-only migrations: ``MIGRATIONS[n]`` takes a schema from n to n + 1.
 MIGRATIONS: Final[tuple[str, ...]] = (
     """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,
         metadata JSONB NOT NULL,
@@ -40,48 +40,24 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         token BIGINT NOT NULL DEFAULT 0
     );
     CREATE INDEX runs_owner ON runs (owner);
-    CREATE TABLE recoveries (
-        run_id TEXT PRIMARY KEY,
-        phase TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        checkpoint TEXT,
-        retry_at_wall DOUBLE PRECISION,
-        new_run_id TEXT,
-        error TEXT,
-        metadata JSONB NOT NULL
-    );
     CREATE TABLE sessions (
         replica TEXT PRIMARY KEY,
         key TEXT NOT NULL,
         session_id TEXT,
         next_seq INTEGER NOT NULL
     );
-    CREATE TABLE loads (
-        key TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        session_id TEXT NOT NULL,
-        model_seq_id INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        optimizer BOOLEAN NOT NULL,
-        request_id TEXT,
-        outcome TEXT,
-        created DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE history (
-        id BIGSERIAL PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL,
-        phase TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        detail TEXT
-    );
     CREATE TABLE replicas (
         id TEXT PRIMARY KEY,
         last_seen TIMESTAMPTZ NOT NULL,
         lease DOUBLE PRECISION NOT NULL
     );
-    """,
+    """
+    + tables_v1(
+        real="DOUBLE PRECISION",
+        json="JSONB",
+        flag="BOOLEAN",
+        serial="BIGSERIAL PRIMARY KEY",
+    ),
 )
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import trio
 
 from . import _pg_leases as leases
+from . import _rows as rows
 from ._base import (
     Claim,
     HistoryEntry,
@@ -40,20 +41,6 @@ from ._base import (
 from ._pg_calls import clean, describe_dsn, in_transaction
 from ._pg_leases import NOW
 from ._pg_schema import SCHEMA, SCHEMA_VERSION, migrate
-from ._rows import (
-    LOAD_COLUMNS,
-    PENDING_PHASES,
-    RECOVERY_COLUMNS,
-    RUN_COLUMNS,
-    SESSION_COLUMNS,
-    Cursor,
-    Execute,
-    read_history,
-    run_row,
-    snapshot,
-    write_load,
-    write_recovery,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, Sequence
@@ -137,7 +124,7 @@ class PostgresStore:
     async def put_run(self, run: StoredRun) -> None:
         token = self._held.get(run.run_id)
         keys = ("run_id", "metadata", "recovered", "successor")
-        values = dict(zip(keys, run_row(run), strict=True))
+        values = dict(zip(keys, rows.run_row(run), strict=True))
 
         def write(db: psycopg.Connection[Any], shift: float) -> None:
             if token is None:
@@ -166,7 +153,7 @@ class PostgresStore:
             db.execute("DELETE FROM runs WHERE run_id = ANY(%(ids)s)", {"ids": ids})
             db.execute(
                 "DELETE FROM recoveries WHERE run_id = ANY(%(ids)s) "
-                f"AND phase NOT IN {PENDING_PHASES}",
+                f"AND phase NOT IN {rows.PENDING_PHASES}",
                 {"ids": ids},
             )
 
@@ -179,7 +166,7 @@ class PostgresStore:
 
         def write(db: psycopg.Connection[Any], shift: float) -> None:
             self._fence(db, run_id, token, shift)
-            write_recovery(_execute(db), recovery, now)
+            rows.write_recovery(_execute(db), recovery, now)
 
         await self._run("write", write)
 
@@ -201,12 +188,14 @@ class PostgresStore:
 
         def write(db: psycopg.Connection[Any], shift: float) -> None:
             self._fence(db, load.run_id, token, shift)
-            write_load(_execute(db), load, now)
+            rows.write_load(_execute(db), load, now)
 
         await self._run("write", write)
 
     async def history(self, run_id: str | None = None) -> list[HistoryEntry]:
-        return await self._run("read", lambda db, _: read_history(_execute(db), run_id))
+        return await self._run(
+            "read", lambda db, _: rows.read_history(_execute(db), run_id)
+        )
 
     async def aclose(self) -> None:
         """Release this replica's leases (best effort) and close the pool."""
@@ -360,10 +349,10 @@ def _replica_id() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _execute(db: psycopg.Connection[Any]) -> Execute:
+def _execute(db: psycopg.Connection[Any]) -> rows.Execute:
     """The shared rows' `Execute` on ``db``: ``?`` placeholders become ``%s``."""
 
-    def execute(sql: str, params: Sequence[Any] = (), /) -> Cursor:
+    def execute(sql: str, params: Sequence[Any] = (), /) -> rows.Cursor:
         return db.execute(sql.replace("?", "%s"), params)
 
     return execute
@@ -374,16 +363,17 @@ def _read_snapshot(
 ) -> Snapshot:
     where = "" if ids is None else " WHERE run_id = ANY(%(ids)s)"
     params = {"ids": ids}
-    return snapshot(
-        db.execute(f"SELECT {RUN_COLUMNS} FROM runs{where}", params).fetchall(),
+    return rows.snapshot(
+        db.execute(f"SELECT {rows.RUN_COLUMNS} FROM runs{where}", params).fetchall(),
         db.execute(
-            f"SELECT {RECOVERY_COLUMNS} FROM recoveries{where}", params
+            f"SELECT {rows.RECOVERY_COLUMNS} FROM recoveries{where}", params
         ).fetchall(),
         db.execute(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE replica = %s", (replica,)
+            f"SELECT {rows.SESSION_COLUMNS} FROM sessions WHERE replica = %s",
+            (replica,),
         ).fetchone(),
         db.execute(
-            f"SELECT {LOAD_COLUMNS} FROM loads WHERE outcome IS NULL"
+            f"SELECT {rows.LOAD_COLUMNS} FROM loads WHERE outcome IS NULL"
             + ("" if ids is None else " AND run_id = ANY(%(ids)s)")
             + " ORDER BY created",
             params,

@@ -37,6 +37,7 @@ __all__ = [
     "read_history",
     "run_row",
     "snapshot",
+    "tables_v1",
     "write_load",
     "write_recovery",
 ]
@@ -56,6 +57,49 @@ LOAD_COLUMNS: Final = (
 )
 #: Recovery phases that are still to be acted on.
 PENDING_PHASES: Final = "('queued', 'attempting', 'waiting')"
+
+
+def tables_v1(*, real: str, json: str, flag: str, serial: str) -> str:
+    """The ``meta``, ``recoveries``, ``loads`` and ``history`` tables of schema 1.
+
+    Both stores create them alike, in their own database's types: ``real``
+    for a float, ``json`` for the metadata, ``flag`` for a boolean and
+    ``serial`` for an auto-numbered key.  A migration never changes: a
+    later schema adds a migration of its own.
+    """
+    return f"""
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE recoveries (
+        run_id TEXT PRIMARY KEY,
+        phase TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        checkpoint TEXT,
+        retry_at_wall {real},
+        new_run_id TEXT,
+        error TEXT,
+        metadata {json} NOT NULL
+    );
+    CREATE TABLE loads (
+        key TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        model_seq_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        optimizer {flag} NOT NULL,
+        request_id TEXT,
+        outcome TEXT,
+        created {real} NOT NULL
+    );
+    CREATE TABLE history (
+        id {serial},
+        run_id TEXT NOT NULL,
+        at {real} NOT NULL,
+        phase TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        detail TEXT
+    );
+    """
 
 
 class Cursor(Protocol):

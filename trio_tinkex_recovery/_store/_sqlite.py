@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import trio
 
 from .._files import open_private, private_dir, private_file
+from . import _rows as rows
 from ._base import (
     HistoryEntry,
     LoadRecord,
@@ -30,18 +31,6 @@ from ._base import (
     StoredRecovery,
     StoredRun,
     StoreError,
-)
-from ._rows import (
-    LOAD_COLUMNS,
-    PENDING_PHASES,
-    RECOVERY_COLUMNS,
-    RUN_COLUMNS,
-    SESSION_COLUMNS,
-    read_history,
-    run_row,
-    snapshot,
-    write_load,
-    write_recovery,
 )
 
 if TYPE_CHECKING:
@@ -57,22 +46,11 @@ SCHEMA_VERSION: Final = 1
 #: Forward-only migrations: ``_MIGRATIONS[n]`` takes a file from n to n + 1.
 _MIGRATIONS: Final[tuple[str, ...]] = (
     """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,
         metadata TEXT NOT NULL,
         recovered INTEGER NOT NULL,
         successor TEXT
-    );
-    CREATE TABLE recoveries (
-        run_id TEXT PRIMARY KEY,
-        phase TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        checkpoint TEXT,
-        retry_at_wall REAL,
-        new_run_id TEXT,
-        error TEXT,
-        metadata TEXT NOT NULL
     );
     CREATE TABLE sessions (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -80,27 +58,13 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         session_id TEXT,
         next_seq INTEGER NOT NULL
     );
-    CREATE TABLE loads (
-        key TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        session_id TEXT NOT NULL,
-        model_seq_id INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        optimizer INTEGER NOT NULL,
-        request_id TEXT,
-        outcome TEXT,
-        created REAL NOT NULL
-    );
-    CREATE TABLE history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        run_id TEXT NOT NULL,
-        at REAL NOT NULL,
-        phase TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        detail TEXT
-    );
-    """,
+    """
+    + rows.tables_v1(
+        real="REAL",
+        json="TEXT",
+        flag="INTEGER",
+        serial="INTEGER PRIMARY KEY AUTOINCREMENT",
+    ),
 )
 
 
@@ -138,7 +102,9 @@ class SQLiteStore:
 
     async def put_run(self, run: StoredRun) -> None:
         def write(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", run_row(run))
+            db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", rows.run_row(run)
+            )
 
         await self._run("write", write)
 
@@ -149,7 +115,7 @@ class SQLiteStore:
             db.executemany("DELETE FROM runs WHERE run_id = ?", ids)
             db.executemany(
                 "DELETE FROM recoveries WHERE run_id = ? "
-                f"AND phase NOT IN {PENDING_PHASES}",
+                f"AND phase NOT IN {rows.PENDING_PHASES}",
                 ids,
             )
 
@@ -157,7 +123,9 @@ class SQLiteStore:
 
     async def put_recovery(self, recovery: StoredRecovery) -> None:
         now = time.time()
-        await self._run("write", lambda db: write_recovery(db.execute, recovery, now))
+        await self._run(
+            "write", lambda db: rows.write_recovery(db.execute, recovery, now)
+        )
 
     async def put_session(self, session: SessionRecord) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -170,10 +138,10 @@ class SQLiteStore:
 
     async def put_load(self, load: LoadRecord) -> None:
         now = time.time()
-        await self._run("write", lambda db: write_load(db.execute, load, now))
+        await self._run("write", lambda db: rows.write_load(db.execute, load, now))
 
     async def history(self, run_id: str | None = None) -> list[HistoryEntry]:
-        return await self._run("read", lambda db: read_history(db.execute, run_id))
+        return await self._run("read", lambda db: rows.read_history(db.execute, run_id))
 
     async def aclose(self) -> None:
         if self._closed:
@@ -187,12 +155,13 @@ class SQLiteStore:
 
 
 def _read_snapshot(db: sqlite3.Connection) -> Snapshot:
-    return snapshot(
-        db.execute(f"SELECT {RUN_COLUMNS} FROM runs").fetchall(),
-        db.execute(f"SELECT {RECOVERY_COLUMNS} FROM recoveries").fetchall(),
-        db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions").fetchone(),
+    return rows.snapshot(
+        db.execute(f"SELECT {rows.RUN_COLUMNS} FROM runs").fetchall(),
+        db.execute(f"SELECT {rows.RECOVERY_COLUMNS} FROM recoveries").fetchall(),
+        db.execute(f"SELECT {rows.SESSION_COLUMNS} FROM sessions").fetchone(),
         db.execute(
-            f"SELECT {LOAD_COLUMNS} FROM loads WHERE outcome IS NULL ORDER BY created"
+            f"SELECT {rows.LOAD_COLUMNS} FROM loads "
+            "WHERE outcome IS NULL ORDER BY created"
         ).fetchall(),
     )
 
