@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import attrs
+
 from .._state import RecoveryState
 from ._base import (
     HistoryEntry,
@@ -50,11 +52,9 @@ RECOVERY_COLUMNS: Final = (
 )
 #: The columns a `SessionRecord` is read from, in order.
 SESSION_COLUMNS: Final = "key, session_id, next_seq"
-#: The columns a `LoadRecord` is read from, in order (``created`` follows).
-LOAD_COLUMNS: Final = (
-    "key, run_id, attempt, session_id, model_seq_id, path, optimizer, "
-    "request_id, outcome"
-)
+#: The columns a `LoadRecord` is read from: its fields, in order (in the
+#: table, ``created`` follows).
+LOAD_COLUMNS: Final = ", ".join(field.name for field in attrs.fields(LoadRecord))
 #: Recovery phases that are still to be acted on.
 PENDING_PHASES: Final = "('queued', 'attempting', 'waiting')"
 
@@ -156,19 +156,9 @@ def stored_recovery(row: Sequence[Any]) -> StoredRecovery:
 
 def load_record(row: Sequence[Any]) -> LoadRecord:
     """A `LoadRecord` from a row in `LOAD_COLUMNS` order."""
-    key, run_id, attempt, session_id, model_seq_id, path, optimizer, *rest = row
-    request_id, outcome = rest
-    return LoadRecord(
-        key=key,
-        run_id=run_id,
-        attempt=attempt,
-        session_id=session_id,
-        model_seq_id=model_seq_id,
-        path=path,
-        optimizer=bool(optimizer),
-        request_id=request_id,
-        outcome=outcome,
-    )
+    fields = dict(zip(LOAD_COLUMNS.split(", "), row, strict=True))
+    fields["optimizer"] = bool(fields["optimizer"])  # SQLite keeps an integer
+    return LoadRecord(**fields)
 
 
 def snapshot(
@@ -234,18 +224,7 @@ def write_load(execute: Execute, load: LoadRecord, now: float) -> None:
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (key) DO UPDATE SET request_id = excluded.request_id, "
         "outcome = excluded.outcome",
-        (
-            load.key,
-            load.run_id,
-            load.attempt,
-            load.session_id,
-            load.model_seq_id,
-            load.path,
-            load.optimizer,
-            load.request_id,
-            load.outcome,
-            now,
-        ),
+        (*attrs.astuple(load, recurse=False), now),  # LOAD_COLUMNS, created
     )
 
 
