@@ -33,18 +33,25 @@ from .._text import printable
 from .._types import TrainingRun, list_params, validate_run_id
 from .._util import NoPublicConstructor
 from ._backends import BACKENDS
+from ._episodes import Book
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._leases import LeaseKeeper
 from ._poller import Poller
 from ._polling import Discovery, PollCounts, PollingMode, check_polling
 from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._training import Training, open_training
 from ._watch import AllRuns, Watch, is_active
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .._config import Config
     from .._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
     from .._state import RecoveryState
+    from .._types import Checkpoint
+    from ._recovery import RecoveryOutcome
+    from ._training import Tracker
 
 __all__ = ["Monitor", "open_monitor"]
 
@@ -84,11 +91,12 @@ class Monitor(metaclass=NoPublicConstructor):
         self._nursery = nursery
         self._rng = rng
         self._closed = False
-        # Runs polled now; runs handed to the executor, awaiting the outcome;
-        # runs restored in their current episode, with their successor.
-        self._watches: dict[str, Watch] = {}
-        self._handed: dict[str, Watch] = {}
-        self._successors: dict[str, str | None] = {}
+        # Where each run stands: every entry point asks it, then acts with
+        # no await in between (the episode rule).
+        self._book = Book()
+        self._watches = self._book.watches
+        self._handed = self._book.handed
+        self._successors = self._book.successors
         self._counts = PollCounts()
         self._routes = Routes(
             rest=rest,
@@ -98,8 +106,6 @@ class Monitor(metaclass=NoPublicConstructor):
             nursery=nursery,
             counts=self._counts,
         )
-        # Every run watched, discovered or stopped: discovery leaves them be.
-        self._known: set[str] = set()
         self._all: AllRuns | None = None
         self._existing_corrupted = 0
         # With replicas sharing the store: which runs this one acts on.
@@ -112,7 +118,11 @@ class Monitor(metaclass=NoPublicConstructor):
             is_current=self._current,
             episode_over=self._episode_over,
             hand_over=self._hand_over,
+            gone=self._gone,
+            observe=self._observe,
         )
+        # Trainings told about their run's polls and detections.
+        self._trackers: dict[str, Tracker] = {}
 
     def __repr__(self) -> str:
         return f"<Monitor monitored={len(self._watches)} policy={self._policy!r}>"
@@ -187,23 +197,21 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(f"metadata must be a mapping, got {metadata!r}")
         if service is None:
             service = self._service
-        handed = self._handed.get(run_id)
-        if handed is not None:
-            handed.service = service or handed.service
-            handed.metadata = dict(metadata or {})
+        metadata = dict(metadata or {})
+        self._book.stopped.pop(run_id)
+        if self._settled(run_id, service, metadata):
             return
         successor = self._successors.get(run_id)
-        if successor is not None and self._policy.follow_recovered:
-            if successor not in self._watches:
+        if successor and self._policy.follow_recovered:
+            if self._book.standing(successor) not in ("watched", "handed"):
                 await self.monitor_run(successor, service, metadata)
             return
         if self._leases is not None and not self._leases.holds(run_id):
             # Another replica may hold it: stored for whichever claims it.
-            await self._leases.add(run_id, metadata or {})
+            await self._leases.add(run_id, metadata)
             return
         rest = await self._routes.rest_client(run_id, service)
         self._check_open()
-        metadata = dict(metadata or {})
         if persist and self._store is not None:
             await self._store.put_run(
                 StoredRun(
@@ -214,9 +222,16 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
             )
             self._check_open()
+        # Asked again after the awaits, and acted on with none in between:
+        # the run may have been handed over or restored meanwhile.
+        if self._settled(run_id, service, metadata):
+            return
+        if self._successors.get(run_id) and self._policy.follow_recovered:
+            return  # restored meanwhile: its follow-up watches the successor
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.metadata = service, metadata
+            watch.discovered = False  # named now: the user's to stop
             self._routes.bind(watch, rest)
             return
         watch = Watch(
@@ -227,6 +242,18 @@ class Monitor(metaclass=NoPublicConstructor):
             recovered=run_id in self._successors,
         )
         self._start_watch(watch)
+
+    def _settled(
+        self, run_id: str, service: ServiceProtocol | None, metadata: dict[str, Any]
+    ) -> bool:
+        """Whether ``run_id`` is handed over: then update what its follow-up uses."""
+        handed = self._handed.get(run_id)
+        if handed is None:
+            return False
+        handed.service = service or handed.service
+        handed.metadata = metadata
+        handed.followed = True
+        return True
 
     async def monitor_all(
         self,
@@ -312,12 +339,18 @@ class Monitor(metaclass=NoPublicConstructor):
     def stop_monitoring(self, run_id: str) -> None:
         """Stop watching ``run_id``; no event about its polling follows.
 
-        A recovery already handed to the executor goes on.  Unknown runs
-        are ignored.
+        A recovery already handed to the executor goes on, but its restored
+        successor is not watched.  Discovery (`monitor_all`) leaves the run
+        be (the most recent stops are remembered, see the README) until it
+        is watched again by name.  Unknown runs are ignored.
         """
         watch = self._watches.pop(run_id, None)
-        self._known.add(run_id)
+        self._book.stopped.set(run_id, None)
+        handed = self._handed.get(run_id)
+        if handed is not None:
+            handed.followed = False
         if watch is not None:
+            self._poller.unwatched(watch)
             watch.scope.cancel()
 
     def statistics(self) -> Statistics:
@@ -337,9 +370,61 @@ class Monitor(metaclass=NoPublicConstructor):
             detected=counts["detected"],
             leases_held=0 if self._leases is None else self._leases.leases_held,
             replicas=0 if self._leases is None else self._leases.replicas,
+            stalled=self._poller.stalled_runs,
+            stalls=counts["stalled"],
             dropped_events=own_dropped
             if self._owns_executor
             else own_dropped + executor.dropped_events,
+        )
+
+    def training(
+        self,
+        client_or_run_id: Any,
+        *,
+        first_step: int = 1,
+        step_of: Callable[[Checkpoint], int] | None = None,
+        retries: int = 2,
+    ) -> AbstractAsyncContextManager[Training]:
+        """Carry a training loop in this program through the run's recoveries.
+
+        Watches the run (and each run restored from it) for the duration of
+        the ``async with`` block and yields a `Training`::
+
+            async with monitor.training(client) as training:
+                while training.next_step <= steps:
+                    async with training.step() as step:
+                        await train(step.client, step.number)
+
+        The guarantee: every step from ``first_step`` on completes exactly
+        once on the final lineage of runs.  A detection cancels the step in
+        flight (no request reaches the old client after it); when the
+        recovery completes, the loop goes on from the restored checkpoint's
+        step + 1 on the new client, so the steps after that checkpoint are
+        done again, once each, and none is skipped.
+
+        Args:
+            client_or_run_id: The training client (its ``model_id`` is the
+                run) or a run id (``training.client`` is then ``None`` until
+                a recovery gives one).
+            first_step: The number of the first step.
+            step_of: The last step a restored checkpoint holds; by default
+                its ``user_metadata["step"]`` (save checkpoints with it).
+            retries: Times in a row a step that raised a Tinker error while
+                the run stayed healthy is tried again before the error
+                propagates.
+
+        Raises:
+            TypeError: Neither a run id nor a client with a ``model_id``.
+            ValueError: A bad ``retries``.
+            RecoveryFailedError: From `Training.step`, once a recovery was
+                exhausted or its checkpoint says no step.
+        """
+        return open_training(
+            self,
+            client_or_run_id,
+            first_step=first_step,
+            step_of=step_of,
+            retries=retries,
         )
 
     def subscribe(
@@ -364,7 +449,6 @@ class Monitor(metaclass=NoPublicConstructor):
     ) -> None:
         self._routes.bind(watch, watch.rest)
         self._watches[watch.run_id] = watch
-        self._known.add(watch.run_id)
         self._nursery.start_soon(self._watch, watch, first)
 
     def _current(self, watch: Watch) -> bool:
@@ -377,13 +461,14 @@ class Monitor(metaclass=NoPublicConstructor):
             finally:
                 if self._current(watch):
                     del self._watches[watch.run_id]
+                self._poller.unwatched(watch)
                 if watch.batcher is not None:
                     watch.batcher.members -= 1
                     watch.batcher = None
 
     def _episode_over(self, watch: Watch) -> None:
         """A healthy poll ended ``watch``'s corruption episode: record it."""
-        self._successors.pop(watch.run_id, None)
+        self._successors.pop(watch.run_id)
         if self._store is not None:
             self._nursery.start_soon(
                 self._put_run, StoredRun(watch.run_id, json_safe(watch.metadata))
@@ -399,6 +484,9 @@ class Monitor(metaclass=NoPublicConstructor):
 
     async def _hand_over(self, watch: Watch, run: TrainingRun) -> bool:
         run_id = watch.run_id
+        tracker = self._trackers.get(run_id)
+        if tracker is not None:
+            tracker.detected()
         try:
             await self._executor.recover(
                 run_id,
@@ -431,21 +519,31 @@ class Monitor(metaclass=NoPublicConstructor):
     def _on_listed(self, run_id: str, item: Mapping[str, Any]) -> None:
         """Watch a run a discovering sweep listed, if it is new and active."""
         wanted = self._all
-        if run_id in self._known or wanted is None or self._closed:
+        if wanted is None or self._closed or self._book.standing(run_id) != "new":
             return
-        if not is_active(item, wanted.active_within):
-            return  # Looked at again by the next sweep.
-        self._known.add(run_id)
+        if run_id in self._book.rejected or not is_active(item, wanted.active_within):
+            return  # An idle run is looked at again by the next sweep.
         try:
             validate_run_id(run_id)
         except ValueError as exc:
+            self._book.rejected.set(run_id, None)
             logger.warning("not watching a listed run: %s", printable(str(exc)))
+            return
+        state = self._executor.recovery_state(run_id)
+        if state is not None and state.pending:
+            return  # recovering through a shared executor: not ours to watch
+        if self._leases is not None and not self._leases.holds(run_id):
+            # Stored once for whichever replica claims it (never overwritten).
+            if run_id not in self._book.offered:
+                self._book.offered.set(run_id, None)
+                self._nursery.start_soon(self._offer, run_id)
             return
         watch = Watch(
             run_id=run_id,
             service=self._service,
             rest=wanted.batcher.rest,
             metadata={},
+            discovered=True,
         )
         if item.get("corrupted") is True and not wanted.recover_existing:
             watch.recovered = True
@@ -457,9 +555,52 @@ class Monitor(metaclass=NoPublicConstructor):
             )
         if self._store is not None:
             self._nursery.start_soon(
-                self._store.put_run, StoredRun(run_id, {}, recovered=watch.recovered)
+                self._put_run, StoredRun(run_id, {}, recovered=watch.recovered)
             )
         self._start_watch(watch, item)
+
+    async def _offer(self, run_id: str) -> None:
+        """Store a listed run for the replicas; a failure is logged, not raised."""
+        assert self._leases is not None
+        try:
+            await self._leases.add(run_id, {})
+        except StoreError as exc:
+            self._book.offered.pop(run_id)
+            logger.error("run %s: %s", printable(run_id), exc)
+
+    def _observe(self, watch: Watch, corrupted: bool, began: float) -> None:
+        tracker = self._trackers.get(watch.run_id)
+        if tracker is not None:
+            tracker.polled(corrupted, began)
+
+    def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
+        """Tell ``tracker`` about ``run_id``'s polls (for `training`)."""
+        self._trackers[run_id] = tracker
+
+        def untrack() -> None:
+            if self._trackers.get(run_id) is tracker:
+                del self._trackers[run_id]
+
+        return untrack
+
+    def recovery_outcomes(
+        self,
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RecoveryOutcome]]:
+        """How each recovery ends (`Executor.outcomes`), for `training`."""
+        return self._executor.outcomes()
+
+    async def start(self, task: Callable[..., Awaitable[None]]) -> None:
+        """Start ``task`` in the monitor's nursery, for `training`."""
+        await self._nursery.start(task)
+
+    def _gone(self, watch: Watch) -> None:
+        """A discovered run the service no longer knows: forget it."""
+        logger.warning(
+            "run %s is no longer known to the service: not watching it any more",
+            printable(watch.run_id),
+        )
+        if self._current(watch):
+            del self._watches[watch.run_id]
 
     async def _follow_outcomes(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -472,7 +613,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 if watch is None or outcome.state.phase != "done":
                     continue
                 successor = outcome.state.new_run_id
-                self._successors[outcome.run_id] = successor
+                self._successors.set(outcome.run_id, successor)
                 self._nursery.start_soon(self._follow, watch, successor, outcome.client)
 
     async def _follow(self, old: Watch, successor: str | None, client: Any) -> None:
@@ -487,7 +628,7 @@ class Monitor(metaclass=NoPublicConstructor):
                         successor=successor,
                     )
                 )
-            if self._policy.follow_recovered and successor:
+            if self._policy.follow_recovered and successor and old.followed:
                 metadata = {**old.metadata, "training_client": client}
                 metadata.pop("training_pid", None)
                 await self.monitor_run(
@@ -509,7 +650,7 @@ class Monitor(metaclass=NoPublicConstructor):
         self._executor.remember(snapshot)
         for stored in snapshot.runs.values():
             if stored.recovered:
-                self._successors[stored.run_id] = stored.successor
+                self._successors.set(stored.run_id, stored.successor)
         for recovery in snapshot.recoveries.values():
             if not recovery.state.pending:
                 continue
