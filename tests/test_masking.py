@@ -149,3 +149,24 @@ def test_standard_encodings_of_a_valid_key_are_the_key(key):
 def test_what_masking_looks_like(text, masked):
     """Each whole occurrence becomes ****; near misses stay as they are."""
     assert redact(text, "tml-abcdefgh1234") == masked
+
+
+def test_the_package_loggers_mask_a_registered_key_until_it_is_unregistered(caplog):
+    """Any record of a package logger, arguments and traceback included."""
+    import logging
+
+    from trio_tinkex_recovery._secrets import registered
+
+    key = "tml-abcdefgh1234"
+    log = logging.getLogger("trio_tinkex_recovery.anywhere")
+    caplog.set_level(logging.DEBUG)
+    with registered(key):
+        try:
+            raise RuntimeError(f"boom {key}")
+        except RuntimeError:
+            log.exception("failed with %s and %r", key, {"k": key[4:]})
+    log.info("after: %s", key)
+    inside, after = caplog.records
+    assert "abcdefgh1234" not in caplog.text.split("after:")[0]
+    assert inside.getMessage().count("****") == 2
+    assert "after: tml-abcdefgh1234" in after.getMessage()

@@ -55,6 +55,7 @@ from ._failpoints import crash_point
 from ._futures import retrieve_future
 from ._http import HTTPClient, HTTPSettings, new_idempotency_key
 from ._operations import GONE, Operation, is_definitive, required_str
+from ._secrets import register
 from ._store import LoadRecord, SessionRecord
 from ._training_client import TrainingClient
 from ._types import (
@@ -730,6 +731,7 @@ async def _open_service_client(
     if config is None:
         config = Config.from_env()
     http = HTTPClient(config, transport=transport, settings=settings)
+    unregister = register(config.api_key)  # masked in every log line and event
     try:
         async with trio.open_nursery() as nursery:
             service = ServiceClient._create(http, nursery)
@@ -745,4 +747,7 @@ async def _open_service_client(
             finally:
                 await service.aclose(reason=reason)
     finally:
-        await http.aclose()
+        try:
+            await http.aclose()
+        finally:
+            unregister()

@@ -43,6 +43,7 @@ from ._polling import (
     read_listed,
 )
 from ._protocols import ListingRestClientProtocol
+from ._secrets import configured_key, registered
 from ._store import (
     PostgresStore,
     Snapshot,
@@ -836,6 +837,9 @@ async def open_monitor(
         check_max_concurrent(max_concurrent)
     polling = check_polling(polling)
     async with AsyncExitStack() as stack:
+        stack.enter_context(
+            registered(configured_key(config.api_key if config else None))
+        )
         if store is not None and not isinstance(store, Store):
             store = await stack.enter_async_context(open_store(store))
         if service is None and rest is None and config is not None:

@@ -18,6 +18,7 @@ import traceback
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -28,6 +29,7 @@ from trio_tinkex_recovery import (
     Policy,
     TinkexRecoveryError,
     open_monitor,
+    open_service_client,
 )
 from trio_tinkex_recovery.testing import (
     FakeTinker,
@@ -37,6 +39,7 @@ from trio_tinkex_recovery.testing import (
 )
 
 from ._support import (
+    BASE,
     FAST,
     KEY,
     LogCapture,
@@ -404,3 +407,72 @@ async def test_a_mangled_echo_of_the_key_never_shows(logs, spelling):
             decoded = decoded.encode("latin-1", "replace").decode("unicode_escape")
         assert SECRET[:8] not in text
         assert SECRET[:8] not in decoded
+
+
+# -- a caller's own service ----------------------------------------------------
+
+
+OTHER_KEY = "tml-another-key-for-the-service"
+
+
+class LeakyRest:
+    """A user's wrapper around the REST client: its errors name the key, and
+    it reports a checkpoint path that holds the key."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def get_training_run(self, run_id: str) -> Any:
+        self.calls += 1
+        if self.calls % 2:
+            raise RuntimeError(f"wrapper: GET {run_id} with key {KEY} failed")
+        run = await self.inner.get_training_run(run_id)
+        assert run.last_checkpoint is not None
+        checkpoint = attrs.evolve(
+            run.last_checkpoint, tinker_path=f"tinker://{run_id}/weights/{KEY}"
+        )
+        return attrs.evolve(run, last_checkpoint=checkpoint)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("configured", ["config", "environment"])
+async def test_a_callers_service_naming_the_key_never_shows_it(
+    logs, autojump_clock, monkeypatch, configured
+):
+    """Errors and paths from a caller's own REST client are masked in every
+    log line and every event, whatever component put them there."""
+    # The service reaches Tinker with a key of its own: only the monitor's
+    # configuration names KEY, the one the wrapper leaks.
+    fake = FakeTinker(api_key=OTHER_KEY)
+    ids, _ = corrupted_runs(fake, 1, 0)
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    config = None
+    if configured == "config":
+        config = Config(api_key=KEY)
+    else:
+        monkeypatch.setenv("TINKER_API_KEY", KEY)
+    async with open_service_client(
+        Config(api_key=OTHER_KEY, base_url=BASE), transport=fake.transport()
+    ) as service:
+        rest = LeakyRest(service.create_rest_client())
+        recorder = Recorder(polls=True)
+        policy = Policy(enabled=True, jitter=0, poll_interval=1.0)
+        async with (
+            open_monitor(
+                policy=policy, config=config, service=service, rest=rest
+            ) as monitor,
+            trio.open_nursery() as side,
+        ):
+            await side.start(recorder.run, monitor)
+            await monitor.monitor_run(ids[0])
+            with trio.fail_after(60):
+                await recorder.wait_for(
+                    lambda events: {"polled", "poll_error"} <= {e.name for e in events}
+                )
+            side.cancel_scope.cancel()
+    assert rest.calls >= 2
+    assert any("****" in line for line in logs.lines)
+    assert_no_key(*logs.lines, *event_texts(recorder))
