@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from trio_tinkex_recovery import Config, ResponseValidationError, open_service_client
-from trio_tinkex_recovery._polling import read_listed
+from trio_tinkex_recovery._engine._polling import read_listed
 
 KEY = "tml-HostileValuesKey_0123456789"
 BASE = "https://tinker.test"

@@ -11,6 +11,18 @@ from ._client import ServiceClient as ServiceClient
 from ._client import TrainingClient as TrainingClient
 from ._client import open_service_client as open_service_client
 from ._config import Config as Config
+from ._engine._backends import plug_in as _plug_in
+from ._engine._executor import Executor as Executor
+from ._engine._executor import RecoveryOutcome as RecoveryOutcome
+from ._engine._executor import open_executor as open_executor
+from ._engine._monitor import Monitor as Monitor
+from ._engine._monitor import open_monitor as open_monitor
+from ._engine._telemetry import EVENT_NAMES as EVENT_NAMES
+from ._engine._telemetry import Statistics as Statistics
+from ._engine._telemetry import TelemetryEvent as TelemetryEvent
+from ._engine._training import Recovered as Recovered
+from ._engine._training import Step as Step
+from ._engine._training import Training as Training
 from ._errors import AlreadyPendingError as AlreadyPendingError
 from ._errors import APIConnectionError as APIConnectionError
 from ._errors import APIStatusError as APIStatusError
@@ -26,6 +38,7 @@ from ._errors import PermissionDeniedError as PermissionDeniedError
 from ._errors import RateLimitError as RateLimitError
 from ._errors import RecoveryDisabledError as RecoveryDisabledError
 from ._errors import RecoveryError as RecoveryError
+from ._errors import RecoveryFailedError as RecoveryFailedError
 from ._errors import RequestFailedError as RequestFailedError
 from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import ResponseValidationError as ResponseValidationError
@@ -33,11 +46,6 @@ from ._errors import TinkerAPIError as TinkerAPIError
 from ._errors import TinkexRecoveryError as TinkexRecoveryError
 from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._errors import UnsupportedStrategyError as UnsupportedStrategyError
-from ._executor import Executor as Executor
-from ._executor import RecoveryOutcome as RecoveryOutcome
-from ._executor import open_executor as open_executor
-from ._monitor import Monitor as Monitor
-from ._monitor import open_monitor as open_monitor
 from ._policy import Best as Best
 from ._policy import CheckpointStrategy as CheckpointStrategy
 from ._policy import Latest as Latest
@@ -52,9 +60,6 @@ from ._store import LeaseLostError as LeaseLostError
 from ._store import Store as Store
 from ._store import StoreError as StoreError
 from ._store import open_store as open_store
-from ._telemetry import EVENT_NAMES as EVENT_NAMES
-from ._telemetry import Statistics as Statistics
-from ._telemetry import TelemetryEvent as TelemetryEvent
 from ._test_mode import is_testing as is_testing
 from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
@@ -92,8 +97,10 @@ __all__ = [
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
+    "Recovered",
     "RecoveryDisabledError",
     "RecoveryError",
+    "RecoveryFailedError",
     "RecoveryOutcome",
     "RecoveryPhase",
     "RecoveryState",
@@ -106,11 +113,13 @@ __all__ = [
     "ServiceProtocol",
     "Specific",
     "Statistics",
+    "Step",
     "Store",
     "StoreError",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
+    "Training",
     "TrainingClient",
     "TrainingRun",
     "TrainingRunPage",
@@ -127,3 +136,5 @@ __all__ = [
 
 
 _publish(globals())
+# The composition root: the engine opens clients and stores through these.
+_plug_in(open_service=open_service_client, open_store=open_store)

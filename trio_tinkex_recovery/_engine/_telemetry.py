@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 import attrs
 import trio
 
-from ._secrets import mask, mask_value
-from ._text import printable
+from .._secrets import mask, mask_value
+from .._text import printable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping

@@ -14,10 +14,8 @@ same pages.
 
 from __future__ import annotations
 
-import datetime as dt
-import inspect
 import logging
-import math
+import os
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -26,99 +24,39 @@ from typing import TYPE_CHECKING, Any, Literal, final
 import attrs
 import trio
 
-from ._client import open_service_client
-from ._errors import AlreadyPendingError, RecoveryDisabledError
+from .._errors import AlreadyPendingError, RecoveryDisabledError
+from .._policy import Policy
+from .._protocols import ListingRestClientProtocol
+from .._secrets import configured_key, registered
+from .._store import PostgresStore
+from .._store._base import Snapshot, Store, StoredRun, StoreError, json_safe
+from .._text import printable
+from .._types import TrainingRun, list_params, validate_run_id
+from .._util import NoPublicConstructor
+from ._backends import BACKENDS
+from ._episodes import Book
 from ._executor import Executor, check_max_concurrent, new_executor
-from ._failpoints import crash_point
 from ._leases import LeaseKeeper
-from ._policy import Policy
-from ._polling import (
-    FETCH,
-    Batcher,
-    Discovery,
-    Failed,
-    PollCounts,
-    PollingMode,
-    check_polling,
-    read_listed,
-)
-from ._protocols import ListingRestClientProtocol
-from ._secrets import configured_key, registered
-from ._store import (
-    PostgresStore,
-    Snapshot,
-    Store,
-    StoredRun,
-    StoreError,
-    json_safe,
-    open_store,
-)
+from ._poller import Poller
+from ._polling import Discovery, PollCounts, PollingMode, check_polling
+from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
-from ._text import printable
-from ._types import TrainingRun, list_params, validate_run_id
-from ._util import NoPublicConstructor
+from ._training import Training, open_training
+from ._watch import AllRuns, Watch, is_active
 
 if TYPE_CHECKING:
-    import os
+    from collections.abc import Awaitable, Callable
 
-    from ._config import Config
-    from ._polling import Answer
-    from ._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
+    from .._config import Config
+    from .._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
+    from .._state import RecoveryState
+    from .._types import Checkpoint
+    from ._recovery import RecoveryOutcome
+    from ._training import Tracker
 
 __all__ = ["Monitor", "open_monitor"]
 
 logger = logging.getLogger("trio_tinkex_recovery")
-
-
-@attrs.define(eq=False)
-class _Watch:
-    """What the monitor knows about one watched run."""
-
-    run_id: str
-    service: ServiceProtocol | None
-    rest: RestClientProtocol
-    metadata: Mapping[str, Any]
-    #: Restored already in its current corruption episode: a corrupted poll
-    #: hands nothing over until a healthy poll ends the episode.
-    recovered: bool = False
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    #: Coalesces this run's polls with others read through the same client.
-    batcher: Batcher | None = None
-
-
-@attrs.frozen
-class _AllRuns:
-    """What `Monitor.monitor_all` watches."""
-
-    batcher: Batcher
-    discovery: Discovery
-    active_within: float
-    recover_existing: bool
-
-
-def _coalesced(watch: _Watch) -> bool:
-    """Whether ``watch``'s polls go through its batcher now."""
-    return watch.batcher is not None and watch.batcher.coalesces()
-
-
-def _active(item: Mapping[str, Any], active_within: float) -> bool:
-    """Whether a listed run handled a request in the last ``active_within`` s.
-
-    ``last_request_time`` is the service's wall-clock time, so it is
-    compared with this machine's wall clock.
-    """
-    if math.isinf(active_within):
-        return True
-    value = item.get("last_request_time")
-    if not isinstance(value, str):
-        return False
-    try:
-        when = dt.datetime.fromisoformat(value)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return when >= dt.datetime.now(dt.UTC) - dt.timedelta(seconds=active_within)
-    except (ValueError, OverflowError):
-        return False
 
 
 @final
@@ -146,32 +84,46 @@ class Monitor(metaclass=NoPublicConstructor):
         polling: PollingMode = "auto",
     ) -> None:
         self._policy = policy
-        self._polling = polling
         self._store = store
         self._service = service
-        self._rest = rest
-        self._rest_for_service = rest_for_service
         self._executor = executor
         self._owns_executor = owns_executor
         self._telemetry = telemetry
         self._nursery = nursery
         self._rng = rng
         self._closed = False
-        # Runs polled now; runs handed to the executor, awaiting the outcome;
-        # runs restored in their current episode, with their successor.
-        self._watches: dict[str, _Watch] = {}
-        self._handed: dict[str, _Watch] = {}
-        self._successors: dict[str, str | None] = {}
+        # Where each run stands: every entry point asks it, then acts with
+        # no await in between (the episode rule).
+        self._book = Book()
+        self._watches = self._book.watches
+        self._handed = self._book.handed
+        self._successors = self._book.successors
         self._counts = PollCounts()
-        # Per REST client (by identity, kept alive here): its batcher, or
-        # None when its runs are polled one GET each.
-        self._batchers: dict[int, tuple[RestClientProtocol, Batcher | None]] = {}
-        # Every run watched, discovered or stopped: discovery leaves them be.
-        self._known: set[str] = set()
-        self._all: _AllRuns | None = None
+        self._routes = Routes(
+            rest=rest,
+            rest_for_service=rest_for_service,
+            polling=polling,
+            interval=policy.poll_interval,
+            nursery=nursery,
+            counts=self._counts,
+        )
+        self._all: AllRuns | None = None
         self._existing_corrupted = 0
         # With replicas sharing the store: which runs this one acts on.
         self._leases: LeaseKeeper | None = None
+        self._poller = Poller(
+            policy=policy,
+            rng=rng,
+            telemetry=telemetry,
+            counts=self._counts,
+            is_current=self._current,
+            episode_over=self._episode_over,
+            hand_over=self._hand_over,
+            gone=self._gone,
+            observe=self._observe,
+        )
+        # Trainings told about their run's polls and detections.
+        self._trackers: dict[str, Tracker] = {}
 
     def __repr__(self) -> str:
         return f"<Monitor monitored={len(self._watches)} policy={self._policy!r}>"
@@ -246,23 +198,21 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(f"metadata must be a mapping, got {metadata!r}")
         if service is None:
             service = self._service
-        handed = self._handed.get(run_id)
-        if handed is not None:
-            handed.service = service or handed.service
-            handed.metadata = dict(metadata or {})
+        metadata = dict(metadata or {})
+        self._book.stopped.pop(run_id)
+        if self._settled(run_id, service, metadata):
             return
         successor = self._successors.get(run_id)
-        if successor is not None and self._policy.follow_recovered:
-            if successor not in self._watches:
+        if successor and self._policy.follow_recovered:
+            if self._book.standing(successor) not in ("watched", "handed"):
                 await self.monitor_run(successor, service, metadata)
             return
         if self._leases is not None and not self._leases.holds(run_id):
             # Another replica may hold it: stored for whichever claims it.
-            await self._leases.add(run_id, metadata or {})
+            await self._leases.add(run_id, metadata)
             return
-        rest = await self._rest_client(run_id, service)
+        rest = await self._routes.rest_client(run_id, service)
         self._check_open()
-        metadata = dict(metadata or {})
         if persist and self._store is not None:
             await self._store.put_run(
                 StoredRun(
@@ -273,12 +223,19 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
             )
             self._check_open()
+        # Asked again after the awaits, and acted on with none in between:
+        # the run may have been handed over or restored meanwhile.
+        if self._settled(run_id, service, metadata):
+            return
+        if self._successors.get(run_id) and self._policy.follow_recovered:
+            return  # restored meanwhile: its follow-up watches the successor
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.metadata = service, metadata
-            self._bind(watch, rest)
+            watch.discovered = False  # named now: the user's to stop
+            self._routes.bind(watch, rest)
             return
-        watch = _Watch(
+        watch = Watch(
             run_id=run_id,
             service=service,
             rest=rest,
@@ -286,6 +243,18 @@ class Monitor(metaclass=NoPublicConstructor):
             recovered=run_id in self._successors,
         )
         self._start_watch(watch)
+
+    def _settled(
+        self, run_id: str, service: ServiceProtocol | None, metadata: dict[str, Any]
+    ) -> bool:
+        """Whether ``run_id`` is handed over: then update what its follow-up uses."""
+        handed = self._handed.get(run_id)
+        if handed is None:
+            return False
+        handed.service = service or handed.service
+        handed.metadata = metadata
+        handed.followed = True
+        return True
 
     async def monitor_all(
         self,
@@ -343,18 +312,18 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(
                 f"recover_existing must be a bool, got {recover_existing!r}"
             )
-        rest = await self._rest_client(None, self._service)
+        rest = await self._routes.rest_client(None, self._service)
         self._check_open()
         if not isinstance(rest, ListingRestClientProtocol):
             raise TypeError(
                 f"monitor_all needs a REST client that can list runs "
                 f"(list_training_runs); {rest!r} cannot"
             )
-        batcher = self._batcher(rest, discovering=True)
+        batcher = self._routes.batcher(rest, discovering=True)
         assert batcher is not None
         if batcher.unsupported is not None:
             raise batcher.unsupported
-        wanted = _AllRuns(
+        wanted = AllRuns(
             batcher,
             Discovery(scope=scope, project_id=project_id, on_listed=self._on_listed),
             active_within=float(active_within),
@@ -371,11 +340,16 @@ class Monitor(metaclass=NoPublicConstructor):
     def stop_monitoring(self, run_id: str) -> None:
         """Stop watching ``run_id``; no event about its polling follows.
 
-        A recovery already handed to the executor goes on.  Unknown runs
-        are ignored.
+        A recovery already handed to the executor goes on, but its restored
+        successor is not watched.  Discovery (`monitor_all`) leaves the run
+        be (the most recent stops are remembered, see the README) until it
+        is watched again by name.  Unknown runs are ignored.
         """
         watch = self._watches.pop(run_id, None)
-        self._known.add(run_id)
+        self._book.stopped.set(run_id, None)
+        handed = self._handed.get(run_id)
+        if handed is not None:
+            handed.followed = False
         if watch is not None:
             watch.scope.cancel()
 
@@ -401,6 +375,56 @@ class Monitor(metaclass=NoPublicConstructor):
             else own_dropped + executor.dropped_events,
         )
 
+    def training(
+        self,
+        client_or_run_id: Any,
+        *,
+        first_step: int = 1,
+        step_of: Callable[[Checkpoint], int] | None = None,
+        retries: int = 2,
+    ) -> AbstractAsyncContextManager[Training]:
+        """Carry a training loop in this program through the run's recoveries.
+
+        Watches the run (and each run restored from it) for the duration of
+        the ``async with`` block and yields a `Training`::
+
+            async with monitor.training(client) as training:
+                while training.next_step <= steps:
+                    async with training.step() as step:
+                        await train(step.client, step.number)
+
+        The guarantee: every step from ``first_step`` on completes exactly
+        once on the final lineage of runs.  A detection cancels the step in
+        flight (no request reaches the old client after it); when the
+        recovery completes, the loop goes on from the restored checkpoint's
+        step + 1 on the new client, so the steps after that checkpoint are
+        done again, once each, and none is skipped.
+
+        Args:
+            client_or_run_id: The training client (its ``model_id`` is the
+                run) or a run id (``training.client`` is then ``None`` until
+                a recovery gives one).
+            first_step: The number of the first step.
+            step_of: The last step a restored checkpoint holds; by default
+                its ``user_metadata["step"]`` (save checkpoints with it).
+            retries: Times in a row a step that raised a Tinker error while
+                the run stayed healthy is tried again before the error
+                propagates.
+
+        Raises:
+            TypeError: Neither a run id nor a client with a ``model_id``.
+            ValueError: A bad ``retries``.
+            RecoveryFailedError: From `Training.step`, once a recovery was
+                exhausted or its checkpoint says no step.
+        """
+        return open_training(
+            self,
+            client_or_run_id,
+            first_step=first_step,
+            step_of=step_of,
+            retries=retries,
+        )
+
     def subscribe(
         self, max_buffer: int = 1024
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[TelemetryEvent]]:
@@ -418,74 +442,20 @@ class Monitor(metaclass=NoPublicConstructor):
         if self._closed:
             raise trio.ClosedResourceError("the monitor's async with block has exited")
 
-    async def _rest_client(
-        self, run_id: str | None, service: ServiceProtocol | None
-    ) -> RestClientProtocol:
-        """The REST client that polls ``run_id`` (``None``: lists every run)."""
-        if self._rest is not None:
-            return self._rest
-        if service is None:
-            what = "list runs" if run_id is None else f"poll run {run_id!r}"
-            raise ValueError(
-                f"no service to {what} with: pass service= to "
-                "monitor_run() or open_monitor(), or rest= to open_monitor()"
-            )
-        if self._rest_for_service is None:
-            return service.create_rest_client()
-        rest = self._rest_for_service(service)
-        if inspect.isawaitable(rest):
-            rest = await rest
-        return rest
-
-    def _batcher(
-        self, rest: RestClientProtocol, *, discovering: bool = False
-    ) -> Batcher | None:
-        """The batcher polling ``rest``'s runs; ``None``: a GET per poll.
-
-        ``discovering``: one is needed to list runs, whatever ``polling``.
-        """
-        known = self._batchers.get(id(rest))
-        if known is not None and known[0] is rest:
-            batcher = known[1]
-        else:
-            batcher = None
-            if isinstance(rest, ListingRestClientProtocol):
-                batcher = Batcher(
-                    rest,
-                    mode=self._polling,
-                    interval=self._policy.poll_interval,
-                    nursery=self._nursery,
-                    counts=self._counts,
-                )
-            self._batchers[id(rest)] = (rest, batcher)
-        if batcher is None or discovering or batcher.mode != "each":
-            return batcher
-        return None
-
-    def _bind(self, watch: _Watch, rest: RestClientProtocol) -> None:
-        """Poll ``watch``'s run through ``rest`` (and its batcher) from now on."""
-        batcher = self._batcher(rest)
-        if watch.batcher is not None:
-            watch.batcher.members -= 1
-        if batcher is not None:
-            batcher.members += 1
-        watch.rest, watch.batcher = rest, batcher
-
     def _start_watch(
-        self, watch: _Watch, first: Mapping[str, Any] | None = None
+        self, watch: Watch, first: Mapping[str, Any] | None = None
     ) -> None:
-        self._bind(watch, watch.rest)
+        self._routes.bind(watch, watch.rest)
         self._watches[watch.run_id] = watch
-        self._known.add(watch.run_id)
         self._nursery.start_soon(self._watch, watch, first)
 
-    def _current(self, watch: _Watch) -> bool:
+    def _current(self, watch: Watch) -> bool:
         return self._watches.get(watch.run_id) is watch
 
-    async def _watch(self, watch: _Watch, first: Mapping[str, Any] | None) -> None:
+    async def _watch(self, watch: Watch, first: Mapping[str, Any] | None) -> None:
         with watch.scope:
             try:
-                await self._poll_forever(watch, first)
+                await self._poller.poll_forever(watch, first)
             finally:
                 if self._current(watch):
                     del self._watches[watch.run_id]
@@ -493,128 +463,13 @@ class Monitor(metaclass=NoPublicConstructor):
                     watch.batcher.members -= 1
                     watch.batcher = None
 
-    async def _poll_forever(
-        self, watch: _Watch, first: Mapping[str, Any] | None
-    ) -> None:
-        """Poll ``watch`` until it is handed over; ``first``: its first answer.
-
-        On its own schedule the run is polled at once, then every interval
-        (with jitter); while its batcher coalesces polls it follows the
-        batcher's grid instead, and waits for each poll in the batcher.
-        """
-        interval = self._policy.poll_interval
-        spread = self._policy.jitter * interval
-        start = due = trio.current_time()
-        if first is None:
-            due += self._rng.uniform(0, spread) if spread else 0.0
-            if watch.batcher is not None:
-                due = watch.batcher.first_due(start, due, start + spread)
-        slot = 0
-        while True:
-            if first is None and not _coalesced(watch):
-                await trio.sleep_until(due)
-            # Asked again after the sleep: the batcher may coalesce by now.
-            batcher = watch.batcher if _coalesced(watch) else None
-            if await self._poll(watch, due, batcher, first):
-                return
-            first = None
-            now = trio.current_time()
-            if watch.batcher is not None and _coalesced(watch):
-                start = due = watch.batcher.next_due(due, now)
-                slot = 0
-                continue
-            # Next slot on the fixed grid; skip slots already missed (with an
-            # interval so small the count overflows, just poll again).
-            missed = (now - start) / interval
-            slot = max(slot + 1, math.ceil(missed) if math.isfinite(missed) else 0)
-            due = start + slot * interval
-            due += self._rng.uniform(0, spread) if spread else 0.0
-
-    async def _poll(
-        self,
-        watch: _Watch,
-        due: float,
-        batcher: Batcher | None,
-        answer: Answer | None = None,
-    ) -> bool:
-        """Poll once; return whether the watch is over (run handed over).
-
-        With a ``batcher``, the run is polled by its cycle at ``due`` (it
-        may answer from a page, or say to GET the run); ``answer``: the run
-        as a page already listed it.  Otherwise it is polled with a GET now.
-        """
-        began = trio.current_time()
-        run: TrainingRun | None = None
-        error: Exception | None = None
-        try:
-            if answer is None and batcher is not None:
-                answer = await batcher.ask(watch.run_id, due)
-                began = max(began, due)
-            else:
-                self._counts.polls += 1
-            if isinstance(answer, Failed):
-                error = answer.error
-            elif answer is None or answer is FETCH:
-                self._counts.gets += 1
-                run = await watch.rest.get_training_run(watch.run_id)
-                corrupted, via = run.corrupted, "get"
-                last = run.last_checkpoint
-                checkpoint = last.tinker_path if last is not None else None
-            else:
-                corrupted, checkpoint = read_listed(answer)
-                via = "list"
-                if corrupted and not watch.recovered:
-                    # Structured only to hand it over: the executor needs it.
-                    run = TrainingRun.from_json(answer)
-        except Exception as exc:
-            error = exc
-        if error is not None:
-            # Per-run failures become events; they never trigger recovery.
-            if self._current(watch):
-                self._telemetry.emit(
-                    "poll_error",
-                    watch.run_id,
-                    {**watch.metadata, "error": error},
-                    duration=trio.current_time() - began,
-                )
-            return False
-        if not self._current(watch):
-            return False
-        self._telemetry.emit(
-            "polled",
-            watch.run_id,
-            {
-                **watch.metadata,
-                "corrupted": corrupted,
-                "checkpoint": checkpoint,
-                "via": via,
-            },
-            duration=trio.current_time() - began,
-        )
-        if not corrupted:
-            if watch.recovered:
-                # A healthy poll ends the corruption episode.
-                watch.recovered = False
-                self._successors.pop(watch.run_id, None)
-                if self._store is not None:
-                    self._nursery.start_soon(
-                        self._put_run,
-                        StoredRun(watch.run_id, json_safe(watch.metadata)),
-                    )
-            return False
-        if watch.recovered or run is None:
-            return False
-        self._telemetry.emit(
-            "detected",
-            watch.run_id,
-            {
-                **watch.metadata,
-                "strategy": str(self._policy.checkpoint_strategy),
-                "checkpoint": checkpoint,
-            },
-        )
-        crash_point("detected")
-        return await self._hand_over(watch, run)
+    def _episode_over(self, watch: Watch) -> None:
+        """A healthy poll ended ``watch``'s corruption episode: record it."""
+        self._successors.pop(watch.run_id)
+        if self._store is not None:
+            self._nursery.start_soon(
+                self._put_run, StoredRun(watch.run_id, json_safe(watch.metadata))
+            )
 
     async def _put_run(self, run: StoredRun) -> None:
         """Record a run in the background; a failure is logged, not raised."""
@@ -624,8 +479,11 @@ class Monitor(metaclass=NoPublicConstructor):
         except StoreError as exc:
             logger.error("run %s: %s", printable(run.run_id), exc)
 
-    async def _hand_over(self, watch: _Watch, run: TrainingRun) -> bool:
+    async def _hand_over(self, watch: Watch, run: TrainingRun) -> bool:
         run_id = watch.run_id
+        tracker = self._trackers.get(run_id)
+        if tracker is not None:
+            tracker.detected()
         try:
             await self._executor.recover(
                 run_id,
@@ -658,21 +516,31 @@ class Monitor(metaclass=NoPublicConstructor):
     def _on_listed(self, run_id: str, item: Mapping[str, Any]) -> None:
         """Watch a run a discovering sweep listed, if it is new and active."""
         wanted = self._all
-        if run_id in self._known or wanted is None or self._closed:
+        if wanted is None or self._closed or self._book.standing(run_id) != "new":
             return
-        if not _active(item, wanted.active_within):
-            return  # Looked at again by the next sweep.
-        self._known.add(run_id)
+        if run_id in self._book.rejected or not is_active(item, wanted.active_within):
+            return  # An idle run is looked at again by the next sweep.
         try:
             validate_run_id(run_id)
         except ValueError as exc:
+            self._book.rejected.set(run_id, None)
             logger.warning("not watching a listed run: %s", printable(str(exc)))
             return
-        watch = _Watch(
+        state = self._executor.recovery_state(run_id)
+        if state is not None and state.pending:
+            return  # recovering through a shared executor: not ours to watch
+        if self._leases is not None and not self._leases.holds(run_id):
+            # Stored once for whichever replica claims it (never overwritten).
+            if run_id not in self._book.offered:
+                self._book.offered.set(run_id, None)
+                self._nursery.start_soon(self._offer, run_id)
+            return
+        watch = Watch(
             run_id=run_id,
             service=self._service,
             rest=wanted.batcher.rest,
             metadata={},
+            discovered=True,
         )
         if item.get("corrupted") is True and not wanted.recover_existing:
             watch.recovered = True
@@ -684,9 +552,52 @@ class Monitor(metaclass=NoPublicConstructor):
             )
         if self._store is not None:
             self._nursery.start_soon(
-                self._store.put_run, StoredRun(run_id, {}, recovered=watch.recovered)
+                self._put_run, StoredRun(run_id, {}, recovered=watch.recovered)
             )
         self._start_watch(watch, item)
+
+    async def _offer(self, run_id: str) -> None:
+        """Store a listed run for the replicas; a failure is logged, not raised."""
+        assert self._leases is not None
+        try:
+            await self._leases.add(run_id, {})
+        except StoreError as exc:
+            self._book.offered.pop(run_id)
+            logger.error("run %s: %s", printable(run_id), exc)
+
+    def _observe(self, watch: Watch, corrupted: bool, began: float) -> None:
+        tracker = self._trackers.get(watch.run_id)
+        if tracker is not None:
+            tracker.polled(corrupted, began)
+
+    def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
+        """Tell ``tracker`` about ``run_id``'s polls (for `training`)."""
+        self._trackers[run_id] = tracker
+
+        def untrack() -> None:
+            if self._trackers.get(run_id) is tracker:
+                del self._trackers[run_id]
+
+        return untrack
+
+    def recovery_outcomes(
+        self,
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RecoveryOutcome]]:
+        """How each recovery ends (`Executor.outcomes`), for `training`."""
+        return self._executor.outcomes()
+
+    async def start(self, task: Callable[..., Awaitable[None]]) -> None:
+        """Start ``task`` in the monitor's nursery, for `training`."""
+        await self._nursery.start(task)
+
+    def _gone(self, watch: Watch) -> None:
+        """A discovered run the service no longer knows: forget it."""
+        logger.warning(
+            "run %s is no longer known to the service: not watching it any more",
+            printable(watch.run_id),
+        )
+        if self._current(watch):
+            del self._watches[watch.run_id]
 
     async def _follow_outcomes(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -699,10 +610,10 @@ class Monitor(metaclass=NoPublicConstructor):
                 if watch is None or outcome.state.phase != "done":
                     continue
                 successor = outcome.state.new_run_id
-                self._successors[outcome.run_id] = successor
+                self._successors.set(outcome.run_id, successor)
                 self._nursery.start_soon(self._follow, watch, successor, outcome.client)
 
-    async def _follow(self, old: _Watch, successor: str | None, client: Any) -> None:
+    async def _follow(self, old: Watch, successor: str | None, client: Any) -> None:
         """Record that ``old`` was restored, and watch its successor."""
         try:
             if self._store is not None:
@@ -714,7 +625,7 @@ class Monitor(metaclass=NoPublicConstructor):
                         successor=successor,
                     )
                 )
-            if self._policy.follow_recovered and successor:
+            if self._policy.follow_recovered and successor and old.followed:
                 metadata = {**old.metadata, "training_client": client}
                 metadata.pop("training_pid", None)
                 await self.monitor_run(
@@ -736,13 +647,13 @@ class Monitor(metaclass=NoPublicConstructor):
         self._executor.remember(snapshot)
         for stored in snapshot.runs.values():
             if stored.recovered:
-                self._successors[stored.run_id] = stored.successor
+                self._successors.set(stored.run_id, stored.successor)
         for recovery in snapshot.recoveries.values():
             if not recovery.state.pending:
                 continue
             run_id = recovery.state.run_id
-            rest = await self._rest_client(run_id, self._service)
-            self._handed[run_id] = _Watch(
+            rest = await self._routes.rest_client(run_id, self._service)
+            self._handed[run_id] = Watch(
                 run_id=run_id,
                 service=self._service,
                 rest=rest,
@@ -768,6 +679,23 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
 
 
+@final
+@attrs.frozen
+class _Replica:
+    """The monitor as its lease keeper drives it."""
+
+    _monitor: Monitor
+
+    def recoveries(self) -> Mapping[str, RecoveryState]:
+        return self._monitor.executor.recoveries
+
+    async def take_up(self, snapshot: Snapshot) -> None:
+        await self._monitor._resume(snapshot)
+
+    def stop_monitoring(self, run_id: str) -> None:
+        self._monitor.stop_monitoring(run_id)
+
+
 @asynccontextmanager
 async def open_monitor(
     *,
@@ -788,7 +716,10 @@ async def open_monitor(
             disabled `Policy` (recovery is opt-in).
         config: Where and how to reach Tinker.  With neither ``service`` nor
             ``rest``, the monitor opens its own native client from it
-            (`open_service_client`) and closes it on the way out.
+            (`open_service_client`) and closes it on the way out; with no
+            ``config`` either, it does the same from ``Config.from_env()``
+            when ``TINKER_API_KEY`` is set (as the official SDK's
+            ``ServiceClient()`` does).
         service: The default service for runs that name none.
         rest: Polls every run; by default each run is polled through
             ``rest_for_service(service)``.
@@ -841,9 +772,16 @@ async def open_monitor(
             registered(configured_key(config.api_key if config else None))
         )
         if store is not None and not isinstance(store, Store):
-            store = await stack.enter_async_context(open_store(store))
-        if service is None and rest is None and config is not None:
-            service = await stack.enter_async_context(open_service_client(config))
+            assert BACKENDS.open_store is not None, "imported without its top"
+            store = await stack.enter_async_context(BACKENDS.open_store(store))
+        if (
+            service is None
+            and rest is None
+            and (config is not None or os.environ.get("TINKER_API_KEY"))
+        ):
+            # With neither, the environment says where (as the SDK's does).
+            assert BACKENDS.open_service is not None, "imported without its top"
+            service = await stack.enter_async_context(BACKENDS.open_service(config))
         nursery = await stack.enter_async_context(trio.open_nursery())
         if executor is None:
             executor = new_executor(
@@ -871,7 +809,7 @@ async def open_monitor(
         await nursery.start(monitor._follow_outcomes)
         if isinstance(store, PostgresStore) and not store.readonly:
             # Replicas share the store: act only on the runs this one claims.
-            monitor._leases = LeaseKeeper(monitor, store)
+            monitor._leases = LeaseKeeper(_Replica(monitor), store)
             await nursery.start(monitor._leases.run)
         elif store is not None:
             await monitor._resume(await store.load())
