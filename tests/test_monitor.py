@@ -325,13 +325,23 @@ async def test_stop_monitoring_during_an_in_flight_poll(service, rest, autojump_
 async def test_stop_when_the_poll_already_returned(service, rest, autojump_clock):
     """A poll whose answer arrived before the stop is not acted upon."""
     rest.add("run-1", "0001", corrupted=True)
+    answer = rest.get_training_run
     async with open_monitor(policy=ENABLED, service=service) as monitor:
+
+        async def answer_then_stop(run_id):
+            run = await answer(run_id)
+            # The corrupted answer is in; the stop lands before the monitor
+            # reads it (no checkpoint between here and there).
+            monitor.stop_monitoring(run_id)
+            return run
+
+        rest.get_training_run = answer_then_stop
         async with monitor.subscribe() as events:
             await monitor.monitor_run("run-1")
-            # Both tasks are runnable now; stop before the poll task resumes.
-            monitor.stop_monitoring("run-1")
             await trio.sleep(100)
-            assert drain(events) == []
+            assert drain(events, polls=True) == []
+            assert monitor.monitored_runs == frozenset()
+    assert rest.poll_times("run-1") == [0]  # the poll did happen and return
     assert service.calls == []
 
 
