@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from trio_tinkex_recovery._failpoints import POINTS
+from trio_tinkex_recovery._store import StoredRun, open_store
 from trio_tinkex_recovery.testing import FakeTinker, Fault, serve_fake_tinker
 
 from .test_cli import KEY, cli, environ, spawn
@@ -62,6 +63,12 @@ async def scenario(tmp_path, point: str, seed: int) -> FakeTinker:
     for run_id in CORRUPTED:
         fake.corrupt(run_id)
     options = ("--json", "--state", state, "--max-attempts", "3")
+    # Stored before the first watcher starts: what the restart must watch
+    # again does not depend on how far it got before its kill (on a busy
+    # machine the first detection can come before the last run is stored).
+    async with open_store(state) as store:
+        for run_id in CORRUPTED + HEALTHY:
+            await store.put_run(StoredRun(run_id))
     with trio.fail_after(BUDGET):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_fake_tinker, fake)
