@@ -26,6 +26,7 @@ import trio
 from .._errors import AlreadyPendingError, RecoveryDisabledError
 from .._policy import Policy
 from .._protocols import ListingRestClientProtocol
+from .._secrets import configured_key, registered
 from .._store._base import (
     LeasingStore,
     Snapshot,
@@ -596,6 +597,9 @@ async def open_monitor(
         check_max_concurrent(max_concurrent)
     polling = check_polling(polling)
     async with AsyncExitStack() as stack:
+        stack.enter_context(
+            registered(configured_key(config.api_key if config else None))
+        )
         if store is not None and not isinstance(store, Store):
             assert BACKENDS.open_store is not None, "imported without its top"
             store = await stack.enter_async_context(BACKENDS.open_store(store))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 import attrs
 import trio
 
+from .._secrets import mask, mask_value
 from .._text import printable
 
 if TYPE_CHECKING:
@@ -169,13 +170,22 @@ class Telemetry:
         metadata: Mapping[str, Any],
         **measurements: float,
     ) -> TelemetryEvent:
-        """Record an event now.  Never blocks, never checkpoints."""
+        """Record an event now.  Never blocks, never checkpoints.
+
+        Every string in the event, and the text of every error in it, is
+        masked against the configured API keys (`mask_value`) whatever
+        produced it: a caller's own service may name the key in an error.
+        """
+        run_id = mask(run_id)
         event = TelemetryEvent(
             name=name,
             run_id=run_id,
             time=trio.current_time(),
             measurements=measurements,
-            metadata={**metadata, "run_id": run_id},
+            metadata={
+                **{key: mask_value(value) for key, value in metadata.items()},
+                "run_id": run_id,
+            },
         )
         self.counts[name] += 1
         level = _LEVELS.get(name, logging.INFO)
