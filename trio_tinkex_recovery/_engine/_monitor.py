@@ -37,7 +37,15 @@ from ._backends import BACKENDS
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._leases import LeaseKeeper
 from ._poller import Poller
-from ._polling import Batcher, Discovery, PollCounts, PollingMode, check_polling
+from ._polling import (
+    MAX_LIST_PAGES,
+    Batcher,
+    Discovery,
+    PollCounts,
+    PollingMode,
+    check_max_list_pages,
+    check_polling,
+)
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._watch import AllRuns, Watch, is_active
 
@@ -74,9 +82,11 @@ class Monitor(metaclass=NoPublicConstructor):
         rng: random.Random,
         store: Store | None = None,
         polling: PollingMode = "auto",
+        max_list_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self._policy = policy
         self._polling = polling
+        self._max_list_pages = max_list_pages
         self._store = store
         self._service = service
         self._rest = rest
@@ -331,6 +341,7 @@ class Monitor(metaclass=NoPublicConstructor):
             poll_errors=counts["poll_error"],
             get_requests=self._counts.gets,
             list_requests=self._counts.lists,
+            list_lies=self._counts.lies,
             existing_corrupted=self._existing_corrupted,
             detected=counts["detected"],
             leases_held=0 if self._leases is None else self._leases.leases_held,
@@ -397,6 +408,7 @@ class Monitor(metaclass=NoPublicConstructor):
                     interval=self._policy.poll_interval,
                     nursery=self._nursery,
                     counts=self._counts,
+                    max_pages=self._max_list_pages,
                 )
             self._batchers[id(rest)] = (rest, batcher)
         if batcher is None or discovering or batcher.mode != "each":
@@ -623,6 +635,7 @@ async def open_monitor(
     max_concurrent: int = 1,
     store: Store | str | os.PathLike[str] | None = None,
     polling: PollingMode = "auto",
+    max_list_pages: int = MAX_LIST_PAGES,
 ) -> AsyncIterator[Monitor]:
     """Watch runs for the duration of the ``async with`` block.
 
@@ -662,10 +675,17 @@ async def open_monitor(
             never later than its own.  A service without the list endpoint
             is polled ``"each"`` from then on (logged once).  Other clients
             are always polled ``"each"``.
+        max_list_pages: The most pages one sweep of the run list reads
+            beyond those the watched runs fill (⌈watched / 100⌉); default
+            1,000 (100,000 runs).  A sweep also ends at the first empty
+            page and at the first page listing no run it had not seen: a
+            list claiming more runs than it holds costs a few requests a
+            sweep, is logged once and counted in ``statistics().list_lies``.
 
     Raises:
         StoreError: The journal cannot be opened (locked by another
             watcher, corrupt, from a newer version, unwritable).
+        ValueError: A bad ``polling``, ``max_concurrent`` or ``max_list_pages``.
 
     Leaving the block cancels every polling task and recovery in flight.
     A crash of the monitor's own machinery (a bug, not a failed poll or
@@ -682,6 +702,7 @@ async def open_monitor(
         # Checked before any nursery opens, so a bad value is a plain error.
         check_max_concurrent(max_concurrent)
     polling = check_polling(polling)
+    max_list_pages = check_max_list_pages(max_list_pages)
     async with AsyncExitStack() as stack:
         if store is not None and not isinstance(store, Store):
             assert BACKENDS.open_store is not None, "imported without its top"
@@ -717,6 +738,7 @@ async def open_monitor(
             rng=rng,
             store=store,
             polling=polling,
+            max_list_pages=max_list_pages,
         )
         await nursery.start(monitor._follow_outcomes)
         if isinstance(store, PostgresStore) and not store.readonly:
