@@ -148,3 +148,52 @@ async def test_max_list_pages_is_checked(pages):
     with pytest.raises(ValueError, match="max_list_pages"):
         async with open_monitor(policy=POLICY, max_list_pages=pages):
             pass  # pragma: no cover
+
+
+# -- active_within -----------------------------------------------------------
+
+
+def fleet_of_two() -> ListingFakeRest:
+    """One run active a minute ago, one idle for three years."""
+    rest = ListingFakeRest()
+    rest.add("fresh", "0001")
+    rest.touch("fresh", recently())
+    rest.add("old", "0001")
+    rest.touch("old", dt.datetime.now(dt.UTC) - dt.timedelta(days=3 * 365))
+    return rest
+
+
+@pytest.mark.parametrize(
+    "span",
+    [math.inf, 1e12, 1e300, 86400 * 10**7, pytest.param(10**400, id="10**400")],
+)
+async def test_a_span_too_large_for_a_date_watches_every_run(autojump_clock, span):
+    """A span reaching back before year 1 means no limit, as math.inf does."""
+    rest = fleet_of_two()
+    async with open_monitor(policy=POLICY, rest=rest) as monitor:
+        await monitor.monitor_all(active_within=span)
+        assert monitor.monitored_runs == {"fresh", "old"}
+
+
+async def test_a_list_of_idle_runs_says_none_is_watched_once(autojump_clock, caplog):
+    """Every listed run idle: the log says so once, not every sweep."""
+    caplog.set_level(logging.WARNING, logger="trio_tinkex_recovery")
+    rest = fleet_of_two()
+    del rest.runs["fresh"]
+    async with open_monitor(policy=POLICY, rest=rest) as monitor:
+        await monitor.monitor_all(active_within=3600)
+        await trio.sleep(5 * INTERVAL)
+        assert monitor.monitored_runs == frozenset()
+    said = [r for r in caplog.records if "none is watched" in r.getMessage()]
+    assert len(said) == 1
+    assert "1 run(s)" in said[0].getMessage()
+    assert "active_within=3600" in said[0].getMessage()
+
+
+async def test_a_list_with_an_active_run_says_nothing(autojump_clock, caplog):
+    """One run watched: nothing to say."""
+    caplog.set_level(logging.WARNING, logger="trio_tinkex_recovery")
+    async with open_monitor(policy=POLICY, rest=fleet_of_two()) as monitor:
+        await monitor.monitor_all(active_within=3600)
+        assert monitor.monitored_runs == {"fresh"}
+    assert not [r for r in caplog.records if "none is watched" in r.getMessage()]

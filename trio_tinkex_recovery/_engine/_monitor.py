@@ -47,7 +47,7 @@ from ._polling import (
     check_polling,
 )
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
-from ._watch import AllRuns, Watch, is_active
+from ._watch import AllRuns, Watch
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -262,7 +262,9 @@ class Monitor(metaclass=NoPublicConstructor):
             project_id: Only the runs of this project.
             active_within: Seconds; runs idle for longer (by their
                 ``last_request_time``, the service's wall clock) are left
-                out until they are active again.  ``math.inf``: every run.
+                out until they are active again.  ``math.inf`` (or any
+                span reaching back before the first date): every run.  A
+                first listing whose runs are all idle says so in the log.
             recover_existing: Restore runs found already corrupted too.
 
         Raises:
@@ -306,7 +308,7 @@ class Monitor(metaclass=NoPublicConstructor):
         wanted = AllRuns(
             batcher,
             Discovery(scope=scope, project_id=project_id, on_listed=self._on_listed),
-            active_within=float(active_within),
+            active_within=active_within,
             recover_existing=recover_existing,
         )
         previous, self._all = self._all, wanted
@@ -315,6 +317,7 @@ class Monitor(metaclass=NoPublicConstructor):
         if discovery.error is not None:
             self._all = previous
             raise discovery.error
+        wanted.say_if_idle(len(self._watches))
         batcher.keep_discovering(wanted.discovery)
 
     def stop_monitoring(self, run_id: str) -> None:
@@ -498,7 +501,7 @@ class Monitor(metaclass=NoPublicConstructor):
         wanted = self._all
         if run_id in self._known or wanted is None or self._closed:
             return
-        if not is_active(item, wanted.active_within):
+        if not wanted.note(item):
             return  # Looked at again by the next sweep.
         self._known.add(run_id)
         try:
