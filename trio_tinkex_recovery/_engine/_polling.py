@@ -637,7 +637,8 @@ class Batcher:
                 sweep.error = exc
             return
         sweep.total = page.total_count
-        if 0 < page.limit < self.page_size:
+        if 0 < page.limit < min(limit, self.page_size):
+            # Capped below what was asked (a gap asks for less than a page).
             self.page_size = page.limit
         # A page the service capped (or the list shrank under it): the rest
         # of the range is read again from where the page ended.
