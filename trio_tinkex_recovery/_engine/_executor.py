@@ -95,6 +95,8 @@ class _Request:
     not_before: float | None = None
     #: The write-ahead ledger of the latest restore, with a journal.
     ledger: Ledger | None = None
+    #: Cancelled by `Executor.interrupt`.
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     def event_metadata(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -136,6 +138,8 @@ class Executor(metaclass=NoPublicConstructor):
         self._states: dict[str, RecoveryState] = {}
         # Hand-offs not yet picked up by the executor task.
         self._queued: dict[str, _Request] = {}
+        # The cancel scope of each run's recovery not finished yet.
+        self._scopes: dict[str, trio.CancelScope] = {}
         self._outcome_sends: set[trio.MemorySendChannel[RecoveryOutcome]] = set()
         # Hand-offs and callbacks not yet finished, and its event.
         self._busy = 0
@@ -220,6 +224,7 @@ class Executor(metaclass=NoPublicConstructor):
         # An unbounded buffer: send_nowait only fails once the executor is gone.
         self._send.send_nowait(request)
         self._queued[run_id] = request
+        self._scopes[run_id] = request.scope
         self._record(RecoveryState(run_id=run_id, phase="queued"))
         self._add_busy(1)
 
@@ -285,6 +290,18 @@ class Executor(metaclass=NoPublicConstructor):
         await trio.lowlevel.checkpoint()
         while self._busy:
             await self._idle.wait()
+
+    def interrupt(self, run_id: str) -> None:
+        """Cancel ``run_id``'s recovery, queued or under way, at once.
+
+        A restore call in flight is cancelled with it.  The recovery ends
+        ``interrupted`` (no ``on_failure``); its journal record is left as
+        it was, for whoever resumes it (a replica that lost the run's
+        lease calls this).  A run with no recovery pending is ignored.
+        """
+        scope = self._scopes.get(run_id)
+        if scope is not None:
+            scope.cancel()
 
     def recovery_state(self, run_id: str) -> RecoveryState | None:
         """The run's recovery record, or ``None`` if it was never handed over."""
@@ -356,7 +373,7 @@ class Executor(metaclass=NoPublicConstructor):
                     # Take the slot here, in arrival order; the run's task
                     # gives it back when its attempt ends.
                     await self._limiter.acquire_on_behalf_of(request)
-                    nursery.start_soon(self._recover, request, nursery)
+                    nursery.start_soon(self._recover_in_scope, request, nursery)
 
     # -- internals ---------------------------------------------------------
 
@@ -424,6 +441,15 @@ class Executor(metaclass=NoPublicConstructor):
                 self._add_busy(-1)
 
         nursery.start_soon(call)
+
+    async def _recover_in_scope(self, request: _Request, nursery: trio.Nursery) -> None:
+        """`_recover` in the scope `interrupt` cancels."""
+        try:
+            with request.scope:
+                await self._recover(request, nursery)
+        finally:
+            if self._scopes.get(request.run_id) is request.scope:
+                del self._scopes[request.run_id]
 
     async def _recover(self, request: _Request, nursery: trio.Nursery) -> None:
         run_id = request.run_id

@@ -625,6 +625,9 @@ class _Replica:
     def stop_monitoring(self, run_id: str) -> None:
         self._monitor.stop_monitoring(run_id)
 
+    def interrupt(self, run_id: str) -> None:
+        self._monitor.executor.interrupt(run_id)
+
 
 @asynccontextmanager
 async def open_monitor(
