@@ -8,21 +8,21 @@ checkpoints an attempt tries is `_selection`'s business; how a recovery
 ended goes out on `Executor.outcomes` before any user callback runs, and
 callbacks run in tasks of their own, holding no slot.
 
-About 700 lines, on purpose: queueing, attempts, backoff, the journal
-writes around each attempt and the interruption rules are one state
-machine over one `RecoveryState` per run, and read best in one place.
+Queueing, attempts, backoff, the journal writes around each attempt and
+the interruption rules are one state machine over one `RecoveryState` per
+run, and read best in one place; what a hand-over carries and how it ends
+(`Request`, `RecoveryOutcome`) live in `_recovery`.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 import trio
@@ -42,12 +42,13 @@ from .._text import printable
 from .._types import Checkpoint, validate_run_id
 from .._util import NoPublicConstructor
 from .._validators import check_number
+from ._recovery import RecoveryOutcome, Request, call_back, describe_error
 from ._selection import candidates
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 
 if TYPE_CHECKING:
     from .._protocols import RestClientProtocol, ServiceProtocol
-    from .._store import Ledger, Snapshot, Store
+    from .._store import Snapshot, Store
     from .._types import TrainingRun
 
 __all__ = [
@@ -62,48 +63,12 @@ __all__ = [
 
 logger = logging.getLogger("trio_tinkex_recovery")
 
-
-@attrs.frozen
-class RecoveryOutcome:
-    """How one recovery ended, as `Executor.outcomes` hands it out."""
-
-    #: The run's final record: phase ``done``, ``exhausted`` or ``interrupted``.
-    state: RecoveryState
-    #: The new training client, when ``done``.
-    client: Any = None
-    #: The checkpoint restored, when ``done``.
-    checkpoint: Checkpoint | None = None
-
-    @property
-    def run_id(self) -> str:
-        """The run that was recovered."""
-        return self.state.run_id
-
-
-@attrs.define(eq=False)
-class _Request:
-    run_id: str
-    service: ServiceProtocol
-    policy: Policy
-    metadata: Mapping[str, Any]
-    last_checkpoint: Checkpoint | None
-    run: TrainingRun | None
-    rest: RestClientProtocol | None
-    #: Resumed from the journal: the attempt to start with, and no attempt
-    #: before this Trio time.
-    first_attempt: int = 1
-    not_before: float | None = None
-    #: The write-ahead ledger of the latest restore, with a journal.
-    ledger: Ledger | None = None
-    #: Cancelled by `Executor.interrupt`.
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-
-    def event_metadata(self, **extra: Any) -> dict[str, Any]:
-        return {
-            **self.metadata,
-            "strategy": str(self.policy.checkpoint_strategy),
-            **extra,
-        }
+#: Seconds an outcome's journal write may take once its block is cancelled:
+#: the write is shielded so that a recovery that ended is never left
+#: looking pending (and restored again by the next start).
+OUTCOME_WRITE_LIMIT: Final = 30.0
+#: Finished recovery records kept (the oldest are forgotten first).
+FINISHED_KEPT: Final = 10_000
 
 
 @final
@@ -136,8 +101,11 @@ class Executor(metaclass=NoPublicConstructor):
         self._telemetry = telemetry
         self._rng = rng
         self._states: dict[str, RecoveryState] = {}
+        # Runs whose record is pending; finished ones, oldest first.
+        self._pending: set[str] = set()
+        self._finished: dict[str, None] = {}
         # Hand-offs not yet picked up by the executor task.
-        self._queued: dict[str, _Request] = {}
+        self._queued: dict[str, Request] = {}
         # The cancel scope of each run's recovery not finished yet.
         self._scopes: dict[str, trio.CancelScope] = {}
         self._outcome_sends: set[trio.MemorySendChannel[RecoveryOutcome]] = set()
@@ -145,7 +113,7 @@ class Executor(metaclass=NoPublicConstructor):
         self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
+        self._send, self._receive = trio.open_memory_channel[Request](math.inf)
 
     def __repr__(self) -> str:
         return (
@@ -212,7 +180,7 @@ class Executor(metaclass=NoPublicConstructor):
         state = self._states.get(run_id)
         if state is not None and state.pending:
             raise AlreadyPendingError(run_id)
-        request = _Request(
+        request = Request(
             run_id=run_id,
             service=service,
             policy=policy,
@@ -224,7 +192,7 @@ class Executor(metaclass=NoPublicConstructor):
         # An unbounded buffer: send_nowait only fails once the executor is gone.
         self._send.send_nowait(request)
         self._queued[run_id] = request
-        self._scopes[run_id] = request.scope
+        self._scopes[run_id] = trio.CancelScope()
         self._record(RecoveryState(run_id=run_id, phase="queued"))
         self._add_busy(1)
 
@@ -256,7 +224,10 @@ class Executor(metaclass=NoPublicConstructor):
         if state.phase == "waiting":
             first = state.attempt + 1
             if recovery.retry_at_wall is not None:
-                left = max(0.0, recovery.retry_at_wall - time.time())
+                # Never longer than a backoff can be: the clock that wrote
+                # the record may be ahead of this one.
+                left = recovery.retry_at_wall - time.time()
+                left = min(max(0.0, left), policy.max_backoff)
                 not_before = trio.current_time() + left
         await self.recover(
             state.run_id,
@@ -304,7 +275,12 @@ class Executor(metaclass=NoPublicConstructor):
             scope.cancel()
 
     def recovery_state(self, run_id: str) -> RecoveryState | None:
-        """The run's recovery record, or ``None`` if it was never handed over."""
+        """The run's recovery record, or ``None`` if it was never handed over.
+
+        Every pending record is kept, and the latest finished ones (ten
+        thousand): a watcher that lives for months does not grow without
+        bound.
+        """
         return self._states.get(run_id)
 
     @property
@@ -365,20 +341,27 @@ class Executor(metaclass=NoPublicConstructor):
         ``nursery.start``) only for an executor made by another owner.
         Cancelling it interrupts the recoveries in progress.
         """
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            async with self._receive:
-                async for request in self._receive:
-                    self._queued.pop(request.run_id, None)
-                    # Take the slot here, in arrival order; the run's task
-                    # gives it back when its attempt ends.
-                    await self._limiter.acquire_on_behalf_of(request)
-                    nursery.start_soon(self._recover_in_scope, request, nursery)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async with self._receive:
+                    async for request in self._receive:
+                        # Take the slot here, in arrival order; the run's
+                        # task gives it back when its attempt ends.
+                        await self._limiter.acquire_on_behalf_of(request)
+                        del self._queued[request.run_id]
+                        nursery.start_soon(self._recover_in_scope, request, nursery)
+        finally:
+            # Hand-offs still queued for a slot end as interrupted too.
+            for request in list(self._queued.values()):
+                del self._queued[request.run_id]
+                self._interrupt(request)
+                self._add_busy(-1)
 
     # -- internals ---------------------------------------------------------
 
     def _in_progress(self) -> int:
-        return sum(1 for state in self._states.values() if state.pending)
+        return len(self._pending)
 
     def _add_busy(self, delta: int) -> None:
         self._busy += delta
@@ -391,31 +374,78 @@ class Executor(metaclass=NoPublicConstructor):
         return self._record(attrs.evolve(self._states[run_id], **changes))
 
     def _record(self, state: RecoveryState) -> RecoveryState:
-        self._states[state.run_id] = state
+        run_id = state.run_id
+        self._states[run_id] = state
+        self._finished.pop(run_id, None)
+        if state.pending:
+            self._pending.add(run_id)
+            return state
+        self._pending.discard(run_id)
+        self._finished[run_id] = None
+        if len(self._finished) > FINISHED_KEPT:
+            oldest = next(iter(self._finished))
+            del self._finished[oldest]
+            del self._states[oldest]
         return state
 
     async def _persist(
-        self, request: _Request, *, retry_at_wall: float | None = None
+        self,
+        request: Request,
+        *,
+        state: RecoveryState | None = None,
+        retry_at_wall: float | None = None,
     ) -> None:
-        """Write the run's record to the journal (a no-op without one)."""
+        """Write the run's record (or ``state``) to the journal, if any."""
         if self._journal is None:
             return
         await self._journal.put_recovery(
             StoredRecovery(
-                state=self._states[request.run_id],
+                state=state or self._states[request.run_id],
                 retry_at_wall=retry_at_wall,
                 metadata=json_safe(request.metadata),
             )
         )
 
-    async def _persist_outcome(self, request: _Request) -> bool:
-        """Record how the recovery ended; a failure to is logged, not raised."""
-        try:
-            await self._persist(request)
-        except StoreError as exc:
-            logger.error("recovery of run %s: %s", request.run_id, exc)
-            return False
-        return True
+    async def _end(
+        self, request: Request, **changes: Any
+    ) -> tuple[RecoveryState, bool]:
+        """Write how the recovery ended, then make it so; and whether it was written.
+
+        The write comes first and is shielded from cancellation (for at most
+        `OUTCOME_WRITE_LIMIT` seconds): a block that exits meanwhile cannot
+        leave the journal saying ``attempting`` for a recovery that ended.
+        A failure to write is logged, not raised.
+        """
+        state = attrs.evolve(self._states[request.run_id], **changes)
+        written = False
+        with trio.move_on_after(OUTCOME_WRITE_LIMIT, shield=True) as scope:
+            try:
+                await self._persist(request, state=state)
+                written = True
+            except StoreError as exc:
+                logger.error("recovery of run %s: %s", request.run_id, exc)
+        if scope.cancelled_caught:
+            logger.error(
+                "recovery of run %s: its outcome could not be written in %.0f s",
+                request.run_id,
+                OUTCOME_WRITE_LIMIT,
+            )
+        return self._record(state), written
+
+    def _interrupt(self, request: Request) -> None:
+        """End a recovery cut short (the executor closing, a lost lease)."""
+        run_id = request.run_id
+        state = self._states.get(run_id)
+        if state is None or not state.pending:
+            return
+        state = self._set(run_id, phase="interrupted", retry_at=None)
+        self._telemetry.emit(
+            "interrupted",
+            run_id,
+            request.event_metadata(attempt=state.attempt, checkpoint=state.checkpoint),
+            attempt=state.attempt,
+        )
+        self._publish(RecoveryOutcome(state))
 
     def _publish(self, outcome: RecoveryOutcome) -> None:
         for send in list(self._outcome_sends):
@@ -436,22 +466,29 @@ class Executor(metaclass=NoPublicConstructor):
 
         async def call() -> None:
             try:
-                await _call_back(name, callback, *args)
+                await call_back(name, callback, *args)
             finally:
                 self._add_busy(-1)
 
         nursery.start_soon(call)
 
-    async def _recover_in_scope(self, request: _Request, nursery: trio.Nursery) -> None:
-        """`_recover` in the scope `interrupt` cancels."""
+    async def _recover_in_scope(self, request: Request, nursery: trio.Nursery) -> None:
+        """`_recover` in the cancel scope `interrupt` cancels."""
+        scope = self._scopes.get(request.run_id) or trio.CancelScope()
         try:
-            with request.scope:
+            with scope:
+                if scope.cancel_called:
+                    # Interrupted while it waited for a slot: nothing began.
+                    self._limiter.release_on_behalf_of(request)
+                    self._interrupt(request)
+                    self._add_busy(-1)
+                    return
                 await self._recover(request, nursery)
         finally:
-            if self._scopes.get(request.run_id) is request.scope:
+            if self._scopes.get(request.run_id) is scope:
                 del self._scopes[request.run_id]
 
-    async def _recover(self, request: _Request, nursery: trio.Nursery) -> None:
+    async def _recover(self, request: Request, nursery: trio.Nursery) -> None:
         run_id = request.run_id
         holding = True
         try:
@@ -471,7 +508,7 @@ class Executor(metaclass=NoPublicConstructor):
                 except LeaseLostError as exc:
                     # Another replica owns the run now: stop before any side
                     # effect, record nothing; the run is theirs to finish.
-                    self._set(run_id, error=_describe_error(exc))
+                    self._set(run_id, error=describe_error(exc))
                     return
                 except Exception as exc:
                     self._limiter.release_on_behalf_of(request)
@@ -489,24 +526,13 @@ class Executor(metaclass=NoPublicConstructor):
         finally:
             if holding:
                 self._limiter.release_on_behalf_of(request)
-            state = self._states.get(run_id)
-            if state is not None and state.pending:
-                # Cut short by cancellation (the executor is closing) or by a
-                # lost lease: the recovery did not fail, it was interrupted.
-                state = self._set(run_id, phase="interrupted", retry_at=None)
-                self._telemetry.emit(
-                    "interrupted",
-                    run_id,
-                    request.event_metadata(
-                        attempt=state.attempt, checkpoint=state.checkpoint
-                    ),
-                    attempt=state.attempt,
-                )
-                self._publish(RecoveryOutcome(state))
+            # Cut short by cancellation (the executor is closing) or by a
+            # lost lease: the recovery did not fail, it was interrupted.
+            self._interrupt(request)
             self._add_busy(-1)
 
     async def _after_failure(
-        self, request: _Request, attempt: int, exc: Exception, nursery: trio.Nursery
+        self, request: Request, attempt: int, exc: Exception, nursery: trio.Nursery
     ) -> bool:
         """Record a failed attempt; wait out the backoff if another may follow.
 
@@ -515,7 +541,7 @@ class Executor(metaclass=NoPublicConstructor):
         """
         policy = request.policy
         run_id = request.run_id
-        error_text = _describe_error(exc)
+        error_text = describe_error(exc)
         self._set(run_id, error=error_text)
         self._telemetry.emit(
             "failed",
@@ -528,8 +554,7 @@ class Executor(metaclass=NoPublicConstructor):
             attempt=attempt,
         )
         if attempt >= policy.max_attempts or not is_retryable(exc):
-            state = self._set(run_id, phase="exhausted", retry_at=None)
-            await self._persist_outcome(request)
+            state, _ = await self._end(request, phase="exhausted", retry_at=None)
             self._telemetry.emit(
                 "exhausted",
                 run_id,
@@ -553,18 +578,18 @@ class Executor(metaclass=NoPublicConstructor):
         await trio.sleep_until(retry_at)
         return True
 
-    async def _attempt(self, request: _Request, attempt: int) -> tuple[Any, Checkpoint]:
+    async def _attempt(self, request: Request, attempt: int) -> tuple[Any, Checkpoint]:
         """One attempt: restore the first usable candidate checkpoint."""
         run_id = request.run_id
         policy = request.policy
         self._set(run_id, phase="attempting", attempt=attempt, retry_at=None)
-        # Written before any side effect of the attempt: a failure to write
-        # fails the attempt with nothing sent.
-        await self._persist(request)
-        crash_point("attempt-written")
         self._telemetry.emit(
             "started", run_id, request.event_metadata(attempt=attempt), attempt=attempt
         )
+        # Written before any side effect of the attempt: a failure to write
+        # fails the attempt (after its ``started``) with nothing sent.
+        await self._persist(request)
+        crash_point("attempt-written")
         found = candidates(
             policy.checkpoint_strategy,
             run_id=run_id,
@@ -614,7 +639,7 @@ class Executor(metaclass=NoPublicConstructor):
         raise NoCheckpointError(f"run {run_id!r} has no checkpoint to restore from")
 
     async def _restore(
-        self, request: _Request, checkpoint: Checkpoint, attempt: int
+        self, request: Request, checkpoint: Checkpoint, attempt: int
     ) -> Any:
         """Restore ``checkpoint``; with a journal, writing ahead what is sent."""
         service = request.service
@@ -630,14 +655,14 @@ class Executor(metaclass=NoPublicConstructor):
             return await service.create_training_client_from_state_with_optimizer(path)
         return await service.create_training_client_from_state(path)
 
-    def _rest_for(self, request: _Request) -> RestClientProtocol:
+    def _rest_for(self, request: Request) -> RestClientProtocol:
         if request.rest is None:
             request.rest = self._rest or request.service.create_rest_client()
         return request.rest
 
     async def _complete(
         self,
-        request: _Request,
+        request: Request,
         attempt: int,
         client: Any,
         checkpoint: Checkpoint,
@@ -649,14 +674,16 @@ class Executor(metaclass=NoPublicConstructor):
         if not isinstance(new_run_id, str):
             new_run_id = None
         crash_point("restored")
-        state = self._set(run_id, phase="done", new_run_id=new_run_id, error=None)
-        written = await self._persist_outcome(request)
+        state, written = await self._end(
+            request, phase="done", new_run_id=new_run_id, error=None
+        )
         crash_point("outcome-written")
         if written and request.ledger is not None:
-            try:
-                await request.ledger.settle()
-            except StoreError as exc:
-                logger.error("recovery of run %s: %s", run_id, exc)
+            with trio.move_on_after(OUTCOME_WRITE_LIMIT, shield=True):
+                try:
+                    await request.ledger.settle()
+                except StoreError as exc:
+                    logger.error("recovery of run %s: %s", run_id, exc)
         self._telemetry.emit(
             "completed",
             run_id,
@@ -681,21 +708,6 @@ class Executor(metaclass=NoPublicConstructor):
         if jitter == 0 or delay == 0:
             return delay
         return delay * self._rng.uniform(1 - jitter, 1 + jitter)
-
-
-def _describe_error(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def _call_back(name: str, callback: Callable[..., Any], *args: Any) -> None:
-    """Run a user callback, sync or async; its errors are logged, never raised."""
-    try:
-        result = callback(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        logger.exception("%s callback raised; ignored", name)
 
 
 @asynccontextmanager

@@ -14,7 +14,6 @@ same pages.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import random
@@ -34,18 +33,19 @@ from .._text import printable
 from .._types import TrainingRun, list_params, validate_run_id
 from .._util import NoPublicConstructor
 from ._backends import BACKENDS
+from ._episodes import Book
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._leases import LeaseKeeper
 from ._poller import Poller
 from ._polling import (
     MAX_LIST_PAGES,
-    Batcher,
     Discovery,
     PollCounts,
     PollingMode,
     check_max_list_pages,
     check_polling,
 )
+from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._watch import AllRuns, Watch
 
@@ -85,29 +85,30 @@ class Monitor(metaclass=NoPublicConstructor):
         max_list_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self._policy = policy
-        self._polling = polling
-        self._max_list_pages = max_list_pages
         self._store = store
         self._service = service
-        self._rest = rest
-        self._rest_for_service = rest_for_service
         self._executor = executor
         self._owns_executor = owns_executor
         self._telemetry = telemetry
         self._nursery = nursery
         self._rng = rng
         self._closed = False
-        # Runs polled now; runs handed to the executor, awaiting the outcome;
-        # runs restored in their current episode, with their successor.
-        self._watches: dict[str, Watch] = {}
-        self._handed: dict[str, Watch] = {}
-        self._successors: dict[str, str | None] = {}
+        # Where each run stands: every entry point asks it, then acts with
+        # no await in between (the episode rule).
+        self._book = Book()
+        self._watches = self._book.watches
+        self._handed = self._book.handed
+        self._successors = self._book.successors
         self._counts = PollCounts()
-        # Per REST client (by identity, kept alive here): its batcher, or
-        # None when its runs are polled one GET each.
-        self._batchers: dict[int, tuple[RestClientProtocol, Batcher | None]] = {}
-        # Every run watched, discovered or stopped: discovery leaves them be.
-        self._known: set[str] = set()
+        self._routes = Routes(
+            rest=rest,
+            rest_for_service=rest_for_service,
+            polling=polling,
+            interval=policy.poll_interval,
+            nursery=nursery,
+            counts=self._counts,
+            max_list_pages=max_list_pages,
+        )
         self._all: AllRuns | None = None
         self._existing_corrupted = 0
         # With replicas sharing the store: which runs this one acts on.
@@ -120,6 +121,7 @@ class Monitor(metaclass=NoPublicConstructor):
             is_current=self._current,
             episode_over=self._episode_over,
             hand_over=self._hand_over,
+            gone=self._gone,
         )
 
     def __repr__(self) -> str:
@@ -195,23 +197,21 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(f"metadata must be a mapping, got {metadata!r}")
         if service is None:
             service = self._service
-        handed = self._handed.get(run_id)
-        if handed is not None:
-            handed.service = service or handed.service
-            handed.metadata = dict(metadata or {})
+        metadata = dict(metadata or {})
+        self._book.stopped.pop(run_id)
+        if self._settled(run_id, service, metadata):
             return
         successor = self._successors.get(run_id)
-        if successor is not None and self._policy.follow_recovered:
-            if successor not in self._watches:
+        if successor and self._policy.follow_recovered:
+            if self._book.standing(successor) not in ("watched", "handed"):
                 await self.monitor_run(successor, service, metadata)
             return
         if self._leases is not None and not self._leases.holds(run_id):
             # Another replica may hold it: stored for whichever claims it.
-            await self._leases.add(run_id, metadata or {})
+            await self._leases.add(run_id, metadata)
             return
-        rest = await self._rest_client(run_id, service)
+        rest = await self._routes.rest_client(run_id, service)
         self._check_open()
-        metadata = dict(metadata or {})
         if persist and self._store is not None:
             await self._store.put_run(
                 StoredRun(
@@ -222,10 +222,17 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
             )
             self._check_open()
+        # Asked again after the awaits, and acted on with none in between:
+        # the run may have been handed over or restored meanwhile.
+        if self._settled(run_id, service, metadata):
+            return
+        if self._successors.get(run_id) and self._policy.follow_recovered:
+            return  # restored meanwhile: its follow-up watches the successor
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.metadata = service, metadata
-            self._bind(watch, rest)
+            watch.discovered = False  # named now: the user's to stop
+            self._routes.bind(watch, rest)
             return
         watch = Watch(
             run_id=run_id,
@@ -235,6 +242,18 @@ class Monitor(metaclass=NoPublicConstructor):
             recovered=run_id in self._successors,
         )
         self._start_watch(watch)
+
+    def _settled(
+        self, run_id: str, service: ServiceProtocol | None, metadata: dict[str, Any]
+    ) -> bool:
+        """Whether ``run_id`` is handed over: then update what its follow-up uses."""
+        handed = self._handed.get(run_id)
+        if handed is None:
+            return False
+        handed.service = service or handed.service
+        handed.metadata = metadata
+        handed.followed = True
+        return True
 
     async def monitor_all(
         self,
@@ -294,14 +313,14 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(
                 f"recover_existing must be a bool, got {recover_existing!r}"
             )
-        rest = await self._rest_client(None, self._service)
+        rest = await self._routes.rest_client(None, self._service)
         self._check_open()
         if not isinstance(rest, ListingRestClientProtocol):
             raise TypeError(
                 f"monitor_all needs a REST client that can list runs "
                 f"(list_training_runs); {rest!r} cannot"
             )
-        batcher = self._batcher(rest, discovering=True)
+        batcher = self._routes.batcher(rest, discovering=True)
         assert batcher is not None
         if batcher.unsupported is not None:
             raise batcher.unsupported
@@ -323,11 +342,16 @@ class Monitor(metaclass=NoPublicConstructor):
     def stop_monitoring(self, run_id: str) -> None:
         """Stop watching ``run_id``; no event about its polling follows.
 
-        A recovery already handed to the executor goes on.  Unknown runs
-        are ignored.
+        A recovery already handed to the executor goes on, but its restored
+        successor is not watched.  Discovery (`monitor_all`) leaves the run
+        be (the most recent stops are remembered, see the README) until it
+        is watched again by name.  Unknown runs are ignored.
         """
         watch = self._watches.pop(run_id, None)
-        self._known.add(run_id)
+        self._book.stopped.set(run_id, None)
+        handed = self._handed.get(run_id)
+        if handed is not None:
+            handed.followed = False
         if watch is not None:
             watch.scope.cancel()
 
@@ -371,68 +395,11 @@ class Monitor(metaclass=NoPublicConstructor):
         if self._closed:
             raise trio.ClosedResourceError("the monitor's async with block has exited")
 
-    async def _rest_client(
-        self, run_id: str | None, service: ServiceProtocol | None
-    ) -> RestClientProtocol:
-        """The REST client that polls ``run_id`` (``None``: lists every run)."""
-        if self._rest is not None:
-            return self._rest
-        if service is None:
-            what = "list runs" if run_id is None else f"poll run {run_id!r}"
-            raise ValueError(
-                f"no service to {what} with: pass service= to "
-                "monitor_run() or open_monitor(), or rest= to open_monitor(), "
-                "or set TINKER_API_KEY (and TINKER_BASE_URL) for open_monitor() "
-                "to connect by itself"
-            )
-        if self._rest_for_service is None:
-            return service.create_rest_client()
-        rest = self._rest_for_service(service)
-        if inspect.isawaitable(rest):
-            rest = await rest
-        return rest
-
-    def _batcher(
-        self, rest: RestClientProtocol, *, discovering: bool = False
-    ) -> Batcher | None:
-        """The batcher polling ``rest``'s runs; ``None``: a GET per poll.
-
-        ``discovering``: one is needed to list runs, whatever ``polling``.
-        """
-        known = self._batchers.get(id(rest))
-        if known is not None and known[0] is rest:
-            batcher = known[1]
-        else:
-            batcher = None
-            if isinstance(rest, ListingRestClientProtocol):
-                batcher = Batcher(
-                    rest,
-                    mode=self._polling,
-                    interval=self._policy.poll_interval,
-                    nursery=self._nursery,
-                    counts=self._counts,
-                    max_pages=self._max_list_pages,
-                )
-            self._batchers[id(rest)] = (rest, batcher)
-        if batcher is None or discovering or batcher.mode != "each":
-            return batcher
-        return None
-
-    def _bind(self, watch: Watch, rest: RestClientProtocol) -> None:
-        """Poll ``watch``'s run through ``rest`` (and its batcher) from now on."""
-        batcher = self._batcher(rest)
-        if watch.batcher is not None:
-            watch.batcher.members -= 1
-        if batcher is not None:
-            batcher.members += 1
-        watch.rest, watch.batcher = rest, batcher
-
     def _start_watch(
         self, watch: Watch, first: Mapping[str, Any] | None = None
     ) -> None:
-        self._bind(watch, watch.rest)
+        self._routes.bind(watch, watch.rest)
         self._watches[watch.run_id] = watch
-        self._known.add(watch.run_id)
         self._nursery.start_soon(self._watch, watch, first)
 
     def _current(self, watch: Watch) -> bool:
@@ -451,7 +418,7 @@ class Monitor(metaclass=NoPublicConstructor):
 
     def _episode_over(self, watch: Watch) -> None:
         """A healthy poll ended ``watch``'s corruption episode: record it."""
-        self._successors.pop(watch.run_id, None)
+        self._successors.pop(watch.run_id)
         if self._store is not None:
             self._nursery.start_soon(
                 self._put_run, StoredRun(watch.run_id, json_safe(watch.metadata))
@@ -499,21 +466,31 @@ class Monitor(metaclass=NoPublicConstructor):
     def _on_listed(self, run_id: str, item: Mapping[str, Any]) -> None:
         """Watch a run a discovering sweep listed, if it is new and active."""
         wanted = self._all
-        if run_id in self._known or wanted is None or self._closed:
+        if wanted is None or self._closed or self._book.standing(run_id) != "new":
             return
-        if not wanted.note(item):
-            return  # Looked at again by the next sweep.
-        self._known.add(run_id)
+        if run_id in self._book.rejected or not wanted.note(item):
+            return  # An idle run is looked at again by the next sweep.
         try:
             validate_run_id(run_id)
         except ValueError as exc:
+            self._book.rejected.set(run_id, None)
             logger.warning("not watching a listed run: %s", printable(str(exc)))
+            return
+        state = self._executor.recovery_state(run_id)
+        if state is not None and state.pending:
+            return  # recovering through a shared executor: not ours to watch
+        if self._leases is not None and not self._leases.holds(run_id):
+            # Stored once for whichever replica claims it (never overwritten).
+            if run_id not in self._book.offered:
+                self._book.offered.set(run_id, None)
+                self._nursery.start_soon(self._offer, run_id)
             return
         watch = Watch(
             run_id=run_id,
             service=self._service,
             rest=wanted.batcher.rest,
             metadata={},
+            discovered=True,
         )
         if item.get("corrupted") is True and not wanted.recover_existing:
             watch.recovered = True
@@ -525,9 +502,27 @@ class Monitor(metaclass=NoPublicConstructor):
             )
         if self._store is not None:
             self._nursery.start_soon(
-                self._store.put_run, StoredRun(run_id, {}, recovered=watch.recovered)
+                self._put_run, StoredRun(run_id, {}, recovered=watch.recovered)
             )
         self._start_watch(watch, item)
+
+    async def _offer(self, run_id: str) -> None:
+        """Store a listed run for the replicas; a failure is logged, not raised."""
+        assert self._leases is not None
+        try:
+            await self._leases.add(run_id, {})
+        except StoreError as exc:
+            self._book.offered.pop(run_id)
+            logger.error("run %s: %s", printable(run_id), exc)
+
+    def _gone(self, watch: Watch) -> None:
+        """A discovered run the service no longer knows: forget it."""
+        logger.warning(
+            "run %s is no longer known to the service: not watching it any more",
+            printable(watch.run_id),
+        )
+        if self._current(watch):
+            del self._watches[watch.run_id]
 
     async def _follow_outcomes(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -540,7 +535,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 if watch is None or outcome.state.phase != "done":
                     continue
                 successor = outcome.state.new_run_id
-                self._successors[outcome.run_id] = successor
+                self._successors.set(outcome.run_id, successor)
                 self._nursery.start_soon(self._follow, watch, successor, outcome.client)
 
     async def _follow(self, old: Watch, successor: str | None, client: Any) -> None:
@@ -555,7 +550,7 @@ class Monitor(metaclass=NoPublicConstructor):
                         successor=successor,
                     )
                 )
-            if self._policy.follow_recovered and successor:
+            if self._policy.follow_recovered and successor and old.followed:
                 metadata = {**old.metadata, "training_client": client}
                 metadata.pop("training_pid", None)
                 await self.monitor_run(
@@ -577,12 +572,12 @@ class Monitor(metaclass=NoPublicConstructor):
         self._executor.remember(snapshot)
         for stored in snapshot.runs.values():
             if stored.recovered:
-                self._successors[stored.run_id] = stored.successor
+                self._successors.set(stored.run_id, stored.successor)
         for recovery in snapshot.recoveries.values():
             if not recovery.state.pending:
                 continue
             run_id = recovery.state.run_id
-            rest = await self._rest_client(run_id, self._service)
+            rest = await self._routes.rest_client(run_id, self._service)
             self._handed[run_id] = Watch(
                 run_id=run_id,
                 service=self._service,
