@@ -13,11 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trio_tinkex_recovery import Policy, open_monitor
+from trio_tinkex_recovery import (
+    Config,
+    Policy,
+    open_monitor,
+    open_service_client,
+    set_testing,
+)
 from trio_tinkex_recovery._store._postgres import open_postgres_store
 from trio_tinkex_recovery.testing import FakeTinker
 
-from .reliability._support import service_client
+from .reliability._support import BASE, KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,7 +67,9 @@ class WithoutLedger:
 async def replica(dsn, fake, hang=0.0, *, task_status=trio.TASK_STATUS_IGNORED):
     store = await open_postgres_store(dsn, lease=LEASE, connect_timeout=5)
     try:
-        async with service_client(fake) as native:
+        async with open_service_client(
+            Config(api_key=KEY, base_url=BASE), transport=fake.transport()
+        ) as native:
             service = WithoutLedger(native, hang=hang)
             async with open_monitor(
                 policy=POLICY, service=service, store=store
@@ -97,7 +105,9 @@ async def test_a_replica_that_cannot_renew_cancels_its_restore(
     it, and the simulator counts one restore."""
     fake = FakeTinker()
     fake.add_run("run-1", checkpoints=["ckpt-0001"])
-    with trio.fail_after(60):
+    # Test mode once for both replicas (each entering it would restore the
+    # other's setting on the way out).
+    with set_testing(True), trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             a = await nursery.start(replica, postgres_dsn, fake, 3 * LEASE)
             await a.monitor.monitor_run("run-1")

@@ -260,12 +260,11 @@ class Executor(metaclass=NoPublicConstructor):
             await self._idle.wait()
 
     def interrupt(self, run_id: str) -> None:
-        """Cancel ``run_id``'s recovery, queued or under way, at once.
+        """Cancel ``run_id``'s recovery (a restore call in flight too) at once.
 
-        A restore call in flight is cancelled with it.  The recovery ends
-        ``interrupted`` (no ``on_failure``); its journal record is left as
-        it was, for whoever resumes it (a replica that lost the run's
-        lease calls this).  A run with no recovery pending is ignored.
+        It ends ``interrupted`` (no ``on_failure``); its journal record is
+        left for whoever resumes it (a replica that lost the run's lease
+        calls this).  A run with no recovery pending is ignored.
         """
         scope = self._scopes.get(run_id)
         if scope is not None:
@@ -471,24 +470,18 @@ class Executor(metaclass=NoPublicConstructor):
 
     async def _recover_in_scope(self, request: Request, nursery: trio.Nursery) -> None:
         """`_recover` in the cancel scope `interrupt` cancels."""
-        scope = self._scopes.get(request.run_id) or trio.CancelScope()
-        try:
-            with scope:
-                if scope.cancel_called:
-                    # Interrupted while it waited for a slot: nothing began.
-                    self._limiter.release_on_behalf_of(request)
-                    self._interrupt(request)
-                    self._add_busy(-1)
-                    return
-                await self._recover(request, nursery)
-        finally:
-            if self._scopes.get(request.run_id) is scope:
-                del self._scopes[request.run_id]
+        scope = self._scopes[request.run_id]
+        with scope:
+            await self._recover(request, nursery)
+        if self._scopes.get(request.run_id) is scope:
+            del self._scopes[request.run_id]
 
     async def _recover(self, request: Request, nursery: trio.Nursery) -> None:
         run_id = request.run_id
         holding = True
         try:
+            if self._scopes[run_id].cancel_called:
+                return  # Interrupted while queued for a slot: nothing began.
             if request.not_before is not None:
                 # Resumed in its retry wait: wait out the rest, holding no slot.
                 self._limiter.release_on_behalf_of(request)
