@@ -178,7 +178,11 @@ class Monitor(metaclass=NoPublicConstructor):
         service: ServiceProtocol | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Start watching ``run_id``; the first poll happens at once.
+        """Start watching ``run_id`` (its first poll comes within the jitter).
+
+        The first poll comes after a random delay of up to
+        ``policy.jitter * policy.poll_interval`` (3 s with the defaults; at
+        once with ``jitter=0``), then one every ``poll_interval``.
 
         Watching a run that is already watched updates its service and
         metadata; there is still one polling task.  A run is restored at
@@ -290,8 +294,8 @@ class Monitor(metaclass=NoPublicConstructor):
 
         A recovery already handed to the executor goes on, but its restored
         successor is not watched.  Discovery (`monitor_all`) leaves the run
-        be (the most recent stops are remembered, see the README) until it
-        is watched again by name.  Unknown runs are ignored.
+        be (the 10,000 most recent stops are remembered) until it is
+        watched again by name.  Unknown runs are ignored.
         """
         watch = self._watches.pop(run_id, None)
         self._book.stopped.set(run_id, None)
