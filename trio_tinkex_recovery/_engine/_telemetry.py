@@ -127,6 +127,10 @@ class Statistics:
     get_requests: int = 0
     #: API requests sent to poll many runs at once (pages of the run list).
     list_requests: int = 0
+    #: Sweeps of the run list cut short because its pages did not bear out
+    #: the count it claimed (an empty page, a page of runs listed already,
+    #: or the page cap of ``open_monitor(max_list_pages=...)``).
+    list_lies: int = 0
     #: Corrupted runs detected.
     detected: int = 0
     #: Recovery attempts started.
