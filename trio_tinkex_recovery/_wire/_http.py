@@ -379,9 +379,8 @@ class HTTPClient:
         return redact(text, self._key)
 
     def _redact_body(self, content: bytes) -> bytes:
-        if self._key.encode() not in content and not (
-            b"%" in content or b"\\u" in content
-        ):
+        secret = self._key.removeprefix("tml-").encode()
+        if secret not in content and not (b"%" in content or b"\\u" in content):
             return content  # no spelling of the key can be in it
         # Latin-1 maps bytes to code points one to one, and the key and its
         # mask are ASCII: only the key's bytes change, whatever the encoding.
