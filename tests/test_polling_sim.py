@@ -145,3 +145,24 @@ async def test_monitor_all_picks_up_new_runs_and_leaves_broken_ones(
     assert (stats.detected, stats.attempts) == (0, 0)
     assert fake.restore_count("run-0003") == 0
     assert stats.get_requests == 0
+
+
+async def test_slow_pages_go_in_flight_together(autojump_clock):
+    """Pages slow enough that 20 at a time would take most of an interval:
+    more go in flight, so the sweep takes one round trip, not several."""
+    latency = 2.0  # 40 pages, 20 at a time: 4 s of the 5 s interval.
+    fake = simulator(4000, base_latency=latency, request_log_limit=None)
+    async with service_client(fake) as service:
+        async with open_monitor(policy=POLICY, service=service) as monitor:
+            async with monitor.subscribe(1_000_000) as events:
+                await watch_all(monitor, fake)
+                await trio.sleep_until(6 * INTERVAL)
+                seen = drain(events, polls=True)
+    polls = polls_by_run(seen)
+    assert len(polls) == 4000
+    for k in (3, 4, 5):
+        window = [t for times in polls.values() for t in times if k * INTERVAL <= t]
+        window = [t for t in window if t < (k + 1) * INTERVAL]
+        assert len(window) == 4000  # each run once per interval
+        # Every page of the sweep answered within one round trip.
+        assert max(window) - min(window) < latency / 2

@@ -92,6 +92,13 @@ POLLING_MODES: Final[tuple[PollingMode, ...]] = ("auto", "list", "each")
 PAGE_SIZE: Final = 100
 #: Pages of one sweep in flight at once, at most.
 PAGE_CONCURRENCY: Final = 20
+#: The most pages of one sweep in flight when requests are slow (the
+#: REST client's own connection limit may hold fewer at once: the native
+#: client's is ``HTTPSettings.max_connections``, 50 by default).
+MAX_PAGES_IN_FLIGHT: Final = 100
+#: The share of an interval a sweep of the whole list aims to take: more
+#: pages go in flight when the measured round trip would make it longer.
+SWEEP_SHARE: Final = 0.5
 #: Pages a sweep reads at most beyond those its watched runs fill, by
 #: default (``open_monitor(max_list_pages=...)``): 100,000 runs.
 MAX_LIST_PAGES: Final = 1000
@@ -295,6 +302,8 @@ class Batcher:
         # then), and whether a list cut short was logged already.
         self._honest = False
         self._lie_logged = False
+        #: Round trip of a page, smoothed (Trio seconds), once one answered.
+        self._round_trip: float | None = None
         self._origin = trio.current_time()
         self._first_at: float | None = None
         # Asks due now, and asks parked until their due time (by due time,
@@ -581,8 +590,22 @@ class Batcher:
         if sweep.total is None:
             return 1
         if self._honest:
-            return PAGE_CONCURRENCY
+            return self._pages_in_flight()
         return min(PAGE_CONCURRENCY, 1 + sweep.fresh)
+
+    def _pages_in_flight(self) -> int:
+        """Pages in flight for a sweep of the whole list: `PAGE_CONCURRENCY`,
+        or enough to read it in `SWEEP_SHARE` of an interval at the round
+        trip measured (at most `MAX_PAGES_IN_FLIGHT`), so throughput grows
+        with the pages in flight, not capped by a request's latency."""
+        round_trip, interval = self._round_trip, self.interval
+        if round_trip is None or not 0 < interval < math.inf:
+            return PAGE_CONCURRENCY
+        pages = math.ceil((self.total or 0) / self.page_size)
+        # Round trips that fit in the share of an interval (one at least).
+        trips = max(1, math.floor(interval * SWEEP_SHARE / max(round_trip, 1e-9)))
+        needed = math.ceil(pages / trips)
+        return max(PAGE_CONCURRENCY, min(MAX_PAGES_IN_FLIGHT, needed))
 
     def page_cap(self) -> int:
         """The most pages a sweep reads: the members' pages, plus `max_pages`."""
@@ -676,6 +699,12 @@ class Batcher:
             if sweep.error is None:
                 sweep.error = exc
             return
+        round_trip = trio.current_time() - sent
+        self._round_trip = (
+            round_trip
+            if self._round_trip is None
+            else 0.8 * self._round_trip + 0.2 * round_trip
+        )
         sweep.total = page.total_count
         if 0 < page.limit < min(limit, self.page_size):
             # Capped below what was asked (a gap asks for less than a page).
