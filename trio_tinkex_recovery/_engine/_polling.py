@@ -38,9 +38,11 @@ first page that lists no run the sweep has not seen, and after at most
 1,000 pages, 100,000 runs, beyond those the watched runs fill).  A sweep
 cut short so is counted (``statistics().list_lies``) and logged once, and
 the next sweeps size the list by the runs it really listed.  Pages are sent
-a few at a time at first, more as each brings new runs (up to
-`PAGE_CONCURRENCY` once a sweep has read a list to its end), so a list that
-lies costs a handful of requests a sweep, whatever count it claims.
+a few at a time at first, more as each brings new runs (all a sweep wants
+at once after a sweep has read a list to its end: `PAGE_CONCURRENCY`, or
+more when pages are slow, enough to read the list in `SWEEP_SHARE` of an
+interval at the measured round trip), so a list that lies costs a handful
+of requests a sweep, whatever count it claims.
 
 A page that fails is a ``poll_error`` for every due run the sweep did not
 answer, never a reason to recover.  A service without the list endpoint
@@ -565,9 +567,9 @@ class Batcher:
 
         The first page goes alone when the list size is unknown (it tells
         how many pages there are); then up to one page more in flight than
-        pages that listed new runs (doubling each round trip), or
-        `PAGE_CONCURRENCY` at once if the last sweep read the list to its
-        end.  A short page leaves a gap, read again.
+        pages that listed new runs (doubling each round trip), or all it
+        wants at once (`_pages_in_flight`) if the last sweep read the list
+        to its end.  A short page leaves a gap, read again.
         """
         sweep.total = self.total
         try:
@@ -589,11 +591,12 @@ class Batcher:
         """How many of ``sweep``'s pages may be in flight now."""
         if sweep.total is None:
             return 1
+        wanted = self._pages_in_flight(sweep.total)
         if self._honest:
-            return self._pages_in_flight()
-        return min(PAGE_CONCURRENCY, 1 + sweep.fresh)
+            return wanted
+        return min(wanted, 1 + sweep.fresh)
 
-    def _pages_in_flight(self) -> int:
+    def _pages_in_flight(self, total: int) -> int:
         """Pages in flight for a sweep of the whole list: `PAGE_CONCURRENCY`,
         or enough to read it in `SWEEP_SHARE` of an interval at the round
         trip measured (at most `MAX_PAGES_IN_FLIGHT`), so throughput grows
@@ -601,7 +604,7 @@ class Batcher:
         round_trip, interval = self._round_trip, self.interval
         if round_trip is None or not 0 < interval < math.inf:
             return PAGE_CONCURRENCY
-        pages = math.ceil((self.total or 0) / self.page_size)
+        pages = math.ceil(total / self.page_size)
         # Round trips that fit in the share of an interval (one at least).
         trips = max(1, math.floor(interval * SWEEP_SHARE / max(round_trip, 1e-9)))
         needed = math.ceil(pages / trips)
