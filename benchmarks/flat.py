@@ -1,6 +1,7 @@
 """Regression guard: does the monitor's cost per poll stay flat with the fleet?
 
     python -m benchmarks.flat [--sizes 1000,100000] [--intervals 4] [--profile]
+    python -m benchmarks.flat --sizes 100000 --latencies 0.01,0.05,0.2
 
 Watches every run of an in-memory fleet with `Monitor.monitor_all`
 (polled by list pages, the default event stream subscribed and drained,
@@ -13,6 +14,10 @@ measured intervals (the first interval, when runs are found, excluded),
 the share of it the cyclic garbage collector took (``gc.callbacks``),
 and the resident memory per run; then the ratio of the largest size's
 cost per poll to the smallest's.  The target (issue 29): at most 1.25.
+
+With ``--latencies``, the largest size is run again at each request
+latency (Trio time, so no CPU limit): polls against the demand show
+whether a sweep's throughput is capped by latency rather than by CPU.
 
 Not a timed test: run it by hand, or in CI as a report.  ``--profile``
 writes a cProfile of the measured window of each size to
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intervals", type=int, default=4)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--latencies", default="", help="comma list, seconds")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -228,6 +234,26 @@ def main(argv: list[str] | None = None) -> None:
         f"cost per poll {last['runs']:,} / {first['runs']:,} runs: {ratio:.2f} "
         f"(target ≤ {TARGET_RATIO}: {verdict})"
     )
+    latencies = [float(x) for x in args.latencies.split(",") if x]
+    for latency in latencies:
+        result = trio.run(
+            _measure,
+            last["runs"],
+            args.intervals,
+            args.interval,
+            latency,
+            False,
+            clock=trio.testing.MockClock(autojump_threshold=0),
+        )
+        span = args.intervals * args.interval
+        print(
+            f"{last['runs']:>9,} runs at {latency * 1000:.0f} ms a request: "
+            f"{result['polls'] / span:,.0f} polls/s (demand "
+            f"{result['demand'] / span:,.0f}), "
+            f"{result['us_per_poll']:.1f} µs CPU/poll",
+            flush=True,
+        )
+        results.append({**result, "latency": latency})
     print(json.dumps({"results": results, "ratio": ratio}), file=sys.stderr)
 
 

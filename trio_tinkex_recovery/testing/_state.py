@@ -365,11 +365,10 @@ class TinkerState(Traffic):
                 (``access_scope=accessible``).
             project_id: Only the runs of this project, if given.
         """
-        everything = len(self._runs)
-        runs, _ = self.list_page(
-            owned_only=owned_only, project_id=project_id, offset=0, limit=everything
-        )
-        return runs
+        every = len(self._runs)
+        return self.list_page(
+            owned_only=owned_only, project_id=project_id, offset=0, limit=every
+        )[0]
 
     def list_page(
         self,
