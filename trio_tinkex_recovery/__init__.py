@@ -38,6 +38,9 @@ from ._executor import RecoveryOutcome as RecoveryOutcome
 from ._executor import open_executor as open_executor
 from ._monitor import Monitor as Monitor
 from ._monitor import open_monitor as open_monitor
+from ._notify import Notifier as Notifier
+from ._notify import NotifierStatistics as NotifierStatistics
+from ._notify import notify as notify
 from ._policy import Best as Best
 from ._policy import CheckpointStrategy as CheckpointStrategy
 from ._policy import Latest as Latest
@@ -89,6 +92,8 @@ __all__ = [
     "Monitor",
     "NoCheckpointError",
     "NotFoundError",
+    "Notifier",
+    "NotifierStatistics",
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
@@ -118,6 +123,7 @@ __all__ = [
     "UnsupportedStrategyError",
     "WeightsInfo",
     "is_testing",
+    "notify",
     "open_executor",
     "open_monitor",
     "open_service_client",
