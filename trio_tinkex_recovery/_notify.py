@@ -418,7 +418,7 @@ class Notifier(metaclass=NoPublicConstructor):
                 try:
                     answer = b""
                     if not response.is_success:
-                        async for chunk in response.aiter_raw():
+                        async for chunk in response.aiter_bytes():
                             answer += chunk
                             if len(answer) >= _MAX_ANSWER:
                                 break

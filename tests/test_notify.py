@@ -1,0 +1,337 @@
+"""Notifications on the mock clock: the message, the queue, the retries.
+
+The receiver here is an ``httpx.MockTransport``; the signature and the
+CloudEvent are checked with the reference packages (``standardwebhooks``,
+``cloudevents``), not with our own code.  Real loopback HTTP is in
+``test_notify_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+from functools import partial
+
+import httpx
+import pytest
+import trio
+from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+from standardwebhooks.webhooks import Webhook
+
+from trio_tinkex_recovery import Policy, notify, open_monitor, set_testing
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+URL = "https://hooks.example.com/tinker/secret-path"
+POLICY = Policy(enabled=True, jitter=0, poll_interval=1, max_attempts=1)
+
+
+@pytest.fixture(autouse=True)
+def _exact_delays():
+    """Retry delays without their random jitter."""
+    with set_testing(True):
+        yield
+
+
+class Receiver:
+    """Answers each POST with the next status of ``answers`` (then 200)."""
+
+    def __init__(self, *answers, hang: bool = False, headers=None) -> None:
+        self.answers = list(answers)
+        self.hang = hang
+        self.headers = headers or {}
+        self.requests: list[tuple[float, httpx.Request]] = []
+        self.accepted = trio.Event()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append((trio.current_time(), request))
+        if self.hang:
+            await trio.sleep_forever()
+        status = self.answers.pop(0) if self.answers else 200
+        if status < 300:
+            self.accepted.set()
+        else:
+            await trio.lowlevel.checkpoint()
+        return httpx.Response(status, headers=self.headers, text="busy\x1b[2J")
+
+
+def notifier(receiver: Receiver, url: str = URL, **options):
+    made = notify(url, **options)
+    made._transport = httpx.MockTransport(receiver)
+    return made
+
+
+async def exhaust(service, rest, monitor, run_id="run-1", error="boom"):
+    """Make ``run_id``'s recovery give up at its first attempt."""
+    rest.add(run_id, "ckpt-0001", corrupted=True)
+    service.failures.append(RuntimeError(error))
+    await monitor.monitor_run(run_id)
+
+
+async def test_an_exhausted_recovery_is_one_signed_cloudevent(
+    service, rest, autojump_clock
+):
+    """The POST verifies with standardwebhooks and parses as a CloudEvent."""
+    receiver = Receiver()
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver, secret=SECRET)
+            assert await nursery.start(made.run, monitor) is made
+            await exhaust(service, rest, monitor, error="boom\x1b[31m\nline two")
+            await receiver.accepted.wait()
+            nursery.cancel_scope.cancel()
+
+    ((_, request),) = receiver.requests
+    assert request.url == URL
+    assert request.headers["content-type"].startswith("application/cloudevents+json")
+    body = Webhook(SECRET).verify(request.content, dict(request.headers))
+    event = from_http_event(
+        HTTPMessage(headers=dict(request.headers), body=request.content)
+    )
+    assert event.get_type() == "io.trio-tinkex-recovery.exhausted"
+    assert event.get_id() == request.headers["webhook-id"] == body["id"]
+    assert event.get_source().startswith("/trio-tinkex-recovery/")
+    assert body["specversion"] == "1.0"
+    assert body["datacontenttype"] == "application/json"
+    assert body["subject"] == "run-1"
+    data = event.get_data()
+    assert data["run_id"] == "run-1"
+    assert data["attempt"] == 1
+    assert data["checkpoint"] == "tinker://run-1/weights/ckpt-0001"
+    # Server text: no escape sequence, no newline.
+    assert data["error"] == "RuntimeError: boom line two"
+    assert made.statistics().sent == 1
+
+
+async def test_only_the_events_asked_for_are_sent(service, rest, autojump_clock):
+    """on=("completed",) sends the recovery, not the polls nor other events."""
+    receiver = Receiver()
+    rest.add("run-1", "ckpt-0001", corrupted=True)
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(notifier(receiver, on=("completed",)).run, monitor)
+            await monitor.monitor_run("run-1")
+            await receiver.accepted.wait()
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+    ((_, request),) = receiver.requests
+    body = json.loads(request.content)
+    assert body["type"] == "io.trio-tinkex-recovery.completed"
+    assert body["data"]["new_run_id"] == "session-1:train:1"
+    assert "webhook-signature" not in request.headers  # no secret, no signature
+
+
+async def test_a_stall_is_sent_like_the_others(service, rest, autojump_clock):
+    """A ``stalled`` event (run id and last request time) is one notification."""
+    receiver = Receiver()
+    since = dt.datetime(2026, 12, 4, 6, 0, tzinfo=dt.UTC)
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(notifier(receiver, secret=SECRET).run, monitor)
+            monitor._telemetry.emit("stalled", "run-1", {"last_request_time": since})
+            await receiver.accepted.wait()
+            nursery.cancel_scope.cancel()
+    ((_, request),) = receiver.requests
+    body = Webhook(SECRET).verify(request.content, dict(request.headers))
+    assert body["type"] == "io.trio-tinkex-recovery.stalled"
+    assert body["data"]["run_id"] == "run-1"
+    assert body["data"]["last_request_time"] == "2026-12-04T06:00:00+00:00"
+
+
+async def test_retries_back_off_and_keep_one_id(service, rest, autojump_clock):
+    """503, then 429 asking 7 s, then 200: three tries of one message."""
+    receiver = Receiver(503, 429, headers={"retry-after": "7"})
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver, secret=SECRET)
+            await nursery.start(made.run, monitor)
+            await exhaust(service, rest, monitor)
+            await receiver.accepted.wait()
+            nursery.cancel_scope.cancel()
+
+    times = [t for t, _ in receiver.requests]
+    # 503 with Retry-After: 7 s asked; 429 also 7 s: the header wins both times.
+    assert [b - a for a, b in itertools.pairwise(times)] == [7, 7]
+    ids = {r.headers["webhook-id"] for _, r in receiver.requests}
+    bodies = {r.content for _, r in receiver.requests}
+    assert len(ids) == len(bodies) == 1
+    for _, request in receiver.requests:
+        Webhook(SECRET).verify(request.content, dict(request.headers))
+    assert made.statistics() == made.statistics().__class__(sent=1, retries=2)
+
+
+async def test_backoff_doubles_and_a_bad_retry_after_is_ignored(
+    service, rest, autojump_clock
+):
+    """Without a sane Retry-After the waits are 1, 2, 4 s; then it gives up."""
+    receiver = Receiver(500, 502, 503, 504, headers={"retry-after": "-3"})
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver, max_retries=3)
+            await nursery.start(made.run, monitor)
+            await exhaust(service, rest, monitor)
+            await trio.sleep(100)
+            nursery.cancel_scope.cancel()
+    times = [t for t, _ in receiver.requests]
+    assert [b - a for a, b in itertools.pairwise(times)] == [1, 2, 4]
+    assert made.statistics().failed == 1
+    assert made.statistics().sent == 0
+
+
+async def test_an_answer_not_worth_a_retry_fails_at_once_logged_once(
+    service, rest, autojump_clock, caplog
+):
+    """404 twice: two failures, one request each, one warning without the path."""
+    receiver = Receiver(404, 404)
+    caplog.set_level(logging.DEBUG, "trio_tinkex_recovery.notify")
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver)
+            await nursery.start(made.run, monitor)
+            await exhaust(service, rest, monitor, "run-1")
+            await exhaust(service, rest, monitor, "run-2")
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+    assert len(receiver.requests) == 2
+    assert made.statistics().failed == 2
+    (warning,) = [
+        r
+        for r in caplog.records
+        if r.name == "trio_tinkex_recovery.notify" and r.levelno == logging.WARNING
+    ]
+    text = warning.getMessage()
+    assert "HTTP 404: busy" in text
+    assert "https://hooks.example.com/…" in text
+    assert "secret-path" not in caplog.text
+    assert "\x1b" not in caplog.text
+
+
+async def test_a_hanging_receiver_delays_no_poll(service, rest, autojump_clock):
+    """Polls of another run keep their interval while the receiver hangs."""
+    receiver = Receiver(hang=True)
+    rest.add("run-2", "ckpt-0001")
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver, timeout=5, max_retries=2)
+            await nursery.start(made.run, monitor)
+            await monitor.monitor_run("run-2")
+            await exhaust(service, rest, monitor)
+            await trio.sleep(99.5)
+            nursery.cancel_scope.cancel()
+    times = rest.poll_times("run-2")
+    assert len(times) == 100
+    assert [b - a for a, b in itertools.pairwise(times)] == [1] * 99
+    # Three tries of 5 s each, 1 s and 2 s apart, then given up.
+    assert [t for t, _ in receiver.requests] == [0, 6, 13]
+    assert made.statistics().failed == 1
+
+
+async def test_a_full_queue_drops_and_counts(service, rest, autojump_clock, caplog):
+    """One in flight, one queued: three more events are dropped, logged once."""
+    receiver = Receiver(hang=True)
+    caplog.set_level(logging.WARNING, "trio_tinkex_recovery.notify")
+    async with open_monitor(
+        policy=POLICY, service=service, max_concurrent=5
+    ) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver, max_queue=1, timeout=1000)
+            await nursery.start(made.run, monitor)
+            for i in range(5):
+                await exhaust(service, rest, monitor, f"run-{i}")
+            await trio.sleep(5)
+            stats, sent = made.statistics(), len(receiver.requests)
+            nursery.cancel_scope.cancel()
+    assert (stats.dropped, stats.queued, sent) == (3, 1, 1)
+    drops = [r for r in caplog.records if "full" in r.getMessage()]
+    assert len(drops) == 1
+
+
+async def test_what_is_queued_is_sent_when_the_monitor_stops(
+    service, rest, autojump_clock
+):
+    """An exhausted event right before the block ends is still sent, once."""
+    receiver = Receiver()
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver)
+            await nursery.start(made.run, monitor)
+            async with monitor.subscribe() as events:
+                await exhaust(service, rest, monitor)
+                async for event in events:
+                    if event.name == "exhausted":
+                        break
+            nursery.cancel_scope.cancel()
+    assert len(receiver.requests) == 1
+    assert made.statistics().sent == 1
+
+
+async def test_slack_gets_text_without_controls_or_the_key(
+    service, rest, autojump_clock, monkeypatch
+):
+    """hooks.slack.com: {"text": ...}; the API key in an error is masked."""
+    key = "tml-NotifySecretKey123"
+    monkeypatch.setenv("TINKER_API_KEY", key)
+    receiver = Receiver()
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver, "https://hooks.slack.com/services/T0/B0/XYZ")
+            await nursery.start(made.run, monitor)
+            await exhaust(service, rest, monitor, error=f"bad <key> {key}\r\x07")
+            await receiver.accepted.wait()
+            nursery.cancel_scope.cancel()
+    ((_, request),) = receiver.requests
+    assert json.loads(request.content) == {
+        "text": "trio-tinkex-recovery: recovery of run run-1 EXHAUSTED after 1 "
+        "attempt(s): RuntimeError: bad &lt;key&gt; **** "
+    }
+    assert key not in str(request.headers)
+    assert "XYZ" not in repr(made)
+
+
+def test_plain_http_goes_to_this_machine_only():
+    """http only to localhost, 127.0.0.0/8 or [::1]; https anywhere."""
+    for url in (
+        "http://127.0.0.1:8080/hook",
+        "http://127.3.4.5/hook",
+        "http://localhost/hook",
+        "http://[::1]:9/hook",
+        "https://example.com/hook",
+    ):
+        notify(url)
+    for url in ("http://example.com/hook", "http://evil.localhost/hook"):
+        with pytest.raises(ValueError, match="plain http to another machine") as info:
+            notify(url)
+        assert url.removesuffix("/hook") in str(info.value)
+    with pytest.raises(ValueError, match="https URL"):
+        notify("ftp://example.com/x")
+
+
+def test_bad_options_are_plain_errors_that_show_no_secret():
+    with pytest.raises(ValueError, match="whsec_") as info:
+        notify(URL, secret="hunter2-password")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ValueError, match="not valid base64") as info:
+        notify(URL, secret="whsec_not base64!")
+    assert "not base64!" not in str(info.value)
+    with pytest.raises(ValueError, match=r"unknown event name.*bogus"):
+        notify(URL, on=("exhausted", "bogus"))
+    with pytest.raises(TypeError, match="not a str"):
+        notify(URL, on="exhausted")
+    with pytest.raises(ValueError, match="timeout"):
+        notify(URL, timeout=0)
+
+
+async def test_a_notifier_runs_once_at_a_time(service, autojump_clock):
+    made = notify(URL)
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(made.run, monitor)
+            with pytest.raises(RuntimeError, match="already running"):
+                await made.run(monitor)
+            nursery.cancel_scope.cancel()
+    # Stopped, it can run again.
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(made.run, monitor))
+            nursery.cancel_scope.cancel()
