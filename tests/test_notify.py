@@ -335,3 +335,37 @@ async def test_a_notifier_runs_once_at_a_time(service, autojump_clock):
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(made.run, monitor))
             nursery.cancel_scope.cancel()
+
+
+async def test_metrics_count_notifications_by_outcome(service, rest, autojump_clock):
+    """notifications_total{outcome} and retries sum the notifiers' counters."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trio_tinkex_recovery.metrics import attach_metrics
+
+    ok, refused = Receiver(503), Receiver(404)
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            notifiers = [notifier(ok), notifier(refused, "https://other.example/x")]
+            for one in notifiers:
+                await nursery.start(one.run, monitor)
+            metrics = await nursery.start(
+                partial(attach_metrics, monitor, notifiers=notifiers)
+            )
+            await exhaust(service, rest, monitor)
+            await trio.sleep(10)
+            text = generate_latest(metrics.registry).decode()
+            nursery.cancel_scope.cancel()
+    samples = {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("tinkex_recovery_notification")
+    }
+    assert samples == {
+        ("tinkex_recovery_notifications_total", ("sent",)): 1,
+        ("tinkex_recovery_notifications_total", ("failed",)): 1,
+        ("tinkex_recovery_notifications_total", ("dropped",)): 0,
+        ("tinkex_recovery_notification_retries_total", ()): 1,
+    }
