@@ -369,3 +369,34 @@ async def test_metrics_count_notifications_by_outcome(service, rest, autojump_cl
         ("tinkex_recovery_notifications_total", ("dropped",)): 0,
         ("tinkex_recovery_notification_retries_total", ()): 1,
     }
+
+
+async def test_the_readme_receiver_verifies_a_real_notification(
+    service, rest, autojump_clock
+):
+    """The README's standard-library verify() accepts ours, refuses a forgery."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.rst").read_text()
+    block = re.search(
+        r"\.\. code-block:: python\n\n((?:    .*\n|\n)+?)\n(?=\S)",
+        readme[readme.index("Get told") :],
+    )
+    assert block is not None
+    namespace: dict = {}
+    exec("\n".join(line[4:] for line in block.group(1).splitlines()), namespace)
+    verify = namespace["verify"]
+
+    receiver = Receiver()
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(notifier(receiver, secret=SECRET).run, monitor)
+            await exhaust(service, rest, monitor)
+            await receiver.accepted.wait()
+            nursery.cancel_scope.cancel()
+    ((_, request),) = receiver.requests
+    headers = dict(request.headers)
+    assert verify(SECRET, headers, request.content)["data"]["run_id"] == "run-1"
+    with pytest.raises(ValueError, match="bad signature"):
+        verify(SECRET, headers, request.content.replace(b"run-1", b"run-2"))
