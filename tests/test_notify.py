@@ -400,3 +400,24 @@ async def test_the_readme_receiver_verifies_a_real_notification(
     assert verify(SECRET, headers, request.content)["data"]["run_id"] == "run-1"
     with pytest.raises(ValueError, match="bad signature"):
         verify(SECRET, headers, request.content.replace(b"run-1", b"run-2"))
+
+
+async def test_the_runs_metadata_rides_along_but_cannot_spoof(
+    service, rest, autojump_clock
+):
+    """JSON-able run metadata is in data; objects are left out; names kept."""
+    receiver = Receiver()
+    rest.add("run-1", "ckpt-0001", corrupted=True)
+    service.failures.append(RuntimeError("boom"))
+    metadata = {"team": "rl\x1b[1m", "event": "completed", "handle": object()}
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(notifier(receiver).run, monitor)
+            await monitor.monitor_run("run-1", metadata=metadata)
+            await receiver.accepted.wait()
+            nursery.cancel_scope.cancel()
+    ((_, request),) = receiver.requests
+    data = json.loads(request.content)["data"]
+    assert data["team"] == "rl"
+    assert data["event"] == "exhausted"
+    assert "handle" not in data

@@ -325,8 +325,10 @@ class Notifier(metaclass=NoPublicConstructor):
             )
         for key, value in event.metadata.items():
             cleaned = _json_value(value)
-            if cleaned is not _SKIP:
-                data[_clean(str(key))] = cleaned
+            name = _clean(str(key))
+            # The run's own metadata cannot pass for the event or the run.
+            if cleaned is not _SKIP and name not in ("event", "run_id"):
+                data[name] = cleaned
         measurements = {
             _clean(key): value
             for key, value in event.measurements.items()
