@@ -146,3 +146,31 @@ async def test_missing_checkpoint_over_loopback_is_unavailable(nursery, fake):
                 await service.create_training_client_from_state(LAST)
     assert info.value.path == LAST
     assert fake.restores == {}
+
+
+async def test_open_monitor_connects_from_the_environment(nursery, fake, monkeypatch):
+    """With TINKER_API_KEY and TINKER_BASE_URL set, open_monitor() needs no service."""
+    config = await serve(nursery, fake)
+    monkeypatch.setenv("TINKER_API_KEY", KEY)
+    monkeypatch.setenv("TINKER_BASE_URL", config.base_url)
+    policy = Policy(enabled=True, poll_interval=0.1, jitter=0, backoff=0.05)
+    with trio.fail_after(20):
+        async with open_monitor(policy=policy) as monitor:
+            async with monitor.subscribe() as events:
+                await monitor.monitor_run("run-1")
+                fake.corrupt("run-1")
+                async for event in events:
+                    if event.name in ("completed", "exhausted"):
+                        break
+    assert event.name == "completed"
+    assert fake.restores == {"run-1": 1}
+
+
+async def test_without_a_key_the_missing_service_error_names_the_variable(
+    monkeypatch,
+):
+    """No service, no rest, no TINKER_API_KEY: the error says what to set."""
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    async with open_monitor(policy=Policy(enabled=True)) as monitor:
+        with pytest.raises(ValueError, match="TINKER_API_KEY"):
+            await monitor.monitor_run("run-1")

@@ -11,6 +11,15 @@ from ._client import ServiceClient as ServiceClient
 from ._client import TrainingClient as TrainingClient
 from ._client import open_service_client as open_service_client
 from ._config import Config as Config
+from ._engine._backends import plug_in as _plug_in
+from ._engine._executor import Executor as Executor
+from ._engine._executor import RecoveryOutcome as RecoveryOutcome
+from ._engine._executor import open_executor as open_executor
+from ._engine._monitor import Monitor as Monitor
+from ._engine._monitor import open_monitor as open_monitor
+from ._engine._telemetry import EVENT_NAMES as EVENT_NAMES
+from ._engine._telemetry import Statistics as Statistics
+from ._engine._telemetry import TelemetryEvent as TelemetryEvent
 from ._errors import AlreadyPendingError as AlreadyPendingError
 from ._errors import APIConnectionError as APIConnectionError
 from ._errors import APIStatusError as APIStatusError
@@ -33,11 +42,6 @@ from ._errors import TinkerAPIError as TinkerAPIError
 from ._errors import TinkexRecoveryError as TinkexRecoveryError
 from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._errors import UnsupportedStrategyError as UnsupportedStrategyError
-from ._executor import Executor as Executor
-from ._executor import RecoveryOutcome as RecoveryOutcome
-from ._executor import open_executor as open_executor
-from ._monitor import Monitor as Monitor
-from ._monitor import open_monitor as open_monitor
 from ._notify import Notifier as Notifier
 from ._notify import NotifierStatistics as NotifierStatistics
 from ._notify import notify as notify
@@ -55,9 +59,6 @@ from ._store import LeaseLostError as LeaseLostError
 from ._store import Store as Store
 from ._store import StoreError as StoreError
 from ._store import open_store as open_store
-from ._telemetry import EVENT_NAMES as EVENT_NAMES
-from ._telemetry import Statistics as Statistics
-from ._telemetry import TelemetryEvent as TelemetryEvent
 from ._test_mode import is_testing as is_testing
 from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
@@ -133,3 +134,5 @@ __all__ = [
 
 
 _publish(globals())
+# The composition root: the engine opens clients and stores through these.
+_plug_in(open_service=open_service_client, open_store=open_store)

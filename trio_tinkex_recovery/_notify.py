@@ -50,8 +50,8 @@ import httpx
 import trio
 
 from ._config import is_loopback_host, redact
+from ._engine._telemetry import DEFAULT_BUFFER, EVENT_NAMES, describe
 from ._http import USER_AGENT, HTTPSettings, parse_retry_after
-from ._telemetry import DEFAULT_BUFFER, EVENT_NAMES, describe
 from ._text import printable
 from ._util import NoPublicConstructor
 from ._validators import check_number
@@ -59,10 +59,10 @@ from ._validators import check_number
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ._executor import Executor
-    from ._monitor import Monitor
+    from ._engine._executor import Executor
+    from ._engine._monitor import Monitor
+    from ._engine._telemetry import TelemetryEvent
     from ._state import RecoveryState
-    from ._telemetry import TelemetryEvent
 
 __all__ = ["DEFAULT_EVENTS", "Notifier", "NotifierStatistics", "notify"]
 

@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._asgi import bind_socket, lifespan, serve_asgi
-from ._telemetry import DEFAULT_BUFFER
+from ._engine._telemetry import DEFAULT_BUFFER
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
@@ -60,9 +60,9 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from ._asgi import Receive, Scope, Send
-    from ._monitor import Monitor
+    from ._engine._monitor import Monitor
+    from ._engine._telemetry import Statistics, TelemetryEvent
     from ._notify import Notifier
-    from ._telemetry import Statistics, TelemetryEvent
 
 __all__ = ["MonitorMetrics", "Probe", "attach_metrics", "serve_metrics"]
 

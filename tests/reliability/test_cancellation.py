@@ -147,7 +147,7 @@ def event_log():
 
 
 def watch_tasks() -> int:
-    return len(live_tasks("trio_tinkex_recovery._monitor.Monitor._watch"))
+    return len(live_tasks("trio_tinkex_recovery._engine._monitor.Monitor._watch"))
 
 
 async def scenario(stop_at: float, mode: str, event_log: EventLog) -> dict[str, Any]:
@@ -201,8 +201,8 @@ async def scenario(stop_at: float, mode: str, event_log: EventLog) -> dict[str, 
         report["requests_at_exit"] = len(fake.requests)
         report["states"] = monitor.executor.recoveries
         report["leftover_tasks"] = live_tasks(
-            "trio_tinkex_recovery._monitor"
-        ) + live_tasks("trio_tinkex_recovery._executor")
+            "trio_tinkex_recovery._engine._monitor"
+        ) + live_tasks("trio_tinkex_recovery._engine._executor")
         await trio.sleep(END)
         report["logged_later"] = len(event_log.events)
         report["requests_later"] = len(fake.requests)

@@ -44,7 +44,7 @@ from ._support import (
 
 if TYPE_CHECKING:
     from trio_tinkex_recovery import Statistics
-    from trio_tinkex_recovery._executor import RecoveryState
+    from trio_tinkex_recovery._engine._executor import RecoveryState
     from trio_tinkex_recovery.testing import RecordedRequest
 
 #: The share of requests the simulator spoils.

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
+from .._engine._telemetry import Statistics, describe
 from .._errors import AuthenticationError
-from .._telemetry import Statistics, describe
 from .._types import parse_tinker_path, validate_run_id
 from ._view import SummaryTable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from .._executor import RecoveryState
+    from .._engine._executor import RecoveryState
+    from .._engine._telemetry import TelemetryEvent
     from .._policy import Policy
-    from .._telemetry import TelemetryEvent
     from ._view import View
 
 __all__ = ["Board", "RunRow", "short_path"]

@@ -27,7 +27,7 @@ from ._runtime import Output, configure_logging
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from .._telemetry import Statistics, TelemetryEvent
+    from .._engine._telemetry import Statistics, TelemetryEvent
     from ._board import Board, RunRow
     from ._options import OutputOptions
 

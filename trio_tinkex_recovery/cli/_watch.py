@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 import trio
 
+from .._engine._monitor import open_monitor
+from .._engine._polling import POLLING_MODES, PollingMode
 from .._errors import TinkerAPIError
-from .._monitor import open_monitor
-from .._polling import POLLING_MODES, PollingMode
 from .._store import (
     DEFAULT_LEASE,
     StoreError,
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from .._config import Config
-    from .._monitor import Monitor
+    from .._engine._monitor import Monitor
     from .._notify import Notifier
     from .._policy import Policy
     from .._protocols import ServiceProtocol

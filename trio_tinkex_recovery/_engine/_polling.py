@@ -41,13 +41,13 @@ import attrs
 import outcome
 import trio
 
-from ._errors import APIStatusError, ResponseValidationError
-from ._text import printable
+from .._errors import APIStatusError, ResponseValidationError
+from .._text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from ._protocols import ListingRestClientProtocol
+    from .._protocols import ListingRestClientProtocol
 
 __all__ = [
     "FETCH",

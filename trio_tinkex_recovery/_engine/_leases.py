@@ -24,21 +24,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
-from ._errors import AlreadyPendingError
-from ._store import Snapshot, StoredRun, StoreError, json_safe
-from ._text import printable
+from .._errors import AlreadyPendingError
+from .._store import Snapshot, StoredRun, StoreError, json_safe
+from .._text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
 
-    from ._monitor import Monitor
-    from ._store import PostgresStore
+    from .._state import RecoveryState
+    from .._store import PostgresStore
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["LeaseKeeper", "Replica"]
 
 logger = logging.getLogger("trio_tinkex_recovery")
 
@@ -47,17 +47,33 @@ logger = logging.getLogger("trio_tinkex_recovery")
 MARGIN: Final = 0.1
 
 
+class Replica(Protocol):
+    """What the keeper drives: this replica's monitor, through three calls."""
+
+    def recoveries(self) -> Mapping[str, RecoveryState]:
+        """This replica's recoveries by run id (pending ones included)."""
+        ...
+
+    async def take_up(self, snapshot: Snapshot) -> None:
+        """Act on the runs of ``snapshot``, as after a restart."""
+        ...
+
+    def stop_monitoring(self, run_id: str) -> None:
+        """Stop polling ``run_id`` (a recovery under way goes on)."""
+        ...
+
+
 class LeaseKeeper:
     """Claims, renews and gives back this replica's runs for one monitor."""
 
     def __init__(
         self,
-        monitor: Monitor,
+        replica: Replica,
         store: PostgresStore,
         *,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
-        self._monitor = monitor
+        self._replica = replica
         self._store = store
         self._clock = clock
         self.lease = store.lease
@@ -216,7 +232,7 @@ class LeaseKeeper:
         # runs here: its next fenced write ends it first.
         stale = [
             run_id
-            for run_id, state in self._monitor.executor.recoveries.items()
+            for run_id, state in self._replica.recoveries().items()
             if state.pending and not store.holds(run_id)
         ]
         claims = await store.claim(share - len(renewal.held), exclude=stale)
@@ -249,7 +265,7 @@ class LeaseKeeper:
 
     def _busy(self, run_id: str) -> bool:
         """Whether a recovery of ``run_id`` is under way here (not given back)."""
-        state = self._monitor.executor.recovery_state(run_id)
+        state = self._replica.recoveries().get(run_id)
         return state is not None and state.pending
 
     async def _start(self, snapshot: Snapshot) -> None:
@@ -268,7 +284,7 @@ class LeaseKeeper:
                 ),
             )
             try:
-                await self._monitor._resume(one)
+                await self._replica.take_up(one)
             except AlreadyPendingError:
                 pass  # still recovering here since an earlier lease
             except StoreError as exc:
@@ -284,7 +300,7 @@ class LeaseKeeper:
         stopped = sorted(run_ids)
         for run_id in stopped:
             self._acting.discard(run_id)
-            self._monitor.stop_monitoring(run_id)
+            self._replica.stop_monitoring(run_id)
         if why is not None and stopped:
             logger.warning(
                 "replica %s stopped acting on %d run(s), %s: %s",

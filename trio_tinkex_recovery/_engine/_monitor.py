@@ -14,10 +14,8 @@ same pages.
 
 from __future__ import annotations
 
-import datetime as dt
-import inspect
 import logging
-import math
+import os
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -26,98 +24,31 @@ from typing import TYPE_CHECKING, Any, Literal, final
 import attrs
 import trio
 
-from ._client import open_service_client
-from ._errors import AlreadyPendingError, RecoveryDisabledError
+from .._errors import AlreadyPendingError, RecoveryDisabledError
+from .._policy import Policy
+from .._protocols import ListingRestClientProtocol
+from .._store import PostgresStore
+from .._store._base import Snapshot, Store, StoredRun, StoreError, json_safe
+from .._text import printable
+from .._types import TrainingRun, list_params, validate_run_id
+from .._util import NoPublicConstructor
+from ._backends import BACKENDS
 from ._executor import Executor, check_max_concurrent, new_executor
-from ._failpoints import crash_point
 from ._leases import LeaseKeeper
-from ._policy import Policy
-from ._polling import (
-    FETCH,
-    Batcher,
-    Discovery,
-    Failed,
-    PollCounts,
-    PollingMode,
-    check_polling,
-    read_listed,
-)
-from ._protocols import ListingRestClientProtocol
-from ._store import (
-    PostgresStore,
-    Snapshot,
-    Store,
-    StoredRun,
-    StoreError,
-    json_safe,
-    open_store,
-)
+from ._poller import Poller
+from ._polling import Discovery, PollCounts, PollingMode, check_polling
+from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
-from ._text import printable
-from ._types import TrainingRun, list_params, validate_run_id
-from ._util import NoPublicConstructor
+from ._watch import AllRuns, Watch, is_active
 
 if TYPE_CHECKING:
-    import os
-
-    from ._config import Config
-    from ._polling import Answer
-    from ._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
+    from .._config import Config
+    from .._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
+    from .._state import RecoveryState
 
 __all__ = ["Monitor", "open_monitor"]
 
 logger = logging.getLogger("trio_tinkex_recovery")
-
-
-@attrs.define(eq=False)
-class _Watch:
-    """What the monitor knows about one watched run."""
-
-    run_id: str
-    service: ServiceProtocol | None
-    rest: RestClientProtocol
-    metadata: Mapping[str, Any]
-    #: Restored already in its current corruption episode: a corrupted poll
-    #: hands nothing over until a healthy poll ends the episode.
-    recovered: bool = False
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    #: Coalesces this run's polls with others read through the same client.
-    batcher: Batcher | None = None
-
-
-@attrs.frozen
-class _AllRuns:
-    """What `Monitor.monitor_all` watches."""
-
-    batcher: Batcher
-    discovery: Discovery
-    active_within: float
-    recover_existing: bool
-
-
-def _coalesced(watch: _Watch) -> bool:
-    """Whether ``watch``'s polls go through its batcher now."""
-    return watch.batcher is not None and watch.batcher.coalesces()
-
-
-def _active(item: Mapping[str, Any], active_within: float) -> bool:
-    """Whether a listed run handled a request in the last ``active_within`` s.
-
-    ``last_request_time`` is the service's wall-clock time, so it is
-    compared with this machine's wall clock.
-    """
-    if math.isinf(active_within):
-        return True
-    value = item.get("last_request_time")
-    if not isinstance(value, str):
-        return False
-    try:
-        when = dt.datetime.fromisoformat(value)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return when >= dt.datetime.now(dt.UTC) - dt.timedelta(seconds=active_within)
-    except (ValueError, OverflowError):
-        return False
 
 
 @final
@@ -145,11 +76,8 @@ class Monitor(metaclass=NoPublicConstructor):
         polling: PollingMode = "auto",
     ) -> None:
         self._policy = policy
-        self._polling = polling
         self._store = store
         self._service = service
-        self._rest = rest
-        self._rest_for_service = rest_for_service
         self._executor = executor
         self._owns_executor = owns_executor
         self._telemetry = telemetry
@@ -158,19 +86,33 @@ class Monitor(metaclass=NoPublicConstructor):
         self._closed = False
         # Runs polled now; runs handed to the executor, awaiting the outcome;
         # runs restored in their current episode, with their successor.
-        self._watches: dict[str, _Watch] = {}
-        self._handed: dict[str, _Watch] = {}
+        self._watches: dict[str, Watch] = {}
+        self._handed: dict[str, Watch] = {}
         self._successors: dict[str, str | None] = {}
         self._counts = PollCounts()
-        # Per REST client (by identity, kept alive here): its batcher, or
-        # None when its runs are polled one GET each.
-        self._batchers: dict[int, tuple[RestClientProtocol, Batcher | None]] = {}
+        self._routes = Routes(
+            rest=rest,
+            rest_for_service=rest_for_service,
+            polling=polling,
+            interval=policy.poll_interval,
+            nursery=nursery,
+            counts=self._counts,
+        )
         # Every run watched, discovered or stopped: discovery leaves them be.
         self._known: set[str] = set()
-        self._all: _AllRuns | None = None
+        self._all: AllRuns | None = None
         self._existing_corrupted = 0
         # With replicas sharing the store: which runs this one acts on.
         self._leases: LeaseKeeper | None = None
+        self._poller = Poller(
+            policy=policy,
+            rng=rng,
+            telemetry=telemetry,
+            counts=self._counts,
+            is_current=self._current,
+            episode_over=self._episode_over,
+            hand_over=self._hand_over,
+        )
 
     def __repr__(self) -> str:
         return f"<Monitor monitored={len(self._watches)} policy={self._policy!r}>"
@@ -259,7 +201,7 @@ class Monitor(metaclass=NoPublicConstructor):
             # Another replica may hold it: stored for whichever claims it.
             await self._leases.add(run_id, metadata or {})
             return
-        rest = await self._rest_client(run_id, service)
+        rest = await self._routes.rest_client(run_id, service)
         self._check_open()
         metadata = dict(metadata or {})
         if persist and self._store is not None:
@@ -275,9 +217,9 @@ class Monitor(metaclass=NoPublicConstructor):
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.metadata = service, metadata
-            self._bind(watch, rest)
+            self._routes.bind(watch, rest)
             return
-        watch = _Watch(
+        watch = Watch(
             run_id=run_id,
             service=service,
             rest=rest,
@@ -342,18 +284,18 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(
                 f"recover_existing must be a bool, got {recover_existing!r}"
             )
-        rest = await self._rest_client(None, self._service)
+        rest = await self._routes.rest_client(None, self._service)
         self._check_open()
         if not isinstance(rest, ListingRestClientProtocol):
             raise TypeError(
                 f"monitor_all needs a REST client that can list runs "
                 f"(list_training_runs); {rest!r} cannot"
             )
-        batcher = self._batcher(rest, discovering=True)
+        batcher = self._routes.batcher(rest, discovering=True)
         assert batcher is not None
         if batcher.unsupported is not None:
             raise batcher.unsupported
-        wanted = _AllRuns(
+        wanted = AllRuns(
             batcher,
             Discovery(scope=scope, project_id=project_id, on_listed=self._on_listed),
             active_within=float(active_within),
@@ -417,74 +359,21 @@ class Monitor(metaclass=NoPublicConstructor):
         if self._closed:
             raise trio.ClosedResourceError("the monitor's async with block has exited")
 
-    async def _rest_client(
-        self, run_id: str | None, service: ServiceProtocol | None
-    ) -> RestClientProtocol:
-        """The REST client that polls ``run_id`` (``None``: lists every run)."""
-        if self._rest is not None:
-            return self._rest
-        if service is None:
-            what = "list runs" if run_id is None else f"poll run {run_id!r}"
-            raise ValueError(
-                f"no service to {what} with: pass service= to "
-                "monitor_run() or open_monitor(), or rest= to open_monitor()"
-            )
-        if self._rest_for_service is None:
-            return service.create_rest_client()
-        rest = self._rest_for_service(service)
-        if inspect.isawaitable(rest):
-            rest = await rest
-        return rest
-
-    def _batcher(
-        self, rest: RestClientProtocol, *, discovering: bool = False
-    ) -> Batcher | None:
-        """The batcher polling ``rest``'s runs; ``None``: a GET per poll.
-
-        ``discovering``: one is needed to list runs, whatever ``polling``.
-        """
-        known = self._batchers.get(id(rest))
-        if known is not None and known[0] is rest:
-            batcher = known[1]
-        else:
-            batcher = None
-            if isinstance(rest, ListingRestClientProtocol):
-                batcher = Batcher(
-                    rest,
-                    mode=self._polling,
-                    interval=self._policy.poll_interval,
-                    nursery=self._nursery,
-                    counts=self._counts,
-                )
-            self._batchers[id(rest)] = (rest, batcher)
-        if batcher is None or discovering or batcher.mode != "each":
-            return batcher
-        return None
-
-    def _bind(self, watch: _Watch, rest: RestClientProtocol) -> None:
-        """Poll ``watch``'s run through ``rest`` (and its batcher) from now on."""
-        batcher = self._batcher(rest)
-        if watch.batcher is not None:
-            watch.batcher.members -= 1
-        if batcher is not None:
-            batcher.members += 1
-        watch.rest, watch.batcher = rest, batcher
-
     def _start_watch(
-        self, watch: _Watch, first: Mapping[str, Any] | None = None
+        self, watch: Watch, first: Mapping[str, Any] | None = None
     ) -> None:
-        self._bind(watch, watch.rest)
+        self._routes.bind(watch, watch.rest)
         self._watches[watch.run_id] = watch
         self._known.add(watch.run_id)
         self._nursery.start_soon(self._watch, watch, first)
 
-    def _current(self, watch: _Watch) -> bool:
+    def _current(self, watch: Watch) -> bool:
         return self._watches.get(watch.run_id) is watch
 
-    async def _watch(self, watch: _Watch, first: Mapping[str, Any] | None) -> None:
+    async def _watch(self, watch: Watch, first: Mapping[str, Any] | None) -> None:
         with watch.scope:
             try:
-                await self._poll_forever(watch, first)
+                await self._poller.poll_forever(watch, first)
             finally:
                 if self._current(watch):
                     del self._watches[watch.run_id]
@@ -492,128 +381,13 @@ class Monitor(metaclass=NoPublicConstructor):
                     watch.batcher.members -= 1
                     watch.batcher = None
 
-    async def _poll_forever(
-        self, watch: _Watch, first: Mapping[str, Any] | None
-    ) -> None:
-        """Poll ``watch`` until it is handed over; ``first``: its first answer.
-
-        On its own schedule the run is polled at once, then every interval
-        (with jitter); while its batcher coalesces polls it follows the
-        batcher's grid instead, and waits for each poll in the batcher.
-        """
-        interval = self._policy.poll_interval
-        spread = self._policy.jitter * interval
-        start = due = trio.current_time()
-        if first is None:
-            due += self._rng.uniform(0, spread) if spread else 0.0
-            if watch.batcher is not None:
-                due = watch.batcher.first_due(start, due, start + spread)
-        slot = 0
-        while True:
-            if first is None and not _coalesced(watch):
-                await trio.sleep_until(due)
-            # Asked again after the sleep: the batcher may coalesce by now.
-            batcher = watch.batcher if _coalesced(watch) else None
-            if await self._poll(watch, due, batcher, first):
-                return
-            first = None
-            now = trio.current_time()
-            if watch.batcher is not None and _coalesced(watch):
-                start = due = watch.batcher.next_due(due, now)
-                slot = 0
-                continue
-            # Next slot on the fixed grid; skip slots already missed (with an
-            # interval so small the count overflows, just poll again).
-            missed = (now - start) / interval
-            slot = max(slot + 1, math.ceil(missed) if math.isfinite(missed) else 0)
-            due = start + slot * interval
-            due += self._rng.uniform(0, spread) if spread else 0.0
-
-    async def _poll(
-        self,
-        watch: _Watch,
-        due: float,
-        batcher: Batcher | None,
-        answer: Answer | None = None,
-    ) -> bool:
-        """Poll once; return whether the watch is over (run handed over).
-
-        With a ``batcher``, the run is polled by its cycle at ``due`` (it
-        may answer from a page, or say to GET the run); ``answer``: the run
-        as a page already listed it.  Otherwise it is polled with a GET now.
-        """
-        began = trio.current_time()
-        run: TrainingRun | None = None
-        error: Exception | None = None
-        try:
-            if answer is None and batcher is not None:
-                answer = await batcher.ask(watch.run_id, due)
-                began = max(began, due)
-            else:
-                self._counts.polls += 1
-            if isinstance(answer, Failed):
-                error = answer.error
-            elif answer is None or answer is FETCH:
-                self._counts.gets += 1
-                run = await watch.rest.get_training_run(watch.run_id)
-                corrupted, via = run.corrupted, "get"
-                last = run.last_checkpoint
-                checkpoint = last.tinker_path if last is not None else None
-            else:
-                corrupted, checkpoint = read_listed(answer)
-                via = "list"
-                if corrupted and not watch.recovered:
-                    # Structured only to hand it over: the executor needs it.
-                    run = TrainingRun.from_json(answer)
-        except Exception as exc:
-            error = exc
-        if error is not None:
-            # Per-run failures become events; they never trigger recovery.
-            if self._current(watch):
-                self._telemetry.emit(
-                    "poll_error",
-                    watch.run_id,
-                    {**watch.metadata, "error": error},
-                    duration=trio.current_time() - began,
-                )
-            return False
-        if not self._current(watch):
-            return False
-        self._telemetry.emit(
-            "polled",
-            watch.run_id,
-            {
-                **watch.metadata,
-                "corrupted": corrupted,
-                "checkpoint": checkpoint,
-                "via": via,
-            },
-            duration=trio.current_time() - began,
-        )
-        if not corrupted:
-            if watch.recovered:
-                # A healthy poll ends the corruption episode.
-                watch.recovered = False
-                self._successors.pop(watch.run_id, None)
-                if self._store is not None:
-                    self._nursery.start_soon(
-                        self._put_run,
-                        StoredRun(watch.run_id, json_safe(watch.metadata)),
-                    )
-            return False
-        if watch.recovered or run is None:
-            return False
-        self._telemetry.emit(
-            "detected",
-            watch.run_id,
-            {
-                **watch.metadata,
-                "strategy": str(self._policy.checkpoint_strategy),
-                "checkpoint": checkpoint,
-            },
-        )
-        crash_point("detected")
-        return await self._hand_over(watch, run)
+    def _episode_over(self, watch: Watch) -> None:
+        """A healthy poll ended ``watch``'s corruption episode: record it."""
+        self._successors.pop(watch.run_id, None)
+        if self._store is not None:
+            self._nursery.start_soon(
+                self._put_run, StoredRun(watch.run_id, json_safe(watch.metadata))
+            )
 
     async def _put_run(self, run: StoredRun) -> None:
         """Record a run in the background; a failure is logged, not raised."""
@@ -623,7 +397,7 @@ class Monitor(metaclass=NoPublicConstructor):
         except StoreError as exc:
             logger.error("run %s: %s", printable(run.run_id), exc)
 
-    async def _hand_over(self, watch: _Watch, run: TrainingRun) -> bool:
+    async def _hand_over(self, watch: Watch, run: TrainingRun) -> bool:
         run_id = watch.run_id
         try:
             await self._executor.recover(
@@ -659,7 +433,7 @@ class Monitor(metaclass=NoPublicConstructor):
         wanted = self._all
         if run_id in self._known or wanted is None or self._closed:
             return
-        if not _active(item, wanted.active_within):
+        if not is_active(item, wanted.active_within):
             return  # Looked at again by the next sweep.
         self._known.add(run_id)
         try:
@@ -667,7 +441,7 @@ class Monitor(metaclass=NoPublicConstructor):
         except ValueError as exc:
             logger.warning("not watching a listed run: %s", printable(str(exc)))
             return
-        watch = _Watch(
+        watch = Watch(
             run_id=run_id,
             service=self._service,
             rest=wanted.batcher.rest,
@@ -701,7 +475,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 self._successors[outcome.run_id] = successor
                 self._nursery.start_soon(self._follow, watch, successor, outcome.client)
 
-    async def _follow(self, old: _Watch, successor: str | None, client: Any) -> None:
+    async def _follow(self, old: Watch, successor: str | None, client: Any) -> None:
         """Record that ``old`` was restored, and watch its successor."""
         try:
             if self._store is not None:
@@ -740,8 +514,8 @@ class Monitor(metaclass=NoPublicConstructor):
             if not recovery.state.pending:
                 continue
             run_id = recovery.state.run_id
-            rest = await self._rest_client(run_id, self._service)
-            self._handed[run_id] = _Watch(
+            rest = await self._routes.rest_client(run_id, self._service)
+            self._handed[run_id] = Watch(
                 run_id=run_id,
                 service=self._service,
                 rest=rest,
@@ -767,6 +541,23 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
 
 
+@final
+@attrs.frozen
+class _Replica:
+    """The monitor as its lease keeper drives it."""
+
+    _monitor: Monitor
+
+    def recoveries(self) -> Mapping[str, RecoveryState]:
+        return self._monitor.executor.recoveries
+
+    async def take_up(self, snapshot: Snapshot) -> None:
+        await self._monitor._resume(snapshot)
+
+    def stop_monitoring(self, run_id: str) -> None:
+        self._monitor.stop_monitoring(run_id)
+
+
 @asynccontextmanager
 async def open_monitor(
     *,
@@ -787,7 +578,10 @@ async def open_monitor(
             disabled `Policy` (recovery is opt-in).
         config: Where and how to reach Tinker.  With neither ``service`` nor
             ``rest``, the monitor opens its own native client from it
-            (`open_service_client`) and closes it on the way out.
+            (`open_service_client`) and closes it on the way out; with no
+            ``config`` either, it does the same from ``Config.from_env()``
+            when ``TINKER_API_KEY`` is set (as the official SDK's
+            ``ServiceClient()`` does).
         service: The default service for runs that name none.
         rest: Polls every run; by default each run is polled through
             ``rest_for_service(service)``.
@@ -837,9 +631,16 @@ async def open_monitor(
     polling = check_polling(polling)
     async with AsyncExitStack() as stack:
         if store is not None and not isinstance(store, Store):
-            store = await stack.enter_async_context(open_store(store))
-        if service is None and rest is None and config is not None:
-            service = await stack.enter_async_context(open_service_client(config))
+            assert BACKENDS.open_store is not None, "imported without its top"
+            store = await stack.enter_async_context(BACKENDS.open_store(store))
+        if (
+            service is None
+            and rest is None
+            and (config is not None or os.environ.get("TINKER_API_KEY"))
+        ):
+            # With neither, the environment says where (as the SDK's does).
+            assert BACKENDS.open_service is not None, "imported without its top"
+            service = await stack.enter_async_context(BACKENDS.open_service(config))
         nursery = await stack.enter_async_context(trio.open_nursery())
         if executor is None:
             executor = new_executor(
@@ -867,7 +668,7 @@ async def open_monitor(
         await nursery.start(monitor._follow_outcomes)
         if isinstance(store, PostgresStore) and not store.readonly:
             # Replicas share the store: act only on the runs this one claims.
-            monitor._leases = LeaseKeeper(monitor, store)
+            monitor._leases = LeaseKeeper(_Replica(monitor), store)
             await nursery.start(monitor._leases.run)
         elif store is not None:
             await monitor._resume(await store.load())

@@ -8,14 +8,14 @@ checkpoints an attempt tries is `_selection`'s business; how a recovery
 ended goes out on `Executor.outcomes` before any user callback runs, and
 callbacks run in tasks of their own, holding no slot.
 
-About 700 lines, on purpose: queueing, attempts, backoff, the journal
-writes around each attempt and the interruption rules are one state
-machine over one `RecoveryState` per run, and read best in one place.
+Queueing, attempts, backoff, the journal writes around each attempt and
+the interruption rules are one state machine over one `RecoveryState` per
+run, and read best in one place; what a hand-over carries and how it ends
+(`Request`, `RecoveryOutcome`) live in `_recovery`.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import random
@@ -27,28 +27,29 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 import trio
 
-from ._errors import (
+from .._errors import (
     AlreadyPendingError,
     CheckpointUnavailableError,
     NoCheckpointError,
     RecoveryDisabledError,
     is_retryable,
 )
-from ._failpoints import crash_point
-from ._policy import Policy
+from .._failpoints import crash_point
+from .._policy import Policy
+from .._state import RecoveryPhase, RecoveryState
+from .._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_safe
+from .._text import printable
+from .._types import Checkpoint, validate_run_id
+from .._util import NoPublicConstructor
+from .._validators import check_number
+from ._recovery import RecoveryOutcome, Request, call_back, describe_error
 from ._selection import candidates
-from ._state import RecoveryPhase, RecoveryState
-from ._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_safe
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
-from ._text import printable
-from ._types import Checkpoint, validate_run_id
-from ._util import NoPublicConstructor
-from ._validators import check_number
 
 if TYPE_CHECKING:
-    from ._protocols import RestClientProtocol, ServiceProtocol
-    from ._store import Ledger, Snapshot, Store
-    from ._types import TrainingRun
+    from .._protocols import RestClientProtocol, ServiceProtocol
+    from .._store import Snapshot, Store
+    from .._types import TrainingRun
 
 __all__ = [
     "Executor",
@@ -61,47 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trio_tinkex_recovery")
-
-
-@attrs.frozen
-class RecoveryOutcome:
-    """How one recovery ended, as `Executor.outcomes` hands it out."""
-
-    #: The run's final record: phase ``done``, ``exhausted`` or ``interrupted``.
-    state: RecoveryState
-    #: The new training client, when ``done``.
-    client: Any = None
-    #: The checkpoint restored, when ``done``.
-    checkpoint: Checkpoint | None = None
-
-    @property
-    def run_id(self) -> str:
-        """The run that was recovered."""
-        return self.state.run_id
-
-
-@attrs.define(eq=False)
-class _Request:
-    run_id: str
-    service: ServiceProtocol
-    policy: Policy
-    metadata: Mapping[str, Any]
-    last_checkpoint: Checkpoint | None
-    run: TrainingRun | None
-    rest: RestClientProtocol | None
-    #: Resumed from the journal: the attempt to start with, and no attempt
-    #: before this Trio time.
-    first_attempt: int = 1
-    not_before: float | None = None
-    #: The write-ahead ledger of the latest restore, with a journal.
-    ledger: Ledger | None = None
-
-    def event_metadata(self, **extra: Any) -> dict[str, Any]:
-        return {
-            **self.metadata,
-            "strategy": str(self.policy.checkpoint_strategy),
-            **extra,
-        }
 
 
 @final
@@ -135,13 +95,13 @@ class Executor(metaclass=NoPublicConstructor):
         self._rng = rng
         self._states: dict[str, RecoveryState] = {}
         # Hand-offs not yet picked up by the executor task.
-        self._queued: dict[str, _Request] = {}
+        self._queued: dict[str, Request] = {}
         self._outcome_sends: set[trio.MemorySendChannel[RecoveryOutcome]] = set()
         # Hand-offs and callbacks not yet finished, and its event.
         self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
-        self._send, self._receive = trio.open_memory_channel[_Request](math.inf)
+        self._send, self._receive = trio.open_memory_channel[Request](math.inf)
 
     def __repr__(self) -> str:
         return (
@@ -208,7 +168,7 @@ class Executor(metaclass=NoPublicConstructor):
         state = self._states.get(run_id)
         if state is not None and state.pending:
             raise AlreadyPendingError(run_id)
-        request = _Request(
+        request = Request(
             run_id=run_id,
             service=service,
             policy=policy,
@@ -378,7 +338,7 @@ class Executor(metaclass=NoPublicConstructor):
         return state
 
     async def _persist(
-        self, request: _Request, *, retry_at_wall: float | None = None
+        self, request: Request, *, retry_at_wall: float | None = None
     ) -> None:
         """Write the run's record to the journal (a no-op without one)."""
         if self._journal is None:
@@ -391,7 +351,7 @@ class Executor(metaclass=NoPublicConstructor):
             )
         )
 
-    async def _persist_outcome(self, request: _Request) -> bool:
+    async def _persist_outcome(self, request: Request) -> bool:
         """Record how the recovery ended; a failure to is logged, not raised."""
         try:
             await self._persist(request)
@@ -419,13 +379,13 @@ class Executor(metaclass=NoPublicConstructor):
 
         async def call() -> None:
             try:
-                await _call_back(name, callback, *args)
+                await call_back(name, callback, *args)
             finally:
                 self._add_busy(-1)
 
         nursery.start_soon(call)
 
-    async def _recover(self, request: _Request, nursery: trio.Nursery) -> None:
+    async def _recover(self, request: Request, nursery: trio.Nursery) -> None:
         run_id = request.run_id
         holding = True
         try:
@@ -445,7 +405,7 @@ class Executor(metaclass=NoPublicConstructor):
                 except LeaseLostError as exc:
                     # Another replica owns the run now: stop before any side
                     # effect, record nothing; the run is theirs to finish.
-                    self._set(run_id, error=_describe_error(exc))
+                    self._set(run_id, error=describe_error(exc))
                     return
                 except Exception as exc:
                     self._limiter.release_on_behalf_of(request)
@@ -480,7 +440,7 @@ class Executor(metaclass=NoPublicConstructor):
             self._add_busy(-1)
 
     async def _after_failure(
-        self, request: _Request, attempt: int, exc: Exception, nursery: trio.Nursery
+        self, request: Request, attempt: int, exc: Exception, nursery: trio.Nursery
     ) -> bool:
         """Record a failed attempt; wait out the backoff if another may follow.
 
@@ -489,7 +449,7 @@ class Executor(metaclass=NoPublicConstructor):
         """
         policy = request.policy
         run_id = request.run_id
-        error_text = _describe_error(exc)
+        error_text = describe_error(exc)
         self._set(run_id, error=error_text)
         self._telemetry.emit(
             "failed",
@@ -527,7 +487,7 @@ class Executor(metaclass=NoPublicConstructor):
         await trio.sleep_until(retry_at)
         return True
 
-    async def _attempt(self, request: _Request, attempt: int) -> tuple[Any, Checkpoint]:
+    async def _attempt(self, request: Request, attempt: int) -> tuple[Any, Checkpoint]:
         """One attempt: restore the first usable candidate checkpoint."""
         run_id = request.run_id
         policy = request.policy
@@ -588,7 +548,7 @@ class Executor(metaclass=NoPublicConstructor):
         raise NoCheckpointError(f"run {run_id!r} has no checkpoint to restore from")
 
     async def _restore(
-        self, request: _Request, checkpoint: Checkpoint, attempt: int
+        self, request: Request, checkpoint: Checkpoint, attempt: int
     ) -> Any:
         """Restore ``checkpoint``; with a journal, writing ahead what is sent."""
         service = request.service
@@ -604,14 +564,14 @@ class Executor(metaclass=NoPublicConstructor):
             return await service.create_training_client_from_state_with_optimizer(path)
         return await service.create_training_client_from_state(path)
 
-    def _rest_for(self, request: _Request) -> RestClientProtocol:
+    def _rest_for(self, request: Request) -> RestClientProtocol:
         if request.rest is None:
             request.rest = self._rest or request.service.create_rest_client()
         return request.rest
 
     async def _complete(
         self,
-        request: _Request,
+        request: Request,
         attempt: int,
         client: Any,
         checkpoint: Checkpoint,
@@ -655,21 +615,6 @@ class Executor(metaclass=NoPublicConstructor):
         if jitter == 0 or delay == 0:
             return delay
         return delay * self._rng.uniform(1 - jitter, 1 + jitter)
-
-
-def _describe_error(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def _call_back(name: str, callback: Callable[..., Any], *args: Any) -> None:
-    """Run a user callback, sync or async; its errors are logged, never raised."""
-    try:
-        result = callback(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        logger.exception("%s callback raised; ignored", name)
 
 
 @asynccontextmanager

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 import attrs
 import trio
 
-from ._text import printable
+from .._text import printable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping

@@ -18,16 +18,16 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ._errors import NoCheckpointError, UnsupportedStrategyError
-from ._policy import Best, Latest, Specific
-from ._types import Checkpoint
+from .._errors import NoCheckpointError, UnsupportedStrategyError
+from .._policy import Best, Latest, Specific
+from .._types import Checkpoint
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
-    from ._policy import CheckpointStrategy
-    from ._protocols import RestClientProtocol
-    from ._types import TrainingRun
+    from .._policy import CheckpointStrategy
+    from .._protocols import RestClientProtocol
+    from .._types import TrainingRun
 
 __all__ = ["candidates"]
 

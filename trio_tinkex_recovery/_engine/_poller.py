@@ -1,0 +1,164 @@
+"""The polling of one watched run: its schedule, each poll, its verdict.
+
+A run is polled at once (after a jittered delay), then every
+``poll_interval`` on a drift-free grid (``trio.sleep_until``), so a slow
+poll never shifts the next one; while its REST client's `Batcher`
+coalesces polls it follows the batcher's shared grid instead.  A healthy
+poll of a run restored in its current episode ends that episode; a
+corrupted one is handed over, and the run's polling ends.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .._failpoints import crash_point
+from .._types import TrainingRun
+from ._polling import FETCH, Batcher, Failed, PollCounts, read_listed
+from ._watch import Watch, coalesced
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from .._policy import Policy
+    from ._polling import Answer
+    from ._telemetry import Telemetry
+
+__all__ = ["Poller"]
+
+
+@attrs.define(eq=False)
+class Poller:
+    """Polls watched runs for one monitor; the monitor decides what follows."""
+
+    policy: Policy
+    rng: random.Random
+    telemetry: Telemetry
+    counts: PollCounts
+    #: Whether ``watch`` is still the monitor's watch of its run.
+    is_current: Callable[[Watch], bool]
+    #: Called when a healthy poll ends the run's corruption episode.
+    episode_over: Callable[[Watch], None]
+    #: Hands a corrupted run over; whether its watch is over.
+    hand_over: Callable[[Watch, TrainingRun], Awaitable[bool]]
+
+    async def poll_forever(self, watch: Watch, first: Mapping[str, Any] | None) -> None:
+        """Poll ``watch`` until it is handed over; ``first``: its first answer.
+
+        On its own schedule the run is polled at once, then every interval
+        (with jitter); while its batcher coalesces polls it follows the
+        batcher's grid instead, and waits for each poll in the batcher.
+        """
+        interval = self.policy.poll_interval
+        spread = self.policy.jitter * interval
+        start = due = trio.current_time()
+        if first is None:
+            due += self.rng.uniform(0, spread) if spread else 0.0
+            if watch.batcher is not None:
+                due = watch.batcher.first_due(start, due, start + spread)
+        slot = 0
+        while True:
+            if first is None and not coalesced(watch):
+                await trio.sleep_until(due)
+            # Asked again after the sleep: the batcher may coalesce by now.
+            batcher = watch.batcher if coalesced(watch) else None
+            if await self._poll(watch, due, batcher, first):
+                return
+            first = None
+            now = trio.current_time()
+            if watch.batcher is not None and coalesced(watch):
+                start = due = watch.batcher.next_due(due, now)
+                slot = 0
+                continue
+            # Next slot on the fixed grid; skip slots already missed (with an
+            # interval so small the count overflows, just poll again).
+            missed = (now - start) / interval
+            slot = max(slot + 1, math.ceil(missed) if math.isfinite(missed) else 0)
+            due = start + slot * interval
+            due += self.rng.uniform(0, spread) if spread else 0.0
+
+    async def _poll(
+        self,
+        watch: Watch,
+        due: float,
+        batcher: Batcher | None,
+        answer: Answer | None = None,
+    ) -> bool:
+        """Poll once; return whether the watch is over (run handed over).
+
+        With a ``batcher``, the run is polled by its cycle at ``due`` (it
+        may answer from a page, or say to GET the run); ``answer``: the run
+        as a page already listed it.  Otherwise it is polled with a GET now.
+        """
+        began = trio.current_time()
+        run: TrainingRun | None = None
+        error: Exception | None = None
+        try:
+            if answer is None and batcher is not None:
+                answer = await batcher.ask(watch.run_id, due)
+                began = max(began, due)
+            else:
+                self.counts.polls += 1
+            if isinstance(answer, Failed):
+                error = answer.error
+            elif answer is None or answer is FETCH:
+                self.counts.gets += 1
+                run = await watch.rest.get_training_run(watch.run_id)
+                corrupted, via = run.corrupted, "get"
+                last = run.last_checkpoint
+                checkpoint = last.tinker_path if last is not None else None
+            else:
+                corrupted, checkpoint = read_listed(answer)
+                via = "list"
+                if corrupted and not watch.recovered:
+                    # Structured only to hand it over: the executor needs it.
+                    run = TrainingRun.from_json(answer)
+        except Exception as exc:
+            error = exc
+        if error is not None:
+            # Per-run failures become events; they never trigger recovery.
+            if self.is_current(watch):
+                self.telemetry.emit(
+                    "poll_error",
+                    watch.run_id,
+                    {**watch.metadata, "error": error},
+                    duration=trio.current_time() - began,
+                )
+            return False
+        if not self.is_current(watch):
+            return False
+        self.telemetry.emit(
+            "polled",
+            watch.run_id,
+            {
+                **watch.metadata,
+                "corrupted": corrupted,
+                "checkpoint": checkpoint,
+                "via": via,
+            },
+            duration=trio.current_time() - began,
+        )
+        if not corrupted:
+            if watch.recovered:
+                # A healthy poll ends the corruption episode.
+                watch.recovered = False
+                self.episode_over(watch)
+            return False
+        if watch.recovered or run is None:
+            return False
+        self.telemetry.emit(
+            "detected",
+            watch.run_id,
+            {
+                **watch.metadata,
+                "strategy": str(self.policy.checkpoint_strategy),
+                "checkpoint": checkpoint,
+            },
+        )
+        crash_point("detected")
+        return await self.hand_over(watch, run)
