@@ -421,3 +421,26 @@ async def test_the_runs_metadata_rides_along_but_cannot_spoof(
     assert data["team"] == "rl"
     assert data["event"] == "exhausted"
     assert "handle" not in data
+
+
+async def test_a_garbled_answer_is_a_failure_not_a_crash(service, rest, autojump_clock):
+    """An error answer whose gzip body does not decode: counted, polls go on."""
+
+    async def garbled(request: httpx.Request) -> httpx.Response:
+        await trio.lowlevel.checkpoint()
+        return httpx.Response(
+            500, headers={"content-encoding": "gzip"}, content=b"not gzip at all"
+        )
+
+    rest.add("run-2", "ckpt-0001")
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notify(URL)
+            made._transport = httpx.MockTransport(garbled)
+            await nursery.start(made.run, monitor)
+            await monitor.monitor_run("run-2")
+            await exhaust(service, rest, monitor)
+            await trio.sleep(10)
+            nursery.cancel_scope.cancel()
+    assert made.statistics().failed == 1
+    assert len(rest.poll_times("run-2")) == 11

@@ -428,6 +428,10 @@ class Notifier(metaclass=NoPublicConstructor):
                     await response.aclose()
             except httpx.TransportError as exc:
                 raise _Failure(_clean(describe(exc)), retry=True) from None
+            except (httpx.HTTPError, httpx.StreamError) as exc:
+                # E.g. an error answer whose body does not decode: a
+                # notifier never crashes the watcher over a receiver.
+                raise _Failure(_clean(describe(exc)), retry=False) from None
         if scope.cancelled_caught:
             raise _Failure(f"no answer within {self._timeout:g} s", retry=True)
         status = response.status_code
