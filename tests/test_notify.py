@@ -444,3 +444,21 @@ async def test_a_garbled_answer_is_a_failure_not_a_crash(service, rest, autojump
             nursery.cancel_scope.cancel()
     assert made.statistics().failed == 1
     assert len(rest.poll_times("run-2")) == 11
+
+
+async def test_stopping_cuts_a_retry_wait_short_for_one_last_try(
+    service, rest, autojump_clock
+):
+    """Stopped while waiting to retry: one more try at once, then given up."""
+    receiver = Receiver(*[503] * 10)
+    async with open_monitor(policy=POLICY, service=service) as monitor:
+        async with trio.open_nursery() as nursery:
+            made = notifier(receiver)
+            await nursery.start(made.run, monitor)
+            await exhaust(service, rest, monitor)
+            await trio.sleep(20.5)  # tries at 0, 1, 3, 7, 15; the next at 31
+            nursery.cancel_scope.cancel()
+        stopped = trio.current_time()
+    assert [t for t, _ in receiver.requests] == [0, 1, 3, 7, 15, 20.5]
+    assert stopped == 20.5
+    assert made.statistics().failed == 1

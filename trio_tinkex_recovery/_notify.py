@@ -165,6 +165,9 @@ class Notifier(metaclass=NoPublicConstructor):
         self._queue: trio.MemoryReceiveChannel[_Message] | None = None
         self._sent = self._retries = self._failed = self._dropped = 0
         self._told_failure = self._told_drop = False
+        # Set while stopping; the wait between two tries, to cut it short.
+        self._stopping = False
+        self._pause: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<Notifier to {self.receiver} on {','.join(sorted(self._on))}>"
@@ -207,9 +210,10 @@ class Notifier(metaclass=NoPublicConstructor):
 
             notifier = await nursery.start(notify(url).run, monitor)
 
-        When cancelled, the notifications still queued (and the one in
-        flight) get one more try each, within ``timeout`` seconds in all,
-        so an ``exhausted`` that ends a watch is still told.
+        When cancelled, it stops reading events; the request in flight
+        finishes, a wait to retry is cut short, and what is queued is sent,
+        one last try each, within ``timeout`` seconds in all: an
+        ``exhausted`` that ends a watch is still told.
 
         Args:
             monitor: The monitor (or executor) whose events are sent.
@@ -223,33 +227,38 @@ class Notifier(metaclass=NoPublicConstructor):
         self._running = True
         send, receive = trio.open_memory_channel[_Message](self._max_queue)
         self._queue = receive
+        self._stopping = False
         state = getattr(getattr(monitor, "executor", monitor), "recovery_state", None)
-        in_flight: list[_Message] = []
         client = httpx.AsyncClient(
             transport=self._transport, timeout=self._timeout, trust_env=False
         )
+        # Delivery is shielded: when the reader stops, what is queued and in
+        # flight still goes out, within `timeout` seconds in all.
+        delivery = trio.CancelScope(shield=True)
         try:
-            async with monitor.subscribe(DEFAULT_BUFFER) as events:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._deliver_all, client, receive, delivery)
                 try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(
-                            self._deliver_all, client, receive, in_flight
-                        )
+                    async with monitor.subscribe(DEFAULT_BUFFER) as events:
                         task_status.started(self)
-                        async for event in events:
-                            self._offer(send, event, state)
-                finally:
-                    # Events already emitted but not read yet are told too.
-                    while True:
                         try:
-                            self._offer(send, events.receive_nowait(), state)
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
+                            async for event in events:
+                                self._offer(send, event, state)
+                        finally:
+                            # Events already emitted but not read yet go too.
+                            while True:
+                                try:
+                                    event = events.receive_nowait()
+                                except (trio.WouldBlock, trio.EndOfChannel):
+                                    break
+                                self._offer(send, event, state)
+                finally:
+                    self._stopping = True
+                    send.close()
+                    delivery.deadline = trio.current_time() + self._timeout
+                    if self._pause is not None:
+                        self._pause.cancel()
         finally:
-            send.close()
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self._timeout
-                await self._flush(client, receive, in_flight)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + 1.0
                 await client.aclose()
@@ -344,54 +353,47 @@ class Notifier(metaclass=NoPublicConstructor):
         self,
         client: httpx.AsyncClient,
         receive: trio.MemoryReceiveChannel[_Message],
-        in_flight: list[_Message],
+        delivery: trio.CancelScope,
     ) -> None:
-        async for message in receive:
-            in_flight.append(message)
-            await self._deliver(client, message)
-            in_flight.remove(message)
-
-    async def _deliver(self, client: httpx.AsyncClient, message: _Message) -> None:
-        """Send ``message`` until accepted, given up on, or cancelled."""
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                await self._post(client, message)
-            except _Failure as failure:
-                if not failure.retry or attempts > self._max_retries:
-                    self._give_up(message, attempts, str(failure))
-                    return
-                self._retries += 1
-                await trio.sleep(_RETRY.retry_delay(attempts - 1, failure.retry_after))
-            else:
-                self._sent += 1
-                return
-
-    async def _flush(
-        self,
-        client: httpx.AsyncClient,
-        receive: trio.MemoryReceiveChannel[_Message],
-        in_flight: list[_Message],
-    ) -> None:
-        """One last try for each message left, in order (the caller bounds it)."""
-        left = list(in_flight)
-        in_flight.clear()
+        """Deliver the queue in order until it is closed and empty, or stopped."""
+        current: _Message | None = None
+        with delivery:
+            async for current in receive:
+                await self._deliver(client, current)
+                current = None
+        # Out of time while stopping: the rest is given up on.
+        left = [] if current is None else [current]
         while True:
             try:
                 left.append(receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
         for message in left:
+            self._give_up(message, 0, "no time left: the notifier was stopped")
+
+    async def _deliver(self, client: httpx.AsyncClient, message: _Message) -> None:
+        """Send ``message`` until accepted or given up on.
+
+        Once the notifier is stopping, a failed try is the last one.
+        """
+        attempts = 0
+        while True:
+            attempts += 1
             try:
                 await self._post(client, message)
             except _Failure as failure:
-                self._give_up(message, 1, f"{failure} (while stopping)")
-            except trio.Cancelled:
-                self._failed += len(left) - left.index(message)
-                raise
+                if not failure.retry or attempts > self._max_retries or self._stopping:
+                    self._give_up(message, attempts, str(failure))
+                    return
+                self._retries += 1
+                delay = _RETRY.retry_delay(attempts - 1, failure.retry_after)
+                # Stopping cuts the wait short, for one last try.
+                with trio.CancelScope() as self._pause:
+                    await trio.sleep(delay)
+                self._pause = None
             else:
                 self._sent += 1
+                return
 
     async def _post(self, client: httpx.AsyncClient, message: _Message) -> None:
         """One request under its own deadline.
