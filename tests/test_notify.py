@@ -462,3 +462,42 @@ async def test_stopping_cuts_a_retry_wait_short_for_one_last_try(
     assert [t for t, _ in receiver.requests] == [0, 1, 3, 7, 15, 20.5]
     assert stopped == 20.5
     assert made.statistics().failed == 1
+
+
+async def test_the_exhausted_that_ends_a_watch_is_told_with_a_slow_journal(
+    service, rest, autojump_clock
+):
+    """watch stops once nothing is left, after the outcome's event, not before."""
+    import io
+
+    from trio_tinkex_recovery._store._memory import MemoryStore
+    from trio_tinkex_recovery.cli._board import Board
+    from trio_tinkex_recovery.cli._runtime import Output, Stop
+    from trio_tinkex_recovery.cli._view import LinesView
+    from trio_tinkex_recovery.cli._watch import _nothing_left, monitor_runs
+
+    class SlowStore(MemoryStore):
+        async def put_recovery(self, recovery):
+            await trio.sleep(1)  # a busy disk
+            await super().put_recovery(recovery)
+
+    receiver = Receiver()
+    rest.add("run-1", corrupted=True)  # no checkpoint: exhausted at once
+    board = Board(policy=POLICY, view=LinesView(Output(io.StringIO())))
+    made = notifier(receiver)
+    await monitor_runs(
+        service=service,
+        policy=POLICY,
+        max_concurrent=1,
+        run_ids=["run-1"],
+        board=board,
+        headline="watching",
+        until=partial(_nothing_left, board, wait=False),
+        duration=None,
+        stop=Stop(),
+        store=SlowStore(),
+        notifiers=[made],
+    )
+    assert [json.loads(r.content)["type"] for _, r in receiver.requests] == [
+        "io.trio-tinkex-recovery.exhausted"
+    ]
