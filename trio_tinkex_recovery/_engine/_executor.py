@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 import trio
@@ -63,6 +63,13 @@ __all__ = [
 
 logger = logging.getLogger("trio_tinkex_recovery")
 
+#: Seconds an outcome's journal write may take once its block is cancelled:
+#: the write is shielded so that a recovery that ended is never left
+#: looking pending (and restored again by the next start).
+OUTCOME_WRITE_LIMIT: Final = 30.0
+#: Finished recovery records kept (the oldest are forgotten first).
+FINISHED_KEPT: Final = 10_000
+
 
 @final
 class Executor(metaclass=NoPublicConstructor):
@@ -94,6 +101,9 @@ class Executor(metaclass=NoPublicConstructor):
         self._telemetry = telemetry
         self._rng = rng
         self._states: dict[str, RecoveryState] = {}
+        # Runs whose record is pending; finished ones, oldest first.
+        self._pending: set[str] = set()
+        self._finished: dict[str, None] = {}
         # Hand-offs not yet picked up by the executor task.
         self._queued: dict[str, Request] = {}
         self._outcome_sends: set[trio.MemorySendChannel[RecoveryOutcome]] = set()
@@ -211,7 +221,10 @@ class Executor(metaclass=NoPublicConstructor):
         if state.phase == "waiting":
             first = state.attempt + 1
             if recovery.retry_at_wall is not None:
-                left = max(0.0, recovery.retry_at_wall - time.time())
+                # Never longer than a backoff can be: the clock that wrote
+                # the record may be ahead of this one.
+                left = recovery.retry_at_wall - time.time()
+                left = min(max(0.0, left), policy.max_backoff)
                 not_before = trio.current_time() + left
         await self.recover(
             state.run_id,
@@ -247,7 +260,12 @@ class Executor(metaclass=NoPublicConstructor):
             await self._idle.wait()
 
     def recovery_state(self, run_id: str) -> RecoveryState | None:
-        """The run's recovery record, or ``None`` if it was never handed over."""
+        """The run's recovery record, or ``None`` if it was never handed over.
+
+        Every pending record is kept, and the latest finished ones (ten
+        thousand): a watcher that lives for months does not grow without
+        bound.
+        """
         return self._states.get(run_id)
 
     @property
@@ -308,20 +326,27 @@ class Executor(metaclass=NoPublicConstructor):
         ``nursery.start``) only for an executor made by another owner.
         Cancelling it interrupts the recoveries in progress.
         """
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            async with self._receive:
-                async for request in self._receive:
-                    self._queued.pop(request.run_id, None)
-                    # Take the slot here, in arrival order; the run's task
-                    # gives it back when its attempt ends.
-                    await self._limiter.acquire_on_behalf_of(request)
-                    nursery.start_soon(self._recover, request, nursery)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async with self._receive:
+                    async for request in self._receive:
+                        # Take the slot here, in arrival order; the run's
+                        # task gives it back when its attempt ends.
+                        await self._limiter.acquire_on_behalf_of(request)
+                        del self._queued[request.run_id]
+                        nursery.start_soon(self._recover, request, nursery)
+        finally:
+            # Hand-offs still queued for a slot end as interrupted too.
+            for request in list(self._queued.values()):
+                del self._queued[request.run_id]
+                self._interrupt(request)
+                self._add_busy(-1)
 
     # -- internals ---------------------------------------------------------
 
     def _in_progress(self) -> int:
-        return sum(1 for state in self._states.values() if state.pending)
+        return len(self._pending)
 
     def _add_busy(self, delta: int) -> None:
         self._busy += delta
@@ -334,31 +359,78 @@ class Executor(metaclass=NoPublicConstructor):
         return self._record(attrs.evolve(self._states[run_id], **changes))
 
     def _record(self, state: RecoveryState) -> RecoveryState:
-        self._states[state.run_id] = state
+        run_id = state.run_id
+        self._states[run_id] = state
+        self._finished.pop(run_id, None)
+        if state.pending:
+            self._pending.add(run_id)
+            return state
+        self._pending.discard(run_id)
+        self._finished[run_id] = None
+        if len(self._finished) > FINISHED_KEPT:
+            oldest = next(iter(self._finished))
+            del self._finished[oldest]
+            del self._states[oldest]
         return state
 
     async def _persist(
-        self, request: Request, *, retry_at_wall: float | None = None
+        self,
+        request: Request,
+        *,
+        state: RecoveryState | None = None,
+        retry_at_wall: float | None = None,
     ) -> None:
-        """Write the run's record to the journal (a no-op without one)."""
+        """Write the run's record (or ``state``) to the journal, if any."""
         if self._journal is None:
             return
         await self._journal.put_recovery(
             StoredRecovery(
-                state=self._states[request.run_id],
+                state=state or self._states[request.run_id],
                 retry_at_wall=retry_at_wall,
                 metadata=json_safe(request.metadata),
             )
         )
 
-    async def _persist_outcome(self, request: Request) -> bool:
-        """Record how the recovery ended; a failure to is logged, not raised."""
-        try:
-            await self._persist(request)
-        except StoreError as exc:
-            logger.error("recovery of run %s: %s", request.run_id, exc)
-            return False
-        return True
+    async def _end(
+        self, request: Request, **changes: Any
+    ) -> tuple[RecoveryState, bool]:
+        """Write how the recovery ended, then make it so; and whether it was written.
+
+        The write comes first and is shielded from cancellation (for at most
+        `OUTCOME_WRITE_LIMIT` seconds): a block that exits meanwhile cannot
+        leave the journal saying ``attempting`` for a recovery that ended.
+        A failure to write is logged, not raised.
+        """
+        state = attrs.evolve(self._states[request.run_id], **changes)
+        written = False
+        with trio.move_on_after(OUTCOME_WRITE_LIMIT, shield=True) as scope:
+            try:
+                await self._persist(request, state=state)
+                written = True
+            except StoreError as exc:
+                logger.error("recovery of run %s: %s", request.run_id, exc)
+        if scope.cancelled_caught:
+            logger.error(
+                "recovery of run %s: its outcome could not be written in %.0f s",
+                request.run_id,
+                OUTCOME_WRITE_LIMIT,
+            )
+        return self._record(state), written
+
+    def _interrupt(self, request: Request) -> None:
+        """End a recovery cut short (the executor closing, a lost lease)."""
+        run_id = request.run_id
+        state = self._states.get(run_id)
+        if state is None or not state.pending:
+            return
+        state = self._set(run_id, phase="interrupted", retry_at=None)
+        self._telemetry.emit(
+            "interrupted",
+            run_id,
+            request.event_metadata(attempt=state.attempt, checkpoint=state.checkpoint),
+            attempt=state.attempt,
+        )
+        self._publish(RecoveryOutcome(state))
 
     def _publish(self, outcome: RecoveryOutcome) -> None:
         for send in list(self._outcome_sends):
@@ -423,20 +495,9 @@ class Executor(metaclass=NoPublicConstructor):
         finally:
             if holding:
                 self._limiter.release_on_behalf_of(request)
-            state = self._states.get(run_id)
-            if state is not None and state.pending:
-                # Cut short by cancellation (the executor is closing) or by a
-                # lost lease: the recovery did not fail, it was interrupted.
-                state = self._set(run_id, phase="interrupted", retry_at=None)
-                self._telemetry.emit(
-                    "interrupted",
-                    run_id,
-                    request.event_metadata(
-                        attempt=state.attempt, checkpoint=state.checkpoint
-                    ),
-                    attempt=state.attempt,
-                )
-                self._publish(RecoveryOutcome(state))
+            # Cut short by cancellation (the executor is closing) or by a
+            # lost lease: the recovery did not fail, it was interrupted.
+            self._interrupt(request)
             self._add_busy(-1)
 
     async def _after_failure(
@@ -462,8 +523,7 @@ class Executor(metaclass=NoPublicConstructor):
             attempt=attempt,
         )
         if attempt >= policy.max_attempts or not is_retryable(exc):
-            state = self._set(run_id, phase="exhausted", retry_at=None)
-            await self._persist_outcome(request)
+            state, _ = await self._end(request, phase="exhausted", retry_at=None)
             self._telemetry.emit(
                 "exhausted",
                 run_id,
@@ -492,13 +552,13 @@ class Executor(metaclass=NoPublicConstructor):
         run_id = request.run_id
         policy = request.policy
         self._set(run_id, phase="attempting", attempt=attempt, retry_at=None)
-        # Written before any side effect of the attempt: a failure to write
-        # fails the attempt with nothing sent.
-        await self._persist(request)
-        crash_point("attempt-written")
         self._telemetry.emit(
             "started", run_id, request.event_metadata(attempt=attempt), attempt=attempt
         )
+        # Written before any side effect of the attempt: a failure to write
+        # fails the attempt (after its ``started``) with nothing sent.
+        await self._persist(request)
+        crash_point("attempt-written")
         found = candidates(
             policy.checkpoint_strategy,
             run_id=run_id,
@@ -583,14 +643,16 @@ class Executor(metaclass=NoPublicConstructor):
         if not isinstance(new_run_id, str):
             new_run_id = None
         crash_point("restored")
-        state = self._set(run_id, phase="done", new_run_id=new_run_id, error=None)
-        written = await self._persist_outcome(request)
+        state, written = await self._end(
+            request, phase="done", new_run_id=new_run_id, error=None
+        )
         crash_point("outcome-written")
         if written and request.ledger is not None:
-            try:
-                await request.ledger.settle()
-            except StoreError as exc:
-                logger.error("recovery of run %s: %s", run_id, exc)
+            with trio.move_on_after(OUTCOME_WRITE_LIMIT, shield=True):
+                try:
+                    await request.ledger.settle()
+                except StoreError as exc:
+                    logger.error("recovery of run %s: %s", run_id, exc)
         self._telemetry.emit(
             "completed",
             run_id,

@@ -287,7 +287,9 @@ class LeaseKeeper:
                 await self._replica.take_up(one)
             except AlreadyPendingError:
                 pass  # still recovering here since an earlier lease
-            except StoreError as exc:
+            except Exception as exc:
+                # One run that cannot be taken up (a database blip, no
+                # service to resume it with) never stops the others.
                 self._acting.discard(run_id)
                 logger.warning(
                     "replica %s cannot act on run %s: %s",

@@ -33,6 +33,7 @@ from .._text import printable
 from .._types import TrainingRun, list_params, validate_run_id
 from .._util import NoPublicConstructor
 from ._backends import BACKENDS
+from ._episodes import Book
 from ._executor import Executor, check_max_concurrent, new_executor
 from ._leases import LeaseKeeper
 from ._poller import Poller
@@ -84,11 +85,12 @@ class Monitor(metaclass=NoPublicConstructor):
         self._nursery = nursery
         self._rng = rng
         self._closed = False
-        # Runs polled now; runs handed to the executor, awaiting the outcome;
-        # runs restored in their current episode, with their successor.
-        self._watches: dict[str, Watch] = {}
-        self._handed: dict[str, Watch] = {}
-        self._successors: dict[str, str | None] = {}
+        # Where each run stands: every entry point asks it, then acts with
+        # no await in between (the episode rule).
+        self._book = Book()
+        self._watches = self._book.watches
+        self._handed = self._book.handed
+        self._successors = self._book.successors
         self._counts = PollCounts()
         self._routes = Routes(
             rest=rest,
@@ -98,8 +100,6 @@ class Monitor(metaclass=NoPublicConstructor):
             nursery=nursery,
             counts=self._counts,
         )
-        # Every run watched, discovered or stopped: discovery leaves them be.
-        self._known: set[str] = set()
         self._all: AllRuns | None = None
         self._existing_corrupted = 0
         # With replicas sharing the store: which runs this one acts on.
@@ -112,6 +112,7 @@ class Monitor(metaclass=NoPublicConstructor):
             is_current=self._current,
             episode_over=self._episode_over,
             hand_over=self._hand_over,
+            gone=self._gone,
         )
 
     def __repr__(self) -> str:
@@ -187,23 +188,21 @@ class Monitor(metaclass=NoPublicConstructor):
             raise TypeError(f"metadata must be a mapping, got {metadata!r}")
         if service is None:
             service = self._service
-        handed = self._handed.get(run_id)
-        if handed is not None:
-            handed.service = service or handed.service
-            handed.metadata = dict(metadata or {})
+        metadata = dict(metadata or {})
+        self._book.stopped.pop(run_id)
+        if self._settled(run_id, service, metadata):
             return
         successor = self._successors.get(run_id)
-        if successor is not None and self._policy.follow_recovered:
-            if successor not in self._watches:
+        if successor and self._policy.follow_recovered:
+            if self._book.standing(successor) not in ("watched", "handed"):
                 await self.monitor_run(successor, service, metadata)
             return
         if self._leases is not None and not self._leases.holds(run_id):
             # Another replica may hold it: stored for whichever claims it.
-            await self._leases.add(run_id, metadata or {})
+            await self._leases.add(run_id, metadata)
             return
         rest = await self._routes.rest_client(run_id, service)
         self._check_open()
-        metadata = dict(metadata or {})
         if persist and self._store is not None:
             await self._store.put_run(
                 StoredRun(
@@ -214,9 +213,16 @@ class Monitor(metaclass=NoPublicConstructor):
                 )
             )
             self._check_open()
+        # Asked again after the awaits, and acted on with none in between:
+        # the run may have been handed over or restored meanwhile.
+        if self._settled(run_id, service, metadata):
+            return
+        if self._successors.get(run_id) and self._policy.follow_recovered:
+            return  # restored meanwhile: its follow-up watches the successor
         watch = self._watches.get(run_id)
         if watch is not None:
             watch.service, watch.metadata = service, metadata
+            watch.discovered = False  # named now: the user's to stop
             self._routes.bind(watch, rest)
             return
         watch = Watch(
@@ -227,6 +233,18 @@ class Monitor(metaclass=NoPublicConstructor):
             recovered=run_id in self._successors,
         )
         self._start_watch(watch)
+
+    def _settled(
+        self, run_id: str, service: ServiceProtocol | None, metadata: dict[str, Any]
+    ) -> bool:
+        """Whether ``run_id`` is handed over: then update what its follow-up uses."""
+        handed = self._handed.get(run_id)
+        if handed is None:
+            return False
+        handed.service = service or handed.service
+        handed.metadata = metadata
+        handed.followed = True
+        return True
 
     async def monitor_all(
         self,
@@ -312,11 +330,16 @@ class Monitor(metaclass=NoPublicConstructor):
     def stop_monitoring(self, run_id: str) -> None:
         """Stop watching ``run_id``; no event about its polling follows.
 
-        A recovery already handed to the executor goes on.  Unknown runs
-        are ignored.
+        A recovery already handed to the executor goes on, but its restored
+        successor is not watched.  Discovery (`monitor_all`) leaves the run
+        be (the most recent stops are remembered, see the README) until it
+        is watched again by name.  Unknown runs are ignored.
         """
         watch = self._watches.pop(run_id, None)
-        self._known.add(run_id)
+        self._book.stopped.set(run_id, None)
+        handed = self._handed.get(run_id)
+        if handed is not None:
+            handed.followed = False
         if watch is not None:
             watch.scope.cancel()
 
@@ -364,7 +387,6 @@ class Monitor(metaclass=NoPublicConstructor):
     ) -> None:
         self._routes.bind(watch, watch.rest)
         self._watches[watch.run_id] = watch
-        self._known.add(watch.run_id)
         self._nursery.start_soon(self._watch, watch, first)
 
     def _current(self, watch: Watch) -> bool:
@@ -383,7 +405,7 @@ class Monitor(metaclass=NoPublicConstructor):
 
     def _episode_over(self, watch: Watch) -> None:
         """A healthy poll ended ``watch``'s corruption episode: record it."""
-        self._successors.pop(watch.run_id, None)
+        self._successors.pop(watch.run_id)
         if self._store is not None:
             self._nursery.start_soon(
                 self._put_run, StoredRun(watch.run_id, json_safe(watch.metadata))
@@ -431,21 +453,31 @@ class Monitor(metaclass=NoPublicConstructor):
     def _on_listed(self, run_id: str, item: Mapping[str, Any]) -> None:
         """Watch a run a discovering sweep listed, if it is new and active."""
         wanted = self._all
-        if run_id in self._known or wanted is None or self._closed:
+        if wanted is None or self._closed or self._book.standing(run_id) != "new":
             return
-        if not is_active(item, wanted.active_within):
-            return  # Looked at again by the next sweep.
-        self._known.add(run_id)
+        if run_id in self._book.rejected or not is_active(item, wanted.active_within):
+            return  # An idle run is looked at again by the next sweep.
         try:
             validate_run_id(run_id)
         except ValueError as exc:
+            self._book.rejected.set(run_id, None)
             logger.warning("not watching a listed run: %s", printable(str(exc)))
+            return
+        state = self._executor.recovery_state(run_id)
+        if state is not None and state.pending:
+            return  # recovering through a shared executor: not ours to watch
+        if self._leases is not None and not self._leases.holds(run_id):
+            # Stored once for whichever replica claims it (never overwritten).
+            if run_id not in self._book.offered:
+                self._book.offered.set(run_id, None)
+                self._nursery.start_soon(self._offer, run_id)
             return
         watch = Watch(
             run_id=run_id,
             service=self._service,
             rest=wanted.batcher.rest,
             metadata={},
+            discovered=True,
         )
         if item.get("corrupted") is True and not wanted.recover_existing:
             watch.recovered = True
@@ -457,9 +489,27 @@ class Monitor(metaclass=NoPublicConstructor):
             )
         if self._store is not None:
             self._nursery.start_soon(
-                self._store.put_run, StoredRun(run_id, {}, recovered=watch.recovered)
+                self._put_run, StoredRun(run_id, {}, recovered=watch.recovered)
             )
         self._start_watch(watch, item)
+
+    async def _offer(self, run_id: str) -> None:
+        """Store a listed run for the replicas; a failure is logged, not raised."""
+        assert self._leases is not None
+        try:
+            await self._leases.add(run_id, {})
+        except StoreError as exc:
+            self._book.offered.pop(run_id)
+            logger.error("run %s: %s", printable(run_id), exc)
+
+    def _gone(self, watch: Watch) -> None:
+        """A discovered run the service no longer knows: forget it."""
+        logger.warning(
+            "run %s is no longer known to the service: not watching it any more",
+            printable(watch.run_id),
+        )
+        if self._current(watch):
+            del self._watches[watch.run_id]
 
     async def _follow_outcomes(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -472,7 +522,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 if watch is None or outcome.state.phase != "done":
                     continue
                 successor = outcome.state.new_run_id
-                self._successors[outcome.run_id] = successor
+                self._successors.set(outcome.run_id, successor)
                 self._nursery.start_soon(self._follow, watch, successor, outcome.client)
 
     async def _follow(self, old: Watch, successor: str | None, client: Any) -> None:
@@ -487,7 +537,7 @@ class Monitor(metaclass=NoPublicConstructor):
                         successor=successor,
                     )
                 )
-            if self._policy.follow_recovered and successor:
+            if self._policy.follow_recovered and successor and old.followed:
                 metadata = {**old.metadata, "training_client": client}
                 metadata.pop("training_pid", None)
                 await self.monitor_run(
@@ -509,7 +559,7 @@ class Monitor(metaclass=NoPublicConstructor):
         self._executor.remember(snapshot)
         for stored in snapshot.runs.values():
             if stored.recovered:
-                self._successors[stored.run_id] = stored.successor
+                self._successors.set(stored.run_id, stored.successor)
         for recovery in snapshot.recoveries.values():
             if not recovery.state.pending:
                 continue

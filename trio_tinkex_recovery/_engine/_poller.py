@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .._errors import NotFoundError
 from .._failpoints import crash_point
 from .._types import TrainingRun
 from ._polling import FETCH, Batcher, Failed, PollCounts, read_listed
@@ -46,6 +47,8 @@ class Poller:
     episode_over: Callable[[Watch], None]
     #: Hands a corrupted run over; whether its watch is over.
     hand_over: Callable[[Watch, TrainingRun], Awaitable[bool]]
+    #: Called when a discovered run is no longer known to the service.
+    gone: Callable[[Watch], None]
 
     async def poll_forever(self, watch: Watch, first: Mapping[str, Any] | None) -> None:
         """Poll ``watch`` until it is handed over; ``first``: its first answer.
@@ -129,6 +132,9 @@ class Poller:
                     {**watch.metadata, "error": error},
                     duration=trio.current_time() - began,
                 )
+                if watch.discovered and isinstance(error, NotFoundError):
+                    self.gone(watch)
+                    return True
             return False
         if not self.is_current(watch):
             return False

@@ -32,6 +32,11 @@ class Watch:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     #: Coalesces this run's polls with others read through the same client.
     batcher: Batcher | None = None
+    #: Found by ``monitor_all`` rather than named: a run the service no
+    #: longer knows stops being watched.
+    discovered: bool = False
+    #: Whether a successor restored for it is watched (not after a stop).
+    followed: bool = True
 
 
 @attrs.frozen
