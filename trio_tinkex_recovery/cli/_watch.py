@@ -70,9 +70,6 @@ __all__ = ["COMMAND", "WatchOptions", "monitor_runs", "parse"]
 
 #: Seconds between two redraws of the view (and checks of the stop conditions).
 TICK: Final = 0.25
-#: Seconds a recovery that has just ended gets to emit its last event
-#: before watch stops.
-SETTLE: Final = 5.0
 #: Events the view's subscription holds before it drops (and counts) them.
 EVENT_BUFFER: Final = 65_536
 
@@ -567,11 +564,6 @@ async def _supervise(
             tick()
             reason = until(monitor)
             if reason is not None:
-                # A recovery that has just ended may still be writing its
-                # outcome to the journal before it emits its event (the
-                # exhausted a notification tells): let it, briefly.
-                with trio.move_on_after(SETTLE):
-                    await monitor.executor.wait_idle()
                 return reason
             await trio.sleep(TICK)
     tick()
