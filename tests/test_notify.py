@@ -371,17 +371,17 @@ async def test_metrics_count_notifications_by_outcome(service, rest, autojump_cl
     }
 
 
-async def test_the_readme_receiver_verifies_a_real_notification(
+async def test_the_guides_receiver_verifies_a_real_notification(
     service, rest, autojump_clock
 ):
-    """The README's standard-library verify() accepts ours, refuses a forgery."""
+    """The guide's standard-library verify() accepts ours, refuses a forgery."""
     import pathlib
     import re
 
-    readme = (pathlib.Path(__file__).parent.parent / "README.rst").read_text()
+    page = pathlib.Path(__file__).parent.parent / "docs" / "notify.rst"
     block = re.search(
         r"\.\. code-block:: python\n\n((?:    .*\n|\n)+?)\n(?=\S)",
-        readme[readme.index("Get told") :],
+        page.read_text(encoding="utf-8"),
     )
     assert block is not None
     namespace: dict = {}

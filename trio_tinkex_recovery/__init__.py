@@ -6,20 +6,19 @@ Start with `open_monitor` and a `Policy` (recovery is opt-in)::
         await monitor.monitor_run("run-1")
 """
 
-from ._client import RestClient as RestClient
-from ._client import ServiceClient as ServiceClient
-from ._client import TrainingClient as TrainingClient
-from ._client import open_service_client as open_service_client
 from ._config import Config as Config
 from ._engine._backends import plug_in as _plug_in
 from ._engine._executor import Executor as Executor
 from ._engine._executor import RecoveryOutcome as RecoveryOutcome
-from ._engine._executor import open_executor as open_executor
+from ._engine._executors import open_executor as open_executor
 from ._engine._monitor import Monitor as Monitor
 from ._engine._monitor import open_monitor as open_monitor
 from ._engine._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._engine._telemetry import Statistics as Statistics
 from ._engine._telemetry import TelemetryEvent as TelemetryEvent
+from ._engine._training import Recovered as Recovered
+from ._engine._training import Step as Step
+from ._engine._training import Training as Training
 from ._errors import AlreadyPendingError as AlreadyPendingError
 from ._errors import APIConnectionError as APIConnectionError
 from ._errors import APIStatusError as APIStatusError
@@ -35,6 +34,7 @@ from ._errors import PermissionDeniedError as PermissionDeniedError
 from ._errors import RateLimitError as RateLimitError
 from ._errors import RecoveryDisabledError as RecoveryDisabledError
 from ._errors import RecoveryError as RecoveryError
+from ._errors import RecoveryFailedError as RecoveryFailedError
 from ._errors import RequestFailedError as RequestFailedError
 from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import ResponseValidationError as ResponseValidationError
@@ -67,6 +67,10 @@ from ._types import TrainingRun as TrainingRun
 from ._types import TrainingRunPage as TrainingRunPage
 from ._types import WeightsInfo as WeightsInfo
 from ._util import publish as _publish
+from ._wire import RestClient as RestClient
+from ._wire import ServiceClient as ServiceClient
+from ._wire import TrainingClient as TrainingClient
+from ._wire import open_service_client as open_service_client
 
 __version__ = "0.1.0.dev0"
 
@@ -98,8 +102,10 @@ __all__ = [
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
+    "Recovered",
     "RecoveryDisabledError",
     "RecoveryError",
+    "RecoveryFailedError",
     "RecoveryOutcome",
     "RecoveryPhase",
     "RecoveryState",
@@ -112,11 +118,13 @@ __all__ = [
     "ServiceProtocol",
     "Specific",
     "Statistics",
+    "Step",
     "Store",
     "StoreError",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
+    "Training",
     "TrainingClient",
     "TrainingRun",
     "TrainingRunPage",

@@ -51,10 +51,10 @@ import trio
 
 from ._config import is_loopback_host, redact
 from ._engine._telemetry import DEFAULT_BUFFER, EVENT_NAMES, describe
-from ._http import USER_AGENT, HTTPSettings, parse_retry_after
 from ._text import printable
 from ._util import NoPublicConstructor
 from ._validators import check_number
+from ._wire._http import USER_AGENT, HTTPSettings, parse_retry_after
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

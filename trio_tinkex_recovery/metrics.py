@@ -233,6 +233,8 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
         notification_retries = counter(
             "notification_retries_total", "Notification requests sent again."
         )
+        stalled = gauge("stalled_runs", "Watched runs stalled now.")
+        stalls = counter("stalls_total", "Stalls of watched runs reported.")
         if stats is not None:
             polls.add_metric(["ok"], stats.polled)
             polls.add_metric(["error"], stats.poll_errors)
@@ -251,8 +253,10 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
                 total = sum(getattr(one, outcome) for one in told)
                 notifications.add_metric([outcome], total)
             notification_retries.add_metric([], sum(one.retries for one in told))
+            stalled.add_metric([], stats.stalled)
+            stalls.add_metric([], stats.stalls)
         yield from (polls, requests, detected, attempts, recoveries)
-        yield from (watched, in_progress, dropped)
+        yield from (watched, in_progress, dropped, stalled, stalls)
         yield from (notifications, notification_retries)
         for histogram in (self._poll_duration, self._recovery_duration):
             yield from histogram.describe() if stats is None else histogram.collect()
@@ -295,8 +299,9 @@ async def attach_metrics(
         monitor: The monitor to measure.
         registry: Where the metrics go; by default a new
             ``prometheus_client.CollectorRegistry`` (`MonitorMetrics.registry`).
-        notifiers: The monitor's notifiers (`notify`), whose counters are
-            ``notifications_total`` and ``notification_retries_total``.
+        notifiers: The monitor's notifiers (`~trio_tinkex_recovery.notify`),
+            counted in ``notifications_total`` and
+            ``notification_retries_total``.
         task_status: Reports the `MonitorMetrics`.
 
     Raises:
@@ -335,7 +340,8 @@ async def serve_metrics(
         port: The port to bind; 0 for any free port.
         registry: Where the metrics go (with whatever else it holds, all
             served on ``/metrics``); by default a registry of their own.
-        notifiers: The monitor's notifiers (`notify`), counted too.
+        notifiers: The monitor's notifiers (`~trio_tinkex_recovery.notify`),
+            counted too.
         task_status: Reports the base URL, e.g. ``"http://127.0.0.1:9464"``.
 
     Raises:

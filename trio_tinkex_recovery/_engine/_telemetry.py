@@ -51,6 +51,7 @@ _LEVELS: dict[str, int] = {
     "failed": logging.WARNING,
     "exhausted": logging.ERROR,
     "detected": logging.WARNING,
+    "stalled": logging.WARNING,
 }
 # Metadata entries worth a place in a log line, in this order.
 _LOGGED = ("attempt", "strategy", "checkpoint", "new_run_id", "delay", "error")
@@ -90,7 +91,7 @@ class TelemetryEvent:
 
     @property
     def event(self) -> tuple[str, str, str]:
-        """The tinkex event name: ``("tinkex", "recovery", name)``."""
+        """The tinkex event name, ``("tinkex", "recovery", name)``."""
         return ("tinkex", "recovery", self.name)
 
     def to_json(self) -> dict[str, Any]:
@@ -148,6 +149,10 @@ class Statistics:
     leases_held: int = 0
     #: Replicas alive on the shared store, this one included (0: no replicas).
     replicas: int = 0
+    #: Watched runs stalled now (``Policy.stall_timeout``).
+    stalled: int = 0
+    #: Stalls reported (``stalled`` events).
+    stalls: int = 0
 
 
 class Telemetry:

@@ -22,24 +22,8 @@ from .._errors import TinkexRecoveryError
 from .._policy import Policy
 from ..testing import FakeTinker, Fault, serve_fake_tinker
 from ._board import Board
-from ._options import (
-    MetricsOptions,
-    OutputOptions,
-    add_metrics_options,
-    add_output_options,
-    build_metrics,
-    default_help,
-    number,
-)
-from ._runtime import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Command,
-    Parser,
-    Stop,
-    run_trio,
-    until_stopped,
-)
+from ._options import OutputOptions, add_view_options, build_view, default_help, number
+from ._runtime import EXIT_FAILED, EXIT_OK, Command, Parser, Stop, run_trio
 from ._simulate import require_hypercorn, simulated_loss
 from ._view import SummaryTable, open_view
 from ._watch import monitor_runs
@@ -48,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._types import Checkpoint
+    from ._options import MetricsOptions
     from ._runtime import Output
     from ._view import View
 
@@ -101,8 +86,7 @@ def parser(prog: str) -> Parser:
         parser.add_argument(
             flag, metavar=metavar, help=f"{text} {default_help(DemoOptions, name)}"
         )
-    add_output_options(parser)
-    add_metrics_options(parser, host=False)
+    add_view_options(parser, metrics_host=False)
     return parser
 
 
@@ -126,9 +110,8 @@ def parse(argv: Sequence[str], prog: str = "demo") -> DemoOptions:
         if text is not None:
             flag = "--" + name.replace("_", "-")
             given[name] = number(text, flag, kind, **bounds)
-    return DemoOptions(
-        **given, output=OutputOptions.from_args(args), metrics=build_metrics(args)
-    )
+    output, metrics = build_view(args)
+    return DemoOptions(**given, output=output, metrics=metrics)
 
 
 def run(options: DemoOptions, out: Output, err: Output) -> int:
@@ -168,7 +151,7 @@ def run(options: DemoOptions, out: Output, err: Output) -> int:
                 metrics=options.metrics,
             )
             try:
-                await until_stopped(body, stop)
+                await stop.until(body)
             finally:
                 ok, table = scenario.verdict(board, stop.reason or "error")
                 view.close(table)
