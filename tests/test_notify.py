@@ -8,7 +8,6 @@ CloudEvent are checked with the reference packages (``standardwebhooks``,
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
 import logging
@@ -123,20 +122,25 @@ async def test_only_the_events_asked_for_are_sent(service, rest, autojump_clock)
 
 
 async def test_a_stall_is_sent_like_the_others(service, rest, autojump_clock):
-    """A ``stalled`` event (run id and last request time) is one notification."""
+    """A run standing still: one signed ``stalled`` with the time it last moved."""
     receiver = Receiver()
-    since = dt.datetime(2026, 12, 4, 6, 0, tzinfo=dt.UTC)
-    async with open_monitor(policy=POLICY, service=service) as monitor:
+    rest.add("run-1", "ckpt-0001")  # its last_request_time never moves
+    policy = Policy(enabled=True, jitter=0, poll_interval=1, stall_timeout=30)
+    async with open_monitor(policy=policy, service=service) as monitor:
         async with trio.open_nursery() as nursery:
             await nursery.start(notifier(receiver, secret=SECRET).run, monitor)
-            monitor._telemetry.emit("stalled", "run-1", {"last_request_time": since})
+            await monitor.monitor_run("run-1")
             await receiver.accepted.wait()
+            told_at = trio.current_time()
+            await trio.sleep(100)
             nursery.cancel_scope.cancel()
-    ((_, request),) = receiver.requests
+    ((_, request),) = receiver.requests  # once per stall
+    assert told_at == 30
     body = Webhook(SECRET).verify(request.content, dict(request.headers))
     assert body["type"] == "io.trio-tinkex-recovery.stalled"
     assert body["data"]["run_id"] == "run-1"
-    assert body["data"]["last_request_time"] == "2026-12-04T06:00:00+00:00"
+    assert body["data"]["last_request_time"] == "2026-11-01T00:00:00+00:00"
+    assert body["data"]["attempt"] is None  # no recovery's leftovers
 
 
 async def test_retries_back_off_and_keep_one_id(service, rest, autojump_clock):
