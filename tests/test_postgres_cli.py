@@ -61,7 +61,7 @@ async def test_two_replicas_share_the_runs_and_restore_once(postgres_dsn):
     for run_id in runs:
         fake.add_run(run_id, checkpoints=["ckpt-0001"])
     env = environ(TINKER_API_KEY=KEY)
-    with trio.fail_after(40):
+    with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_fake_tinker, fake)
             async with (
@@ -71,9 +71,9 @@ async def test_two_replicas_share_the_runs_and_restore_once(postgres_dsn):
                 await a.out.wait_for(r'"name": "polled"')
                 await b.out.wait_for(r'"name": "polled"')  # it got some runs
                 fake.corrupt("run-0")
-                await until(lambda: fake.restore_log, 10)
+                await until(lambda: fake.restore_log, 60)
                 (restore,) = fake.restore_log
-                await until(lambda: polls(fake, restore.model_id), 10)
+                await until(lambda: polls(fake, restore.model_id), 60)
                 code, out, err = await run_cli(
                     "status", "--state", postgres_dsn, "--json"
                 )

@@ -9,6 +9,7 @@ import trio
 from trio_tinkex_recovery import Policy, RecoveryState, open_executor
 from trio_tinkex_recovery._store import (
     LeaseLostError,
+    LeasingStore,
     LoadRecord,
     SessionRecord,
     StoredRecovery,
@@ -51,6 +52,15 @@ async def test_a_store_keeps_runs_recoveries_sessions_and_loads(postgres_dsn):
     assert snapshot.session == SessionRecord("key-1", "session-1", 2)
     assert [load.key for load in snapshot.open_loads] == ["k1"]
     assert snapshot.open_loads[0].model_id == "session-1:train:0"
+
+
+async def test_only_the_shared_store_is_a_leasing_store(postgres_dsn, tmp_path):
+    """Replicas share PostgreSQL through leases; SQLite and memory have none."""
+    async with open_store(postgres_dsn) as shared:
+        assert isinstance(shared, LeasingStore)
+    for location in (":memory:", str(tmp_path / "state.db")):
+        async with open_store(location) as alone:
+            assert not isinstance(alone, LeasingStore)
 
 
 async def test_history_records_each_phase_change(postgres_dsn):

@@ -36,7 +36,8 @@ from .._errors import (
 from .._failpoints import crash_point
 from .._policy import Policy
 from .._state import RecoveryPhase, RecoveryState
-from .._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_safe
+from .._store._base import LeaseLostError, StoredRecovery, StoreError, json_safe
+from .._store._ledger import Journal
 from .._text import printable
 from .._types import Checkpoint, validate_run_id
 from .._util import NoPublicConstructor
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     import random
 
     from .._protocols import RestClientProtocol, ServiceProtocol
-    from .._store import Snapshot, Store
+    from .._store._base import Snapshot, Store
     from .._types import TrainingRun
 
 __all__ = [

@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import trio
 
 from .._errors import AlreadyPendingError
-from .._store import Snapshot, StoredRun, StoreError, json_safe
+from .._store._base import Snapshot, StoredRun, StoreError, json_safe
 from .._text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
 
     from .._state import RecoveryState
-    from .._store import PostgresStore
+    from .._store._base import LeasingStore
 
 __all__ = ["LeaseKeeper", "Replica"]
 
@@ -69,7 +69,7 @@ class LeaseKeeper:
     def __init__(
         self,
         replica: Replica,
-        store: PostgresStore,
+        store: LeasingStore,
         *,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:

@@ -26,8 +26,14 @@ import trio
 from .._errors import AlreadyPendingError, RecoveryDisabledError
 from .._policy import Policy
 from .._protocols import ListingRestClientProtocol
-from .._store import PostgresStore
-from .._store._base import Snapshot, Store, StoredRun, StoreError, json_safe
+from .._store._base import (
+    LeasingStore,
+    Snapshot,
+    Store,
+    StoredRun,
+    StoreError,
+    json_safe,
+)
 from .._text import printable
 from .._util import NoPublicConstructor
 from ._backends import BACKENDS
@@ -626,7 +632,7 @@ async def open_monitor(
             polling=polling,
         )
         await nursery.start(monitor._intake.follow_outcomes)
-        if isinstance(store, PostgresStore) and not store.readonly:
+        if isinstance(store, LeasingStore) and not store.readonly:
             # Replicas share the store: act only on the runs this one claims.
             monitor._leases = LeaseKeeper(_Replica(monitor), store)
             await nursery.start(monitor._leases.run)
