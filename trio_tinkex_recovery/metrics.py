@@ -212,6 +212,11 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
         requests = counter(
             "api_requests_total", "API requests polls cost, by kind.", "kind"
         )
+        lies = counter(
+            "list_lies_total",
+            "Sweeps of the run list cut short: its pages did not hold the runs "
+            "it claimed.",
+        )
         detected = counter("detected_total", "Corrupted runs detected.")
         attempts = counter("recovery_attempts_total", "Recovery attempts started.")
         recoveries = counter(
@@ -240,6 +245,7 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
             polls.add_metric(["error"], stats.poll_errors)
             requests.add_metric(["get"], stats.get_requests)
             requests.add_metric(["list"], stats.list_requests)
+            lies.add_metric([], stats.list_lies)
             detected.add_metric([], stats.detected)
             attempts.add_metric([], stats.attempts)
             recoveries.add_metric(["completed"], stats.completed)
@@ -255,7 +261,7 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
             notification_retries.add_metric([], sum(one.retries for one in told))
             stalled.add_metric([], stats.stalled)
             stalls.add_metric([], stats.stalls)
-        yield from (polls, requests, detected, attempts, recoveries)
+        yield from (polls, requests, lies, detected, attempts, recoveries)
         yield from (watched, in_progress, dropped, stalled, stalls)
         yield from (notifications, notification_retries)
         for histogram in (self._poll_duration, self._recovery_duration):
