@@ -38,7 +38,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import socket
 import time
 import urllib.parse
@@ -51,6 +50,7 @@ import trio
 
 from ._config import is_loopback_host, redact
 from ._engine._telemetry import DEFAULT_BUFFER, EVENT_NAMES, describe
+from ._secrets import configured_key, mask
 from ._text import printable
 from ._util import NoPublicConstructor
 from ._validators import check_number
@@ -496,8 +496,8 @@ def notify(
     ``{"text": "…"}`` (Slack's incoming webhooks) instead.
 
     Texts that came from a server (errors, ids, paths) are stripped of
-    control characters and escape sequences, and the API key in
-    ``TINKER_API_KEY`` is masked wherever it appears in them.
+    control characters and escape sequences, and the API key (a `Config`'s
+    in use, or ``TINKER_API_KEY``'s) is masked wherever it appears in them.
 
     Args:
         url: The receiver: https, or plain http to this machine only
@@ -629,8 +629,11 @@ def _shown(url: httpx.URL) -> str:
 
 def _clean(text: str) -> str:
     """Text from a server, fit for a notification: no key, no controls, short."""
-    key = os.environ.get("TINKER_API_KEY")
-    if key:
+    # Events are masked when emitted; a notifier of an executor of your
+    # own, or a key only in the environment, is masked here too.
+    text = mask(text)
+    key = configured_key(None)
+    if key is not None:
         text = redact(text, key)
     text = printable(text)
     return text if len(text) <= _MAX_TEXT else f"{text[: _MAX_TEXT - 1]}…"
