@@ -1,0 +1,323 @@
+"""``run -- COMMAND``: the supervisor and its child as real processes.
+
+The simulator is served on loopback in the test's process; the
+supervisor is the CLI in a subprocess, and its child a real training
+script (``trainer.py``, on the native client).  The verdicts come from
+the child's own log (its stdout, which the supervisor leaves untouched)
+and from the simulator's records, never from the supervisor's report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import trio
+
+from trio_tinkex_recovery.testing import FakeTinker, serve_fake_tinker
+
+from ..test_cli import KEY, cli, environ, spawn
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TRAINER = os.path.join(os.path.dirname(__file__), "trainer.py")
+BASE = "tinker://base-run/weights/init"
+#: One test's guard.
+TIMEOUT = 40
+#: Options that keep a test short: quick polls, quick retries.
+FAST = ("--poll-interval", "0.1", "--backoff", "0.05", "--jitter", "0", "--json")
+
+
+def new_fake() -> FakeTinker:
+    """A simulator with the base checkpoint first starts restore."""
+    fake = FakeTinker(api_key=KEY)
+    fake.add_run("base-run", checkpoints=["init"])
+    return fake
+
+
+def run_argv(url: str, state: Path, *options: str, command: list[str]) -> list[str]:
+    """``run`` with a state file, the options, then the command.
+
+    The simulator's ``url`` goes in ``TINKER_BASE_URL`` (`trainer_env`), for
+    the supervisor and its child alike.
+    """
+    return cli(
+        "run",
+        "--state",
+        str(state),
+        *FAST,
+        *options,
+        "--",
+        *command,
+    )
+
+
+def trainer(steps: int, every: int) -> list[str]:
+    """The training script's command line."""
+    return [sys.executable, TRAINER, BASE, str(steps), str(every)]
+
+
+def steps_of(lines: list[str]) -> list[tuple[int, str]]:
+    """``(step, model_id)`` of each step the child logged, in order."""
+    steps = []
+    for line in lines:
+        if line.startswith("step "):
+            _, step, model_id = line.split()
+            steps.append((int(step), model_id))
+    return steps
+
+
+def reports(lines: list[str]) -> list[dict]:
+    """The supervisor's JSON lines (stderr)."""
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def trainer_env(url: str, **values: str) -> dict[str, str]:
+    """The environment of a supervisor whose child trains on the simulator."""
+    return environ(TINKER_API_KEY=KEY, TINKER_BASE_URL=url, **values)
+
+
+async def test_a_corrupted_child_resumes_from_its_newest_checkpoint(tmp_path):
+    """Corrupted mid-training: restarted once, from the newest training
+    checkpoint (its step in TTR_RESUME_STEP), every later step run once on
+    the new run; the simulator saw one restore of that checkpoint."""
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(url, tmp_path / "job.json", command=trainer(30, 5))
+            env = trainer_env(url, TRAINER_STEP_DELAY="0.03", TINKER_TAGS="mine")
+            async with spawn(argv, env) as job:
+                await job.out.wait_until(lambda: len(steps_of(job.out.lines)) >= 12)
+                first_run = steps_of(job.out.lines)[-1][1]
+                fake.corrupt(first_run)
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+
+    assert code == 0, job.err.text
+    steps = steps_of(job.out.lines)
+    runs = list(dict.fromkeys(model for _, model in steps))
+    assert len(runs) == 2, steps
+    assert runs[0] == first_run
+    old = [step for step, model in steps if model == runs[0]]
+    new = [step for step, model in steps if model == runs[1]]
+    assert old == list(range(len(old)))
+    # Resumed from the newest checkpoint saved before the corruption.
+    saved = {c.tinker_path for c in fake.checkpoints(first_run)}
+    newest = max(int(p.rsplit("-", 1)[1]) for p in saved if "/weights/step-" in p)
+    assert new == list(range(newest + 1, 30))
+    restores = [r for r in fake.restore_log if r.source_run_id == first_run]
+    assert [(r.model_id, r.tinker_path) for r in restores] == [
+        (runs[1], f"tinker://{first_run}/weights/step-{newest:04d}")
+    ]
+    events = reports(job.err.lines)
+    restarting = [e for e in events if e["event"] == "restarting"]
+    assert len(restarting) == 1
+    assert restarting[0]["step"] == newest
+
+
+async def test_signal_is_forwarded_and_nothing_restarts(tmp_path):
+    """SIGTERM to the supervisor reaches the child; the supervisor exits
+    with the child's status (128 + 15), and no restart follows."""
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(url, tmp_path / "job.json", command=trainer(10_000, 5))
+            env = trainer_env(url, TRAINER_STEP_DELAY="0.02")
+            async with spawn(argv, env) as job:
+                await job.out.wait_until(lambda: len(steps_of(job.out.lines)) >= 3)
+                job.process.send_signal(signal.SIGTERM)
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 128 + signal.SIGTERM, job.err.text
+    runs = {model for _, model in steps_of(job.out.lines)}
+    assert len(runs) == 1
+    assert len(fake.restore_log) == 1  # the first start's own restore
+    assert not [e for e in reports(job.err.lines) if e["event"] == "started"][1:]
+
+
+async def test_error_exit_ends_the_job_with_the_childs_status(tmp_path):
+    """A healthy run's child exiting 3: no restart by default, exit 3; with
+    --restart-on-error 1 it is restarted once (TTR_RESTART_REASON=error)."""
+    script = (
+        "import os, sys\n"
+        "print('start', os.environ['TTR_RESTART_COUNT'],"
+        " os.environ.get('TTR_RESTART_REASON'), flush=True)\n"
+        "sys.exit(3)\n"
+    )
+    command = [sys.executable, "-c", script]
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(url, tmp_path / "a.json", command=command)
+            async with spawn(
+                argv,
+                trainer_env(
+                    url,
+                ),
+            ) as plain:
+                assert await plain.wait() == 3, plain.err.text
+            argv = run_argv(
+                url, tmp_path / "b.json", "--restart-on-error", "1", command=command
+            )
+            async with spawn(
+                argv,
+                trainer_env(
+                    url,
+                ),
+            ) as again:
+                assert await again.wait() == 3, again.err.text
+            nursery.cancel_scope.cancel()
+    assert plain.out.lines == ["start 0 None"]
+    assert again.out.lines == ["start 0 None", "start 1 error"]
+
+
+async def test_restarts_used_up_leave_the_child_stopped(tmp_path):
+    """A child whose every run is corrupted at once: --max-restarts 2, then
+    exhausted (exit 75); three starts in all, and no fourth."""
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(
+                url,
+                tmp_path / "job.json",
+                "--max-restarts",
+                "2",
+                command=trainer(10_000, 2),
+            )
+            env = trainer_env(url, TRAINER_STEP_DELAY="0.02")
+            async with spawn(argv, env) as job:
+
+                async def corrupt_each_run() -> None:
+                    seen: set[str] = set()
+                    while True:
+                        try:
+                            await job.out.wait_until(
+                                lambda: any(
+                                    model not in seen and step % 2 == 1
+                                    for step, model in steps_of(job.out.lines)
+                                )
+                            )
+                        except AssertionError:
+                            return  # the supervisor ended
+                        for step, model in steps_of(job.out.lines):
+                            if model not in seen and step % 2 == 1:
+                                seen.add(model)
+                                fake.corrupt(model)
+
+                nursery.start_soon(corrupt_each_run)
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 75, job.err.text
+    runs = list(dict.fromkeys(model for _, model in steps_of(job.out.lines)))
+    assert len(runs) == 3
+    started = [e for e in reports(job.err.lines) if e["event"] == "started"]
+    assert len(started) == 3
+
+
+COOKBOOK_CHILD = """
+import json, os, sys, time
+log = os.path.join(sys.argv[1], "checkpoints.jsonl")
+count = os.environ["TTR_RESTART_COUNT"]
+print("start", count, os.environ.get("TTR_RESUME_PATH"),
+      os.environ.get("TTR_RESUME_STEP"), os.environ.get("TTR_RESTART_REASON"),
+      flush=True)
+run, batch = ("cook-1", 10) if count == "0" else ("cook-2", 20)
+with open(log, "a") as file:
+    record = {"name": f"{batch:06d}", "batch": batch,
+              "state_path": f"tinker://{run}/weights/{batch:06d}",
+              "sampler_path": f"tinker://{run}/sampler_weights/{batch:06d}"}
+    file.write(json.dumps(record) + "\\n")
+if count == "0":
+    time.sleep(60)
+"""
+
+
+async def test_a_cookbook_script_is_found_by_its_log_and_resumed(tmp_path):
+    """--log-path: the run comes from checkpoints.jsonl; corrupted, the script
+    is restarted with the record's state_path and its batch as the step."""
+    fake = new_fake()
+    fake.add_run("cook-1", checkpoints=["000010"])
+    fake.add_run("cook-2", checkpoints=["000020"])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    command = [sys.executable, "-c", COOKBOOK_CHILD, str(logs)]
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(
+                url, tmp_path / "job.json", "--log-path", str(logs), command=command
+            )
+            async with spawn(argv, trainer_env(url)) as job:
+                await job.err.wait_for(r'"event": "announced"')
+                fake.corrupt("cook-1")
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 0, job.err.text
+    assert job.out.lines == [
+        "start 0 None None None",
+        "start 1 tinker://cook-1/weights/000010 10 corrupted",
+    ]
+    warnings = [e for e in reports(job.err.lines) if e["event"] == "warning"]
+    assert "behavior_if_log_dir_exists=resume" in warnings[0]["message"]
+
+
+async def test_a_supervisor_killed_and_started_again_keeps_its_job(tmp_path):
+    """SIGKILL of the supervisor after a restart: its child dies with it; a
+    supervisor started again on the same state starts the command from the
+    last resume point, with the restart count kept, never two at once."""
+    fake = new_fake()
+    state = tmp_path / "job.json"
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(url, state, command=trainer(10_000, 3))
+            env = trainer_env(url, TRAINER_STEP_DELAY="0.02")
+
+            def models() -> list[str]:
+                steps = steps_of(first.out.lines + second.out.lines)
+                return list(dict.fromkeys(model for _, model in steps))
+
+            async with spawn(argv, env) as first:
+                second = first  # until it exists
+                await first.out.wait_until(lambda: len(steps_of(first.out.lines)) >= 5)
+                fake.corrupt(models()[0])
+                await first.out.wait_until(lambda: len(models()) == 2)
+                await first.out.wait_until(
+                    lambda: len(fake.training_steps(models()[1])) >= 4
+                )
+                first.process.kill()
+                assert await first.wait() == -signal.SIGKILL
+            record = json.loads(state.read_text())
+            assert record["restart_count"] == 1
+            resume = record["resume"]["path"]
+
+            async with spawn(argv, env) as second:
+                await second.out.wait_until(
+                    lambda: len(steps_of(second.out.lines)) >= 2
+                )
+                second.process.send_signal(signal.SIGTERM)
+                assert await second.wait() == 128 + signal.SIGTERM, second.err.text
+            nursery.cancel_scope.cancel()
+
+    first_run, restarted, again = models()
+    # The third start restored the same resume point: no second restart.
+    by_model = {r.model_id: r for r in fake.restore_log}
+    assert by_model[restarted].tinker_path == resume
+    assert by_model[again].tinker_path == resume
+    assert json.loads(state.read_text())["restart_count"] == 1
+    started = [e for e in reports(second.err.lines) if e["event"] == "started"]
+    assert [e["restarts"] for e in started] == [1]
+    # Never two children training: the killed one's last step came before
+    # the next one's first.
+    assert max(s.time for s in fake.training_steps(restarted)) < min(
+        s.time for s in fake.training_steps(again)
+    )
+    assert not [s for s in fake.training_steps(first_run) if s.time is None]

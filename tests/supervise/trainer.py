@@ -1,0 +1,64 @@
+"""A tiny training script on the native client, for supervise mode's tests.
+
+``python trainer.py BASE_CHECKPOINT STEPS EVERY``: trains STEPS steps
+(forward_backward then optim_step) against ``$TINKER_BASE_URL``, saving a
+training checkpoint with ``user_metadata {"step": N}`` after every EVERY-th
+step, and prints ``step STEP MODEL_ID`` on its stdout (its own log, which
+the supervisor leaves untouched) once each step completed.  A
+first start restores BASE_CHECKPOINT (the native client has no
+``create_model``); a supervised restart resumes from the supervisor's
+resume point and goes on from the step after its checkpoint's.  Any
+failure of the service ends it with a non-zero status.
+
+``TRAINER_STEP_DELAY`` (seconds, default 0) paces the steps.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import trio
+
+from trio_tinkex_recovery import Config, open_service_client, supervised
+
+DATUM = {
+    "model_input": {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]},
+    "loss_fn_inputs": {
+        "target_tokens": {"data": [2, 3, 4], "dtype": "int64", "shape": [3]}
+    },
+}
+
+
+async def main(base: str, steps: int, every: int) -> None:
+    delay = float(os.environ.get("TRAINER_STEP_DELAY", "0"))
+    resume = supervised.resume_point()
+    async with open_service_client(Config.from_env()) as service:
+        if resume is None:
+            client = await service.create_training_client_from_state_with_optimizer(
+                base
+            )
+            first = 0
+        else:
+            if resume.optimizer:
+                restore = service.create_training_client_from_state_with_optimizer
+            else:
+                restore = service.create_training_client_from_state
+            client = await restore(resume.path)
+            first = (resume.step or 0) + 1
+        supervised.announce(client)
+        for step in range(first, steps):
+            await client.forward_backward([DATUM], "cross_entropy")
+            await client.optim_step(learning_rate=1e-4)
+            print(f"step {step} {client.model_id}", flush=True)
+            if (step + 1) % every == 0:
+                await client.save_state(
+                    f"step-{step:04d}", user_metadata={"step": str(step)}
+                )
+            if delay:
+                await trio.sleep(delay)
+
+
+if __name__ == "__main__":
+    base, steps, every = sys.argv[1:4]
+    trio.run(main, base, int(steps), int(every))
