@@ -120,6 +120,34 @@ async def test_a_corrupted_child_resumes_from_its_newest_checkpoint(tmp_path):
     assert restarting[0]["step"] == newest
 
 
+async def test_a_start_that_dies_before_announcing_falls_back_older(tmp_path):
+    """The restart from the newest checkpoint dies before announcing a run:
+    that is attempt 1; attempt 2 resumes from the next older checkpoint."""
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(url, tmp_path / "job.json", command=trainer(12, 3))
+            env = trainer_env(
+                url, TRAINER_STEP_DELAY="0.03", TRAINER_BROKEN_RESUME="step-0008"
+            )
+            async with spawn(argv, env) as job:
+                await job.out.wait_until(lambda: len(steps_of(job.out.lines)) >= 10)
+                fake.corrupt(steps_of(job.out.lines)[-1][1])
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 0, job.err.text
+    steps = steps_of(job.out.lines)
+    runs = list(dict.fromkeys(model for _, model in steps))
+    assert len(runs) == 2
+    assert [s for s, m in steps if m == runs[1]] == list(range(6, 12))
+    events = reports(job.err.lines)
+    failed = [e for e in events if e["event"] == "failed"]
+    assert [e["attempt"] for e in failed] == [1]
+    restarting = [e["resume_path"] for e in events if e["event"] == "restarting"]
+    assert [p.rsplit("/", 1)[1] for p in restarting] == ["step-0008", "step-0005"]
+
+
 async def test_signal_is_forwarded_and_nothing_restarts(tmp_path):
     """SIGTERM to the supervisor reaches the child; the supervisor exits
     with the child's status (128 + 15), and no restart follows."""

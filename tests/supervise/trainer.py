@@ -10,7 +10,9 @@ first start restores BASE_CHECKPOINT (the native client has no
 resume point and goes on from the step after its checkpoint's.  Any
 failure of the service ends it with a non-zero status.
 
-``TRAINER_STEP_DELAY`` (seconds, default 0) paces the steps.
+``TRAINER_STEP_DELAY`` (seconds, default 0) paces the steps;
+``TRAINER_BROKEN_RESUME=NAME`` makes a start resumed from checkpoint NAME
+fail (exit 1) before it announces a run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ DATUM = {
 async def main(base: str, steps: int, every: int) -> None:
     delay = float(os.environ.get("TRAINER_STEP_DELAY", "0"))
     resume = supervised.resume_point()
+    broken = os.environ.get("TRAINER_BROKEN_RESUME")
+    if resume is not None and broken and resume.path.endswith(f"/{broken}"):
+        sys.exit(1)
     async with open_service_client(Config.from_env()) as service:
         if resume is None:
             client = await service.create_training_client_from_state_with_optimizer(

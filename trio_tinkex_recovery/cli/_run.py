@@ -50,6 +50,8 @@ class RunOptions:
     discover: bool = False
     state: str | None = None
     json: bool = False
+    #: ``--base-url``, also given to the command as ``TINKER_BASE_URL``.
+    base_url: str | None = None
 
 
 def parser(prog: str) -> Parser:
@@ -145,6 +147,7 @@ def parse(argv: Sequence[str], prog: str = "run") -> RunOptions:
         discover=args.discover,
         state=args.state,
         json=args.json,
+        base_url=args.base_url,
         **given,  # type: ignore[arg-type]
     )
 
@@ -169,6 +172,11 @@ def run(options: RunOptions, out: Output, err: Output) -> int:
         else:
             err.line(f"trio-tinkex-recovery[{event.job_id}]: {event.message}")
 
+    environ = dict(os.environ)
+    if options.base_url is not None:
+        # The command trains on the service the supervisor watches.
+        environ["TINKER_BASE_URL"] = options.base_url
+
     async def main() -> int:
         try:
             result = await supervise(
@@ -182,7 +190,7 @@ def run(options: RunOptions, out: Output, err: Output) -> int:
                 discover=options.discover,
                 state=options.state,
                 on_event=report,
-                environ=dict(os.environ),
+                environ=environ,
             )
         except (JobLockedError, ValueError) as exc:
             raise UsageError(str(exc)) from None
