@@ -20,6 +20,9 @@ from ._engine._monitor import open_monitor as open_monitor
 from ._engine._telemetry import EVENT_NAMES as EVENT_NAMES
 from ._engine._telemetry import Statistics as Statistics
 from ._engine._telemetry import TelemetryEvent as TelemetryEvent
+from ._engine._training import Recovered as Recovered
+from ._engine._training import Step as Step
+from ._engine._training import Training as Training
 from ._errors import AlreadyPendingError as AlreadyPendingError
 from ._errors import APIConnectionError as APIConnectionError
 from ._errors import APIStatusError as APIStatusError
@@ -35,6 +38,7 @@ from ._errors import PermissionDeniedError as PermissionDeniedError
 from ._errors import RateLimitError as RateLimitError
 from ._errors import RecoveryDisabledError as RecoveryDisabledError
 from ._errors import RecoveryError as RecoveryError
+from ._errors import RecoveryFailedError as RecoveryFailedError
 from ._errors import RequestFailedError as RequestFailedError
 from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import ResponseValidationError as ResponseValidationError
@@ -102,8 +106,10 @@ __all__ = [
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
+    "Recovered",
     "RecoveryDisabledError",
     "RecoveryError",
+    "RecoveryFailedError",
     "RecoveryOutcome",
     "RecoveryPhase",
     "RecoveryState",
@@ -116,6 +122,7 @@ __all__ = [
     "ServiceProtocol",
     "Specific",
     "Statistics",
+    "Step",
     "Store",
     "StoreError",
     "SuperviseResult",
@@ -123,6 +130,7 @@ __all__ = [
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
+    "Training",
     "TrainingClient",
     "TrainingRun",
     "TrainingRunPage",

@@ -7,7 +7,8 @@ Every error the library raises on purpose derives from one root::
     │   ├── RecoveryDisabledError      the policy is not enabled (opt-in)
     │   ├── AlreadyPendingError        the run is queued, attempting or waiting
     │   ├── UnsupportedStrategyError   the checkpoint strategy cannot be applied
-    │   └── NoCheckpointError          the run has no checkpoint to restore from
+    │   ├── NoCheckpointError          the run has no checkpoint to restore from
+    │   └── RecoveryFailedError        a training cannot go on past a recovery
     ├── StoreError                     the journal cannot be opened, read or written
     │   └── LeaseLostError             another replica holds the run now
     ├── ResponseValidationError        (also a ValueError) malformed wire data
@@ -57,6 +58,7 @@ __all__ = [
     "RateLimitError",
     "RecoveryDisabledError",
     "RecoveryError",
+    "RecoveryFailedError",
     "RequestFailedError",
     "ResponseTooLargeError",
     "ResponseValidationError",
@@ -114,6 +116,11 @@ class UnsupportedStrategyError(RecoveryError):
 
 class NoCheckpointError(RecoveryError):
     """The run has no checkpoint the strategy could restore from."""
+
+
+class RecoveryFailedError(RecoveryError):
+    """A training cannot go on: its run's recovery was exhausted or interrupted,
+    or the restored checkpoint does not say which step it holds."""
 
 
 class ResponseValidationError(TinkexRecoveryError, ValueError):

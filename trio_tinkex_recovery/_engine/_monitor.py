@@ -40,12 +40,18 @@ from ._poller import Poller
 from ._polling import Discovery, PollCounts, PollingMode, check_polling
 from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._training import Training, open_training
 from ._watch import AllRuns, Watch, is_active
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .._config import Config
     from .._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
     from .._state import RecoveryState
+    from .._types import Checkpoint
+    from ._recovery import RecoveryOutcome
+    from ._training import Tracker
 
 __all__ = ["Monitor", "open_monitor"]
 
@@ -113,7 +119,10 @@ class Monitor(metaclass=NoPublicConstructor):
             episode_over=self._episode_over,
             hand_over=self._hand_over,
             gone=self._gone,
+            observe=self._observe,
         )
+        # Trainings told about their run's polls and detections.
+        self._trackers: dict[str, Tracker] = {}
 
     def __repr__(self) -> str:
         return f"<Monitor monitored={len(self._watches)} policy={self._policy!r}>"
@@ -365,6 +374,56 @@ class Monitor(metaclass=NoPublicConstructor):
             else own_dropped + executor.dropped_events,
         )
 
+    def training(
+        self,
+        client_or_run_id: Any,
+        *,
+        first_step: int = 1,
+        step_of: Callable[[Checkpoint], int] | None = None,
+        retries: int = 2,
+    ) -> AbstractAsyncContextManager[Training]:
+        """Carry a training loop in this program through the run's recoveries.
+
+        Watches the run (and each run restored from it) for the duration of
+        the ``async with`` block and yields a `Training`::
+
+            async with monitor.training(client) as training:
+                while training.next_step <= steps:
+                    async with training.step() as step:
+                        await train(step.client, step.number)
+
+        The guarantee: every step from ``first_step`` on completes exactly
+        once on the final lineage of runs.  A detection cancels the step in
+        flight (no request reaches the old client after it); when the
+        recovery completes, the loop goes on from the restored checkpoint's
+        step + 1 on the new client, so the steps after that checkpoint are
+        done again, once each, and none is skipped.
+
+        Args:
+            client_or_run_id: The training client (its ``model_id`` is the
+                run) or a run id (``training.client`` is then ``None`` until
+                a recovery gives one).
+            first_step: The number of the first step.
+            step_of: The last step a restored checkpoint holds; by default
+                its ``user_metadata["step"]`` (save checkpoints with it).
+            retries: Times in a row a step that raised a Tinker error while
+                the run stayed healthy is tried again before the error
+                propagates.
+
+        Raises:
+            TypeError: Neither a run id nor a client with a ``model_id``.
+            ValueError: A bad ``retries``.
+            RecoveryFailedError: From `Training.step`, once a recovery was
+                exhausted or its checkpoint says no step.
+        """
+        return open_training(
+            self,
+            client_or_run_id,
+            first_step=first_step,
+            step_of=step_of,
+            retries=retries,
+        )
+
     def subscribe(
         self, max_buffer: int = 1024
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[TelemetryEvent]]:
@@ -421,6 +480,9 @@ class Monitor(metaclass=NoPublicConstructor):
 
     async def _hand_over(self, watch: Watch, run: TrainingRun) -> bool:
         run_id = watch.run_id
+        tracker = self._trackers.get(run_id)
+        if tracker is not None:
+            tracker.detected()
         try:
             await self._executor.recover(
                 run_id,
@@ -501,6 +563,31 @@ class Monitor(metaclass=NoPublicConstructor):
         except StoreError as exc:
             self._book.offered.pop(run_id)
             logger.error("run %s: %s", printable(run_id), exc)
+
+    def _observe(self, watch: Watch, corrupted: bool, began: float) -> None:
+        tracker = self._trackers.get(watch.run_id)
+        if tracker is not None:
+            tracker.polled(corrupted, began)
+
+    def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
+        """Tell ``tracker`` about ``run_id``'s polls (for `training`)."""
+        self._trackers[run_id] = tracker
+
+        def untrack() -> None:
+            if self._trackers.get(run_id) is tracker:
+                del self._trackers[run_id]
+
+        return untrack
+
+    def recovery_outcomes(
+        self,
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RecoveryOutcome]]:
+        """How each recovery ends (`Executor.outcomes`), for `training`."""
+        return self._executor.outcomes()
+
+    async def start(self, task: Callable[..., Awaitable[None]]) -> None:
+        """Start ``task`` in the monitor's nursery, for `training`."""
+        await self._nursery.start(task)
 
     def _gone(self, watch: Watch) -> None:
         """A discovered run the service no longer knows: forget it."""

@@ -49,6 +49,8 @@ class Poller:
     hand_over: Callable[[Watch, TrainingRun], Awaitable[bool]]
     #: Called when a discovered run is no longer known to the service.
     gone: Callable[[Watch], None]
+    #: Called with each answered poll: corrupted or not, and when it began.
+    observe: Callable[[Watch, bool, float], None]
 
     async def poll_forever(self, watch: Watch, first: Mapping[str, Any] | None) -> None:
         """Poll ``watch`` until it is handed over; ``first``: its first answer.
@@ -149,6 +151,7 @@ class Poller:
             },
             duration=trio.current_time() - began,
         )
+        self.observe(watch, corrupted, began)
         if not corrupted:
             if watch.recovered:
                 # A healthy poll ends the corruption episode.
