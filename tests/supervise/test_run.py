@@ -2,7 +2,7 @@
 
 The simulator is served on loopback in the test's process; the
 supervisor is the CLI in a subprocess, and its child a real training
-script (``trainer.py``, on the native client).  The verdicts come from
+script (``testing/_trainer.py``, on the native client).  The verdicts come from
 the child's own log (its stdout, which the supervisor leaves untouched)
 and from the simulator's records, never from the supervisor's report.
 """
@@ -10,7 +10,6 @@ and from the simulator's records, never from the supervisor's report.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -24,7 +23,6 @@ from ..test_cli import KEY, cli, environ, spawn
 if TYPE_CHECKING:
     from pathlib import Path
 
-TRAINER = os.path.join(os.path.dirname(__file__), "trainer.py")
 BASE = "tinker://base-run/weights/init"
 #: One test's guard.
 TIMEOUT = 40
@@ -58,7 +56,8 @@ def run_argv(url: str, state: Path, *options: str, command: list[str]) -> list[s
 
 def trainer(steps: int, every: int) -> list[str]:
     """The training script's command line."""
-    return [sys.executable, TRAINER, BASE, str(steps), str(every)]
+    module = "trio_tinkex_recovery.testing._trainer"
+    return [sys.executable, "-m", module, BASE, str(steps), str(every)]
 
 
 def steps_of(lines: list[str]) -> list[tuple[int, str]]:

@@ -1,10 +1,12 @@
-"""A tiny training script on the native client, for supervise mode's tests.
+"""A tiny training script on the native client, run under the supervisor.
 
-``python trainer.py BASE_CHECKPOINT STEPS EVERY``: trains STEPS steps
+``python -m trio_tinkex_recovery.testing._trainer BASE_CHECKPOINT STEPS EVERY
+[LOG]`` (the tests and the demo run it): trains STEPS steps
 (forward_backward then optim_step) against ``$TINKER_BASE_URL``, saving a
 training checkpoint with ``user_metadata {"step": N}`` after every EVERY-th
-step, and prints ``step STEP MODEL_ID`` on its stdout (its own log, which
-the supervisor leaves untouched) once each step completed.  A
+step, and writes ``step STEP MODEL_ID`` on its stdout (its own log, which
+the supervisor leaves untouched), or appends it to LOG, once each step
+completed.  A
 first start restores BASE_CHECKPOINT (the native client has no
 ``create_model``); a supervised restart resumes from the supervisor's
 resume point and goes on from the step after its checkpoint's.  Any
@@ -22,7 +24,12 @@ import sys
 
 import trio
 
-from trio_tinkex_recovery import Config, open_service_client, supervised
+from trio_tinkex_recovery import (
+    Config,
+    TinkexRecoveryError,
+    open_service_client,
+    supervised,
+)
 
 DATUM = {
     "model_input": {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]},
@@ -32,7 +39,8 @@ DATUM = {
 }
 
 
-async def main(base: str, steps: int, every: int) -> None:
+async def main(base: str, steps: int, every: int, log: str | None = None) -> None:
+    """Train; see the module's docstring."""
     delay = float(os.environ.get("TRAINER_STEP_DELAY", "0"))
     resume = supervised.resume_point()
     broken = os.environ.get("TRAINER_BROKEN_RESUME")
@@ -55,7 +63,12 @@ async def main(base: str, steps: int, every: int) -> None:
         for step in range(first, steps):
             await client.forward_backward([DATUM], "cross_entropy")
             await client.optim_step(learning_rate=1e-4)
-            print(f"step {step} {client.model_id}", flush=True)
+            line = f"step {step} {client.model_id}"
+            if log is None:
+                print(line, flush=True)
+            else:
+                async with await trio.open_file(log, "a", encoding="utf-8") as file:
+                    await file.write(line + "\n")
             if (step + 1) % every == 0:
                 await client.save_state(
                     f"step-{step:04d}", user_metadata={"step": str(step)}
@@ -66,4 +79,10 @@ async def main(base: str, steps: int, every: int) -> None:
 
 if __name__ == "__main__":
     base, steps, every = sys.argv[1:4]
-    trio.run(main, base, int(steps), int(every))
+    log = sys.argv[4] if len(sys.argv) > 4 else None
+    try:
+        trio.run(main, base, int(steps), int(every), log)
+    except* TinkexRecoveryError as group:
+        # One line, not a traceback: the supervisor decides what follows.
+        print(f"trainer: {group.exceptions[0]}", file=sys.stderr)
+        sys.exit(1)
