@@ -46,11 +46,10 @@ import trio
 from trio_tinkex_recovery import (
     Config,
     Policy,
-    _http,
     open_monitor,
     open_service_client,
 )
-from trio_tinkex_recovery._client import _open_service_client
+from trio_tinkex_recovery._wire import HTTPSettings, _http, open_tuned_service_client
 
 from ._protocol import announce, client_arguments, run_name, wait_for_start
 
@@ -71,7 +70,7 @@ class Clock:
 
 
 def _connections(args: Any) -> int:
-    return int(args.connections or _http.HTTPSettings().max_connections)
+    return int(args.connections or HTTPSettings().max_connections)
 
 
 def _service(args: Any) -> AbstractAsyncContextManager[Any]:
@@ -82,8 +81,8 @@ def _service(args: Any) -> AbstractAsyncContextManager[Any]:
     config = Config(api_key=args.key, base_url=args.url)
     if not args.connections:
         return open_service_client(config)
-    settings = _http.HTTPSettings(max_connections=args.connections)
-    return _open_service_client(config, settings=settings)
+    settings = HTTPSettings(max_connections=args.connections)
+    return open_tuned_service_client(config, settings=settings)
 
 
 async def _ready() -> tuple[float, float]:

@@ -14,8 +14,8 @@ from trio_tinkex_recovery import (
     Config,
     RequestFailedError,
 )
-from trio_tinkex_recovery._futures import retrieve_future
-from trio_tinkex_recovery._http import HTTPClient
+from trio_tinkex_recovery._wire import HTTPClient
+from trio_tinkex_recovery._wire._futures import retrieve_future
 
 from .test_http import BASE, KEY, Recorder, assert_secret_free, client, ok, status
 

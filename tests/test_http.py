@@ -32,7 +32,7 @@ from trio_tinkex_recovery import (
     set_testing,
 )
 from trio_tinkex_recovery._backoff import backoff_delay
-from trio_tinkex_recovery._http import HTTPClient, parse_retry_after
+from trio_tinkex_recovery._wire._http import HTTPClient, parse_retry_after
 
 KEY = "tml-Sup3rSecretKeyThatMustNeverLeak"
 BASE = "https://tinker.example/services/tinker-prod"

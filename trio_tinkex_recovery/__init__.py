@@ -6,10 +6,6 @@ Start with `open_monitor` and a `Policy` (recovery is opt-in)::
         await monitor.monitor_run("run-1")
 """
 
-from ._client import RestClient as RestClient
-from ._client import ServiceClient as ServiceClient
-from ._client import TrainingClient as TrainingClient
-from ._client import open_service_client as open_service_client
 from ._config import Config as Config
 from ._engine._backends import plug_in as _plug_in
 from ._engine._executor import Executor as Executor
@@ -74,6 +70,10 @@ from ._types import TrainingRun as TrainingRun
 from ._types import TrainingRunPage as TrainingRunPage
 from ._types import WeightsInfo as WeightsInfo
 from ._util import publish as _publish
+from ._wire import RestClient as RestClient
+from ._wire import ServiceClient as ServiceClient
+from ._wire import TrainingClient as TrainingClient
+from ._wire import open_service_client as open_service_client
 
 __version__ = "0.1.0.dev0"
 

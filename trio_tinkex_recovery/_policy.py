@@ -10,7 +10,14 @@ import attrs
 
 from ._backoff import backoff_delay
 from ._types import parse_tinker_path
-from ._validators import boolean, fraction, non_negative, number, positive_int
+from ._validators import (
+    boolean,
+    fraction,
+    non_negative,
+    number,
+    positive,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from ._types import Checkpoint
@@ -181,6 +188,12 @@ class Policy:
     restore_optimizer: bool = attrs.field(default=True, validator=boolean)
     #: Keep watching the run a recovery creates.
     follow_recovered: bool = attrs.field(default=True, validator=boolean)
+    #: Seconds a watched run's ``last_request_time`` may stay still before
+    #: the run is reported ``stalled`` (``None``: stalls are not watched).
+    #: A stall is reported, never restored.
+    stall_timeout: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(positive)
+    )
     #: Called as ``on_recovery(old, new_client, checkpoint)`` after a recovery.
     on_recovery: RecoveryCallback | None = attrs.field(
         default=None, validator=_check_callback, eq=False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self, TypeVar, cast
 
 import attrs
@@ -30,6 +30,24 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+
+def parse_each(
+    items: Iterable[Any], parse: Callable[[Any], _T], where: str
+) -> list[_T]:
+    """``parse`` of every item; a malformed one's error names ``where[index]``.
+
+    Raises:
+        ResponseValidationError: An item is malformed.
+    """
+    parsed = []
+    for index, item in enumerate(items):
+        try:
+            parsed.append(parse(item))
+        except ResponseValidationError as exc:
+            raise ResponseValidationError(f"{where}[{index}]: {exc}") from exc
+    return parsed
+
 
 _TINKER_PATH = re.compile(
     r"^tinker://(?P<run>[^/]+)/(?P<kind>weights|sampler_weights)/(?P<name>[^/]+)$"
@@ -357,15 +375,7 @@ class TrainingRunPage:
             ResponseValidationError: A run is malformed; the message names
                 its index and field.
         """
-        runs = []
-        for index, item in enumerate(self.items):
-            try:
-                runs.append(TrainingRun.from_json(item))
-            except ResponseValidationError as exc:
-                raise ResponseValidationError(
-                    f"$.training_runs[{index}]: {exc}"
-                ) from exc
-        return runs
+        return parse_each(self.items, TrainingRun.from_json, "$.training_runs")
 
 
 #: The scopes a list request may ask for.

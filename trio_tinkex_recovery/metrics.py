@@ -217,6 +217,8 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
         dropped = counter(
             "dropped_events_total", "Telemetry events slow subscribers lost."
         )
+        stalled = gauge("stalled_runs", "Watched runs stalled now.")
+        stalls = counter("stalls_total", "Stalls of watched runs reported.")
         if stats is not None:
             polls.add_metric(["ok"], stats.polled)
             polls.add_metric(["error"], stats.poll_errors)
@@ -230,8 +232,10 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
             watched.add_metric([], stats.monitored)
             in_progress.add_metric([], stats.in_progress)
             dropped.add_metric([], stats.dropped_events)
+            stalled.add_metric([], stats.stalled)
+            stalls.add_metric([], stats.stalls)
         yield from (polls, requests, detected, attempts, recoveries)
-        yield from (watched, in_progress, dropped)
+        yield from (watched, in_progress, dropped, stalled, stalls)
         for histogram in (self._poll_duration, self._recovery_duration):
             yield from histogram.describe() if stats is None else histogram.collect()
 

@@ -46,6 +46,12 @@ def test_watch_defaults_are_the_policy_and_config_defaults():
     assert options.duration is None
 
 
+def test_stall_timeout_option_sets_the_policy():
+    """--stall-timeout S watches stalls; unset, they are not watched."""
+    assert _watch.parse(["run-1", "--stall-timeout", "90"]).policy.stall_timeout == 90
+    assert _watch.parse(["run-1"]).policy.stall_timeout is None
+
+
 def test_watch_options_set_their_fields():
     """Each policy and connection option sets its field."""
     options = _watch.parse(
@@ -171,6 +177,11 @@ def test_poll_interval_is_decided_by_policy(text):
         (["run-1", "--metrics-port", "65536"], "argument --metrics-port: must be ≤"),
         (["run-1", "--metrics-port", "x"], "argument --metrics-port: not an integer"),
         (["run-1", "--metrics-host", "::"], "argument --metrics-host: needs --metr"),
+        (
+            ["run-1", "--stall-timeout", "0"],
+            "argument --stall-timeout: Policy.stall_timeout must be > 0",
+        ),
+        (["run-1", "--stall-timeout", "x"], "argument --stall-timeout: not a number"),
     ],
 )
 def test_bad_watch_usage_names_the_option(argv, message):

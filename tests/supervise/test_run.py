@@ -127,8 +127,9 @@ async def test_a_start_that_dies_before_announcing_falls_back_older(tmp_path):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_fake_tinker, fake)
             argv = run_argv(url, tmp_path / "job.json", command=trainer(12, 3))
+            # Paced so that the corruption lands before step-0011 is saved.
             env = trainer_env(
-                url, TRAINER_STEP_DELAY="0.03", TRAINER_BROKEN_RESUME="step-0008"
+                url, TRAINER_STEP_DELAY="0.15", TRAINER_BROKEN_RESUME="step-0008"
             )
             async with spawn(argv, env) as job:
                 await job.out.wait_until(lambda: len(steps_of(job.out.lines)) >= 10)

@@ -350,6 +350,7 @@ class Monitor(metaclass=NoPublicConstructor):
         if handed is not None:
             handed.followed = False
         if watch is not None:
+            self._poller.unwatched(watch)
             watch.scope.cancel()
 
     def statistics(self) -> Statistics:
@@ -369,6 +370,8 @@ class Monitor(metaclass=NoPublicConstructor):
             detected=counts["detected"],
             leases_held=0 if self._leases is None else self._leases.leases_held,
             replicas=0 if self._leases is None else self._leases.replicas,
+            stalled=self._poller.stalled_runs,
+            stalls=counts["stalled"],
             dropped_events=own_dropped
             if self._owns_executor
             else own_dropped + executor.dropped_events,
@@ -458,6 +461,7 @@ class Monitor(metaclass=NoPublicConstructor):
             finally:
                 if self._current(watch):
                     del self._watches[watch.run_id]
+                self._poller.unwatched(watch)
                 if watch.batcher is not None:
                     watch.batcher.members -= 1
                     watch.batcher = None

@@ -10,7 +10,9 @@ corrupted one is handed over, and the run's polling ends.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,7 +26,7 @@ from ._watch import Watch, coalesced
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
     from .._policy import Policy
     from ._polling import Answer
@@ -51,6 +53,56 @@ class Poller:
     gone: Callable[[Watch], None]
     #: Called with each answered poll: corrupted or not, and when it began.
     observe: Callable[[Watch, bool, float], None]
+    #: Watched runs reported stalled now.
+    stalled_runs: int = 0
+
+    def _check_stall(
+        self, watch: Watch, run: TrainingRun | None, answer: Answer | None
+    ) -> None:
+        """Report the run ``stalled`` once its ``last_request_time`` stood still
+        for ``stall_timeout`` seconds, and ``resumed`` when it moves again."""
+        assert self.policy.stall_timeout is not None
+        if run is not None:
+            seen: dt.datetime | None = run.last_request_time
+        elif isinstance(answer, Mapping):
+            seen = _request_time(answer.get("last_request_time"))
+        else:
+            seen = None
+        if seen is None:
+            return
+        now = trio.current_time()
+        if seen != watch.request_time:
+            first = watch.request_time is None
+            watch.request_time, watch.moved_at = seen, now
+            if watch.stalled:
+                watch.stalled = False
+                self.stalled_runs -= 1
+                self.telemetry.emit(
+                    "resumed",
+                    watch.run_id,
+                    {**watch.metadata, "last_request_time": seen.isoformat()},
+                )
+            if not first:
+                return
+        still = now - watch.moved_at
+        if not watch.stalled and still >= self.policy.stall_timeout:
+            watch.stalled = True
+            self.stalled_runs += 1
+            self.telemetry.emit(
+                "stalled",
+                watch.run_id,
+                {
+                    **watch.metadata,
+                    "last_request_time": seen.isoformat(),
+                    "still_for": still,
+                },
+            )
+
+    def unwatched(self, watch: Watch) -> None:
+        """``watch``'s polling ended: it is no longer counted as stalled."""
+        if watch.stalled:
+            watch.stalled = False
+            self.stalled_runs -= 1
 
     async def poll_forever(self, watch: Watch, first: Mapping[str, Any] | None) -> None:
         """Poll ``watch`` until it is handed over; ``first``: its first answer.
@@ -152,6 +204,8 @@ class Poller:
             duration=trio.current_time() - began,
         )
         self.observe(watch, corrupted, began)
+        if self.policy.stall_timeout is not None:
+            self._check_stall(watch, run, answer)
         if not corrupted:
             if watch.recovered:
                 # A healthy poll ends the corruption episode.
@@ -171,3 +225,15 @@ class Poller:
         )
         crash_point("detected")
         return await self.hand_over(watch, run)
+
+
+def _request_time(value: object) -> dt.datetime | None:
+    """A listed run's ``last_request_time``, parsed; ``None`` when it is not
+    an ISO 8601 time (no verdict on a stall from a value that says nothing)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)

@@ -38,6 +38,8 @@ EventName: TypeAlias = Literal[
     "failed",
     "exhausted",
     "interrupted",
+    "stalled",
+    "resumed",
 ]
 #: Every event name, in the order a recovery emits them.
 EVENT_NAMES: tuple[EventName, ...] = get_args(EventName)
@@ -48,6 +50,7 @@ _LEVELS: dict[str, int] = {
     "failed": logging.WARNING,
     "exhausted": logging.ERROR,
     "detected": logging.WARNING,
+    "stalled": logging.WARNING,
 }
 # Metadata entries worth a place in a log line, in this order.
 _LOGGED = ("attempt", "strategy", "checkpoint", "new_run_id", "delay", "error")
@@ -145,6 +148,10 @@ class Statistics:
     leases_held: int = 0
     #: Replicas alive on the shared store, this one included (0: no replicas).
     replicas: int = 0
+    #: Watched runs stalled now (``Policy.stall_timeout``).
+    stalled: int = 0
+    #: Stalls reported (``stalled`` events).
+    stalls: int = 0
 
 
 class Telemetry:

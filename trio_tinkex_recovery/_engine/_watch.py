@@ -37,6 +37,11 @@ class Watch:
     discovered: bool = False
     #: Whether a successor restored for it is watched (not after a stop).
     followed: bool = True
+    #: Its ``last_request_time`` as last seen, and when (Trio time) it was
+    #: first seen so; whether it is reported stalled now.
+    request_time: dt.datetime | None = None
+    moved_at: float = 0.0
+    stalled: bool = False
 
 
 @attrs.frozen

@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
-import attrs
 import trio
 
 from .._engine._telemetry import Statistics, describe
 from .._errors import AuthenticationError
 from .._types import parse_tinker_path, validate_run_id
-from ._view import SummaryTable
+from ._table import RunRow, SummaryTable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -60,36 +59,6 @@ def short_path(path: object, run_id: str) -> str:
         return path
     text = name if run == run_id else f"{run}/{name}"
     return text if kind == "weights" else f"{text} ({kind})"
-
-
-@attrs.define(eq=False)
-class RunRow:
-    """What the CLI knows about one watched run."""
-
-    #: The run's id.
-    run_id: str
-    #: The run this one was recovered from, for a followed run.
-    origin: str | None = None
-    #: Polls answered (successfully or not), as far as events told.
-    polls: int = 0
-    #: Polls that failed.
-    errors: int = 0
-    #: Failed polls in a row, up to now.
-    failing: int = 0
-    #: When the last poll ended (Trio time).
-    last_poll: float | None = None
-    #: The last poll error, as ``Type: message``.
-    last_error: str | None = None
-    #: The newest checkpoint a poll reported (``tinker://`` path).
-    checkpoint: str | None = None
-    #: Whether the last poll saw ``corrupted: true``.
-    corrupted: bool = False
-    #: When the monitor reported the run corrupted (Trio time).
-    detected_at: float | None = None
-    #: When its recovery completed (Trio time).
-    recovered_at: float | None = None
-    #: Whether the end of its recovery was noted already.
-    ended: bool = False
 
 
 class Board:

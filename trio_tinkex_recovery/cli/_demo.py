@@ -22,24 +22,8 @@ from .._errors import TinkexRecoveryError
 from .._policy import Policy
 from ..testing import FakeTinker, Fault, serve_fake_tinker
 from ._board import Board
-from ._options import (
-    MetricsOptions,
-    OutputOptions,
-    add_metrics_options,
-    add_output_options,
-    build_metrics,
-    default_help,
-    number,
-)
-from ._runtime import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Command,
-    Parser,
-    Stop,
-    run_trio,
-    until_stopped,
-)
+from ._options import OutputOptions, add_view_options, build_view, default_help, number
+from ._runtime import EXIT_FAILED, EXIT_OK, Command, Parser, Stop, run_trio
 from ._simulate import require_hypercorn, simulated_loss
 from ._view import SummaryTable, open_view
 from ._watch import monitor_runs
@@ -48,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._types import Checkpoint
+    from ._options import MetricsOptions
     from ._runtime import Output
     from ._view import View
 
@@ -112,8 +97,7 @@ def parser(prog: str) -> Parser:
         action="store_false",
         help="skip part 2, a training script kept going by 'run'",
     )
-    add_output_options(parser)
-    add_metrics_options(parser, host=False)
+    add_view_options(parser, metrics_host=False)
     return parser
 
 
@@ -137,11 +121,11 @@ def parse(argv: Sequence[str], prog: str = "demo") -> DemoOptions:
         if text is not None:
             flag = "--" + name.replace("_", "-")
             given[name] = number(text, flag, kind, **bounds)
-    output = OutputOptions.from_args(args)
+    output, metrics = build_view(args)
     return DemoOptions(
         **given,
         output=output,
-        metrics=build_metrics(args),
+        metrics=metrics,
         supervise=args.supervise and not output.json,
     )
 
@@ -192,7 +176,7 @@ def run(options: DemoOptions, out: Output, err: Output) -> int:
                 metrics=options.metrics,
             )
             try:
-                await until_stopped(body, stop)
+                await stop.until(body)
             finally:
                 ok, table = scenario.verdict(board, stop.reason or "error")
                 view.close(table)

@@ -36,10 +36,12 @@ __all__ = [
     "add_metrics_options",
     "add_output_options",
     "add_policy_options",
+    "add_view_options",
     "build",
     "build_config",
     "build_metrics",
     "build_policy",
+    "build_view",
     "convert",
     "default_help",
     "field_default",
@@ -78,6 +80,8 @@ class FieldOption:
     metavar: str
     #: What it does (the default is added from the field).
     help: str
+    #: The value's type, when the field's default (``None``) does not say.
+    kind: type | None = None
 
     def add(self, group: argparse._ActionsContainer) -> None:
         """Add the option to a parser; unset, it leaves the field's default."""
@@ -93,7 +97,8 @@ class FieldOption:
         text: str | None = getattr(args, self.field, None)
         if text is None:
             return None
-        return convert(text, self.flag, type(field_default(self.owner, self.field)))
+        kind = self.kind or type(field_default(self.owner, self.field))
+        return convert(text, self.flag, kind)
 
 
 POLICY_OPTIONS: Final = (
@@ -118,6 +123,14 @@ POLICY_OPTIONS: Final = (
         "--backoff", Policy, "backoff", "S", "delay before the first retry; it doubles"
     ),
     FieldOption("--max-backoff", Policy, "max_backoff", "S", "the longest retry delay"),
+    FieldOption(
+        "--stall-timeout",
+        Policy,
+        "stall_timeout",
+        "S",
+        "report a run whose last request time stands still this long",
+        kind=float,
+    ),
 )
 CONFIG_OPTIONS: Final = (
     FieldOption(
@@ -367,6 +380,29 @@ def add_metrics_options(parser: argparse.ArgumentParser, *, host: bool = True) -
             "exposes the metrics to the network "
             f"{default_help(MetricsOptions, 'host')}",
         )
+
+
+def add_view_options(
+    parser: argparse.ArgumentParser, *, metrics_host: bool = True
+) -> None:
+    """How a watching command shows progress and where it serves metrics.
+
+    `add_output_options`, then `add_metrics_options` (``--metrics-host``
+    with ``metrics_host``).
+    """
+    add_output_options(parser)
+    add_metrics_options(parser, host=metrics_host)
+
+
+def build_view(
+    args: argparse.Namespace,
+) -> tuple[OutputOptions, MetricsOptions | None]:
+    """The options of `add_view_options`: output, then metrics (or ``None``).
+
+    Raises:
+        UsageError: As `build_metrics`.
+    """
+    return OutputOptions.from_args(args), build_metrics(args)
 
 
 def build_metrics(args: argparse.Namespace) -> MetricsOptions | None:

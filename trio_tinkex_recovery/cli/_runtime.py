@@ -33,7 +33,6 @@ __all__ = [
     "configure_logging",
     "prog",
     "run_trio",
-    "until_stopped",
 ]
 
 #: Exit codes.
@@ -157,6 +156,17 @@ class Stop:
 
     reason: str | None = None
 
+    async def until(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body``; Ctrl-C or SIGTERM cancels it and records why here.
+
+        Both end the command the same way: cleanly, with its summary.  Once
+        ``body`` is over, a second Ctrl-C is a `KeyboardInterrupt` again.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signal, self, nursery.cancel_scope)
+            await body()
+            nursery.cancel_scope.cancel()
+
 
 def _interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` is Ctrl-C, possibly wrapped in exception groups."""
@@ -200,18 +210,6 @@ async def _on_signal(stop: Stop, scope: trio.CancelScope) -> None:
             stop.reason = "interrupted (Ctrl-C)" if sigint else "terminated (SIGTERM)"
             scope.cancel()
             return
-
-
-async def until_stopped(body: Callable[[], Awaitable[None]], stop: Stop) -> None:
-    """Run ``body``; Ctrl-C or SIGTERM cancels it and records why in ``stop``.
-
-    Both end the command the same way: cleanly, with its summary.  Once
-    ``body`` is over, a second Ctrl-C is a `KeyboardInterrupt` again.
-    """
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signal, stop, nursery.cancel_scope)
-        await body()
-        nursery.cancel_scope.cancel()
 
 
 class _Printable(logging.Filter):

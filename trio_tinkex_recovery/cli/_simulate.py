@@ -19,15 +19,7 @@ import trio
 from ..testing import FakeTinker, Fault, serve_fake_tinker
 from ..testing._model import LIST_ORDERS
 from ._options import number
-from ._runtime import (
-    EXIT_OK,
-    Command,
-    Parser,
-    Stop,
-    UsageError,
-    run_trio,
-    until_stopped,
-)
+from ._runtime import EXIT_OK, Command, Parser, Stop, UsageError, run_trio
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -258,7 +250,7 @@ def run(options: SimulateOptions, out: Output, err: Output) -> int:
         stop = Stop()
         start = trio.current_time()
         try:
-            await until_stopped(partial(body, stop), stop)
+            await stop.until(partial(body, stop))
         except BaseException as exc:
             bind, rest = (
                 exc.split(OSError)

@@ -18,17 +18,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import attrs
 import trio
 
 from .._text import printable
 from ._runtime import Output, configure_logging
+from ._table import Rows, RunRow, SummaryTable, printable_all
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
-
     from .._engine._telemetry import Statistics, TelemetryEvent
-    from ._board import Board, RunRow
     from ._options import OutputOptions
 
 __all__ = [
@@ -78,52 +75,6 @@ def rich_available() -> bool:
     return True
 
 
-def _printable_all(texts: Iterable[str]) -> tuple[str, ...]:
-    return tuple(printable(text) for text in texts)
-
-
-def _printable_rows(rows: Iterable[Iterable[str]]) -> tuple[tuple[str, ...], ...]:
-    return tuple(_printable_all(row) for row in rows)
-
-
-@attrs.frozen
-class SummaryTable:
-    """A table for the end of a command, renderable with or without rich.
-
-    Every text is made `printable` when the table is made.
-    """
-
-    #: The line above the table.
-    title: str = attrs.field(converter=printable)
-    #: Column headers.
-    headers: Sequence[str] = attrs.field(converter=_printable_all)
-    #: Cells, row by row.
-    rows: Sequence[Sequence[str]] = attrs.field(converter=_printable_rows)
-    #: What each row is (a run's phase, e.g. ``recovered``), for its colour.
-    styles: Sequence[str] = ()
-    #: Lines under the table.
-    footer: Sequence[str] = attrs.field(default=(), converter=_printable_all)
-    #: The one column that may wrap when the terminal is narrow.
-    wrap: int = 1
-
-    def plain(self) -> str:
-        """The table as aligned plain text."""
-        widths = [len(h) for h in self.headers]
-        for row in self.rows:
-            for index, cell in enumerate(row):
-                widths[index] = max(widths[index], len(cell))
-
-        def line(cells: Sequence[str]) -> str:
-            return "  ".join(
-                c.ljust(w) for c, w in zip(cells, widths, strict=True)
-            ).rstrip()
-
-        lines = [self.title, line(self.headers)]
-        lines.extend(line(row) for row in self.rows)
-        lines.extend(self.footer)
-        return "\n".join(lines)
-
-
 def statistics_line(stats: Statistics) -> str:
     """The monitor's counters in one line."""
     return (
@@ -142,7 +93,7 @@ class View:
         out: Where the view writes (stdout).
     """
 
-    board: Board | None = None
+    board: Rows | None = None
 
     def __init__(self, out: Output) -> None:
         self.out = out
@@ -281,7 +232,7 @@ class LiveView(View):
             now = trio.current_time()
             rows, hidden = _fit(board, self.console.size.height - _FEED_LINES - 9)
             for row in rows:
-                cells = _printable_all(board.cells(row, now))
+                cells = printable_all(board.cells(row, now))
                 state = Text(cells[1], style=_STYLES.get(board.phase(row), ""))
                 table.add_row(cells[0], state, *cells[2:])
             if hidden:
@@ -315,7 +266,7 @@ class LiveView(View):
             self.console.print(line)
 
 
-def _fit(board: Board, limit: int) -> tuple[list[RunRow], int]:
+def _fit(board: Rows, limit: int) -> tuple[list[RunRow], int]:
     """The rows to draw (at least 5, at most ``limit``) and how many are left out."""
     rows = board.rows
     limit = max(5, limit)

@@ -31,25 +31,15 @@ from ._options import (
     MetricsOptions,
     OutputOptions,
     add_config_options,
-    add_metrics_options,
-    add_output_options,
     add_policy_options,
+    add_view_options,
     build_config,
-    build_metrics,
     build_policy,
+    build_view,
     default_help,
     number,
 )
-from ._runtime import (
-    EXIT_FAILED,
-    EXIT_OK,
-    Command,
-    Parser,
-    Stop,
-    UsageError,
-    run_trio,
-    until_stopped,
-)
+from ._runtime import EXIT_FAILED, EXIT_OK, Command, Parser, Stop, UsageError, run_trio
 from ._view import open_view
 
 if TYPE_CHECKING:
@@ -199,8 +189,7 @@ def parser(prog: str) -> Parser:
     parser.add_argument(
         "--duration", metavar="S", help="stop after S seconds (default: until Ctrl-C)"
     )
-    add_output_options(parser)
-    add_metrics_options(parser)
+    add_view_options(parser)
     return parser
 
 
@@ -243,13 +232,15 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         if state is None or not is_dsn(state):
             raise UsageError("argument --lease: only with --state postgresql://...")
         given["lease"] = number(args.lease, "--lease", float, low=1.0)
+    policy, config = build_policy(args), build_config(args)
+    output, metrics = build_view(args)
     return WatchOptions(
         run_ids=tuple(run_ids),
-        policy=build_policy(args),
-        config=build_config(args),
-        output=OutputOptions.from_args(args),
+        policy=policy,
+        config=config,
+        output=output,
         state=state,
-        metrics=build_metrics(args),
+        metrics=metrics,
         **given,
     )
 
@@ -346,7 +337,7 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
             all_runs=options.all_runs,
         )
         try:
-            await until_stopped(body, stop)
+            await stop.until(body)
         finally:
             elapsed = trio.current_time() - board.start
             view.close(

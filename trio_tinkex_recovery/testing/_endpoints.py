@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
 
@@ -25,6 +25,29 @@ if TYPE_CHECKING:
     from ._state import TinkerState
 
 __all__ = ["Endpoints"]
+
+_Endpoint = Callable[..., Awaitable[Any]]
+_Handler = TypeVar("_Handler", bound=_Endpoint)
+
+_RUN = r"(?P<run_id>[^/]+)"
+_CHECKPOINT = r"(?P<checkpoint_id>(?:weights|sampler_weights)/[^/]+)"
+
+#: (method, path pattern, endpoint, its fixed arguments); paths are matched
+#: whole, and the path's named groups are passed as keyword arguments.
+_ROUTES: list[
+    tuple[str, re.Pattern[str], Callable[..., Awaitable[Any]], dict[str, Any]]
+] = []
+
+
+def _route(method: str, pattern: str, **fixed: Any) -> Callable[[_Handler], _Handler]:
+    """Serve ``method pattern`` with the decorated endpoint (and ``fixed``)."""
+
+    def register(handler: _Handler) -> _Handler:
+        _ROUTES.append((method, re.compile(pattern), handler, fixed))
+        return handler
+
+    return register
+
 
 #: The HTTP status of each reason the state refuses an operation for.
 _REFUSAL_STATUS = {"not_found": 404, "gone": 410, "conflict": 400}
@@ -42,7 +65,7 @@ class Endpoints:
     async def dispatch(self, request: WireRequest) -> Reply:
         """Answer an authenticated request: route it to its endpoint."""
         allowed: list[str] = []
-        for method, pattern, handler in _ROUTES:
+        for method, pattern, handler, fixed in _ROUTES:
             match = pattern.fullmatch(request.path)
             if match is None:
                 continue
@@ -50,7 +73,7 @@ class Endpoints:
                 allowed.append(method)
                 continue
             try:
-                answer = await handler(self, request, match.groupdict())
+                answer = await handler(self, request, **match.groupdict(), **fixed)
             except Refused as exc:
                 return WireError(_REFUSAL_STATUS[exc.reason], exc.message).reply()
             except WireError as exc:
@@ -65,17 +88,16 @@ class Endpoints:
     # ------------------------------------------------------------------
     # Runs, checkpoints, weights
 
-    async def _healthz(self, request: WireRequest, params: Mapping[str, str]) -> Any:
+    @_route("GET", r"/api/v1/healthz")
+    async def _healthz(self, request: WireRequest) -> Any:
         return {"status": "ok"}
 
-    async def _get_training_run(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
-        return self._run(params["run_id"]).to_json()
+    @_route("GET", rf"/api/v1/training_runs/{_RUN}")
+    async def _get_training_run(self, request: WireRequest, run_id: str) -> Any:
+        return self._run(run_id).to_json()
 
-    async def _list_training_runs(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("GET", r"/api/v1/training_runs")
+    async def _list_training_runs(self, request: WireRequest) -> Any:
         state = self._state
         state.list_requests += 1
         limit = min(query_int(request, "limit", 20), state.list_page_max)
@@ -93,10 +115,9 @@ class Endpoints:
             "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)},
         }
 
-    async def _list_checkpoints(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
-        run = self._run(params["run_id"])
+    @_route("GET", rf"/api/v1/training_runs/{_RUN}/checkpoints")
+    async def _list_checkpoints(self, request: WireRequest, run_id: str) -> Any:
+        run = self._run(run_id)
         live = run.live()
         return {
             "checkpoints": [run.checkpoint_json(c) for c in live],
@@ -107,19 +128,19 @@ class Endpoints:
             },
         }
 
+    @_route("DELETE", rf"/api/v1/training_runs/{_RUN}/checkpoints/{_CHECKPOINT}")
     async def _delete_checkpoint(
-        self, request: WireRequest, params: Mapping[str, str]
+        self, request: WireRequest, run_id: str, checkpoint_id: str
     ) -> Any:
-        path = f"tinker://{params['run_id']}/{params['checkpoint_id']}"
+        path = f"tinker://{run_id}/{checkpoint_id}"
         try:
             self._state.delete_checkpoint(path)
         except (KeyError, ValueError) as exc:
             raise WireError(404, f"checkpoint {path!r} not found") from exc
         return {}
 
-    async def _weights_info(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/weights_info")
+    async def _weights_info(self, request: WireRequest) -> Any:
         path = field(body_of(request), "tinker_path", str)
         problem = self._state.unrestorable(path, allow_sampler=True)
         if problem is not None:
@@ -130,21 +151,18 @@ class Endpoints:
     # ------------------------------------------------------------------
     # Client set-up and sessions
 
-    async def _client_config(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/client/config")
+    async def _client_config(self, request: WireRequest) -> Any:
         return self._state.client_config
 
-    async def _dynamic_config(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/client/dynamic_config")
+    async def _dynamic_config(self, request: WireRequest) -> Any:
         if self._state.dynamic_config is None:
             raise WireError(404, "Not Found")
         return self._state.dynamic_config
 
-    async def _create_session(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/create_session")
+    async def _create_session(self, request: WireRequest) -> Any:
         body = body_of(request)
         session_id = self._state.create_session(
             field(body, "tags", list, required=False) or [],
@@ -153,25 +171,22 @@ class Endpoints:
         )
         return {"type": "create_session", "session_id": session_id}
 
-    async def _session_heartbeat(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/session_heartbeat")
+    async def _session_heartbeat(self, request: WireRequest) -> Any:
         session_id = field(body_of(request), "session_id", str)
         self._state.live_session(session_id).heartbeats += 1
         return {"type": "session_heartbeat"}
 
-    async def _finish_session(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/sessions/(?P<session_id>[^/]+)/finish")
+    async def _finish_session(self, request: WireRequest, session_id: str) -> Any:
         body = request.json if isinstance(request.json, dict) else {}
         reason = body.get("reason")
         kind = reason.get("type") if isinstance(reason, dict) else None
-        self._state.finish_session(
-            params["session_id"], None if kind is None else str(kind)
-        )
+        self._state.finish_session(session_id, None if kind is None else str(kind))
         return {}
 
-    async def _telemetry(self, request: WireRequest, params: Mapping[str, str]) -> Any:
+    @_route("POST", r"/api/v1/telemetry")
+    async def _telemetry(self, request: WireRequest) -> Any:
         body_of(request)
         self._state.telemetry_batches += 1
         return {"status": "accepted"}
@@ -179,9 +194,8 @@ class Endpoints:
     # ------------------------------------------------------------------
     # Models: restores, saves, futures
 
-    async def _load_weights(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/load_weights")
+    async def _load_weights(self, request: WireRequest) -> Any:
         body = body_of(request)
         if "session_id" not in body and "model_id" in body:
             raise WireError(
@@ -197,6 +211,8 @@ class Endpoints:
         )
         return {"request_id": request_id, "model_id": model_id}
 
+    @_route("POST", r"/api/v1/save_weights", kind="training")
+    @_route("POST", r"/api/v1/save_weights_for_sampler", kind="sampler")
     async def _save(
         self, request: WireRequest, kind: Literal["training", "sampler"]
     ) -> Any:
@@ -213,19 +229,8 @@ class Endpoints:
         )
         return {"request_id": request_id, "model_id": model_id}
 
-    async def _save_weights(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
-        return await self._save(request, "training")
-
-    async def _save_weights_for_sampler(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
-        return await self._save(request, "sampler")
-
-    async def _retrieve_future(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/retrieve_future")
+    async def _retrieve_future(self, request: WireRequest) -> Any:
         request_id = field(body_of(request), "request_id", str)
         future = self._state.find_future(request_id)
         if future is None:
@@ -251,9 +256,8 @@ class Endpoints:
             return Reply(200, result, raw=raw, content_type=PROTOBUF)
         return result
 
-    async def _forward_backward(
-        self, request: WireRequest, params: Mapping[str, str]
-    ) -> Any:
+    @_route("POST", r"/api/v1/forward_backward")
+    async def _forward_backward(self, request: WireRequest) -> Any:
         if PROTOBUF in request.headers.get("content-type", ""):
             if request.headers.get("content-encoding", "identity") != "identity":
                 raise WireError(415, "the simulator reads uncompressed bodies only")
@@ -283,7 +287,8 @@ class Endpoints:
         )
         return {"request_id": request_id, "model_id": model_id}
 
-    async def _optim_step(self, request: WireRequest, params: Mapping[str, str]) -> Any:
+    @_route("POST", r"/api/v1/optim_step")
+    async def _optim_step(self, request: WireRequest) -> Any:
         body = body_of(request)
         model_id = field(body, "model_id", str)
         given = (
@@ -299,7 +304,8 @@ class Endpoints:
         )
         return {"request_id": request_id, "model_id": model_id}
 
-    async def _get_info(self, request: WireRequest, params: Mapping[str, str]) -> Any:
+    @_route("POST", r"/api/v1/get_info")
+    async def _get_info(self, request: WireRequest) -> Any:
         model_id = field(body_of(request), "model_id", str)
         run = self._run(model_id, what="model")
         return {
@@ -397,51 +403,3 @@ def _proto_bytes(fields: Mapping[int, list[int | bytes]], number: int) -> bytes:
 
 def _try_again(request_id: str) -> dict[str, Any]:
     return {"type": "try_again", "request_id": request_id, "queue_state": "active"}
-
-
-_Handler = Callable[[Endpoints, WireRequest, Mapping[str, str]], Awaitable[Any]]
-
-_RUN = r"(?P<run_id>[^/]+)"
-
-#: (method, path pattern, endpoint); paths are matched whole.
-_ROUTES: list[tuple[str, re.Pattern[str], _Handler]] = [
-    (method, re.compile(pattern), handler)
-    for method, pattern, handler in [
-        ("GET", r"/api/v1/healthz", Endpoints._healthz),
-        ("GET", r"/api/v1/training_runs", Endpoints._list_training_runs),
-        ("GET", rf"/api/v1/training_runs/{_RUN}", Endpoints._get_training_run),
-        (
-            "GET",
-            rf"/api/v1/training_runs/{_RUN}/checkpoints",
-            Endpoints._list_checkpoints,
-        ),
-        (
-            "DELETE",
-            rf"/api/v1/training_runs/{_RUN}/checkpoints/"
-            r"(?P<checkpoint_id>(?:weights|sampler_weights)/[^/]+)",
-            Endpoints._delete_checkpoint,
-        ),
-        ("POST", r"/api/v1/weights_info", Endpoints._weights_info),
-        ("POST", r"/api/v1/client/config", Endpoints._client_config),
-        ("POST", r"/api/v1/client/dynamic_config", Endpoints._dynamic_config),
-        ("POST", r"/api/v1/create_session", Endpoints._create_session),
-        ("POST", r"/api/v1/session_heartbeat", Endpoints._session_heartbeat),
-        (
-            "POST",
-            r"/api/v1/sessions/(?P<session_id>[^/]+)/finish",
-            Endpoints._finish_session,
-        ),
-        ("POST", r"/api/v1/load_weights", Endpoints._load_weights),
-        ("POST", r"/api/v1/retrieve_future", Endpoints._retrieve_future),
-        ("POST", r"/api/v1/get_info", Endpoints._get_info),
-        ("POST", r"/api/v1/save_weights", Endpoints._save_weights),
-        (
-            "POST",
-            r"/api/v1/save_weights_for_sampler",
-            Endpoints._save_weights_for_sampler,
-        ),
-        ("POST", r"/api/v1/telemetry", Endpoints._telemetry),
-        ("POST", r"/api/v1/forward_backward", Endpoints._forward_backward),
-        ("POST", r"/api/v1/optim_step", Endpoints._optim_step),
-    ]
-]

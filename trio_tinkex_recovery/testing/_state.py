@@ -7,11 +7,10 @@ operations the endpoints perform (``create_session``, ``load_weights``,
 ...); an operation the service refuses raises `Refused`, which the
 endpoints answer as an HTTP error.
 
-It is one class of some 700 lines on purpose: every operation reads or
-changes the same runs, sessions and futures, and splitting them apart would
-trade private attributes for public plumbing on `FakeTinker`.  What needs
-none of that lives beside it: the records (``_model``), the request log and
-faults (``_traffic``) and the per-model request log (``_training``).
+Every operation reads or changes the same runs, so they stay in one
+class; what has a life of its own lives beside it: the sessions and futures
+(``_sessions``), the records (``_model``), the request log and faults
+(``_traffic``) and the per-model request log (``_training``).
 
 Times on the wire (checkpoint ``time``, ``last_request_time``) come from a
 logical clock that starts at ``epoch`` and advances one minute per event, so
@@ -42,6 +41,7 @@ from ._model import (
     StoredSession,
 )
 from ._records import Restore, SessionInfo, TrainingStep
+from ._sessions import Futures, Ids, Sessions
 from ._traffic import Traffic
 from ._training import ModelLog
 
@@ -113,11 +113,11 @@ class TinkerState(Traffic):
         self._epoch = epoch
         self._ticks = 0
         self._runs: dict[str, StoredRun] = {}
-        self._sessions: dict[str, StoredSession] = {}
-        self._futures: dict[str, PendingFuture] = {}
+        self._ids = Ids()
+        self._sessions = Sessions(self._ids)
+        self._futures = Futures(self._ids)
         self._model_log = ModelLog()
         self._restores: list[Restore] = []
-        self._counter = 0
 
     def __repr__(self) -> str:
         return (
@@ -300,19 +300,7 @@ class TinkerState(Traffic):
     @property
     def sessions(self) -> dict[str, SessionInfo]:
         """A snapshot of every session, by id."""
-        return {
-            sid: SessionInfo(
-                session_id=sid,
-                tags=s.tags,
-                user_metadata=dict(s.user_metadata),
-                heartbeats=s.heartbeats,
-                finished=s.finished,
-                model_ids=tuple(
-                    load.model_id for load in s.loads.values() if load.restored
-                ),
-            )
-            for sid, s in self._sessions.items()
-        }
+        return self._sessions.snapshot()
 
     @property
     def restores(self) -> dict[str, int]:
@@ -391,7 +379,7 @@ class TinkerState(Traffic):
 
     def find_future(self, request_id: str) -> PendingFuture | None:
         """A future by its request id, or ``None``."""
-        return self._futures.get(request_id)
+        return self._futures.find(request_id)
 
     def create_session(
         self,
@@ -400,14 +388,11 @@ class TinkerState(Traffic):
         project_id: str | None = None,
     ) -> str:
         """Open a session (its models belong to ``project_id``); its id."""
-        session_id = self._next_id("session")
-        self._sessions[session_id] = StoredSession(
-            session_id=session_id,
+        return self._sessions.create(
             tags=tuple(map(str, tags)),
             user_metadata=dict(user_metadata),
             project_id=project_id,
         )
-        return session_id
 
     def live_session(self, session_id: str) -> StoredSession:
         """A session that has not finished.
@@ -415,12 +400,7 @@ class TinkerState(Traffic):
         Raises:
             Refused: No such session, or it has finished.
         """
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise Refused("not_found", f"session {session_id!r} not found")
-        if session.finished is not None:
-            raise Refused("gone", f"session {session_id!r} has finished")
-        return session
+        return self._sessions.live(session_id)
 
     def finish_session(self, session_id: str, reason: str | None) -> None:
         """Finish a session; the first reason given wins.
@@ -428,11 +408,7 @@ class TinkerState(Traffic):
         Raises:
             Refused: No such session.
         """
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise Refused("not_found", f"session {session_id!r} not found")
-        if session.finished is None:
-            session.finished = reason or "success"
+        self._sessions.finish(session_id, reason)
 
     def unrestorable(self, path: str, *, allow_sampler: bool = False) -> str | None:
         """Why ``path`` cannot be restored, or ``None`` when it can."""
@@ -671,10 +647,6 @@ class TinkerState(Traffic):
         self._ticks += 1
         return self._epoch + dt.timedelta(minutes=self._ticks)
 
-    def _next_id(self, prefix: str) -> str:
-        self._counter += 1
-        return f"{prefix}-{self._counter:06d}"
-
     def _run(self, run_id: str) -> StoredRun:
         try:
             return self._runs[run_id]
@@ -691,11 +663,6 @@ class TinkerState(Traffic):
         return run, ckpt
 
     def _new_future(self, result: dict[str, Any]) -> str:
-        request_id = self._next_id("req")
-        self._futures[request_id] = PendingFuture(
-            request_id=request_id,
-            result=result,
-            try_again_left=self.future_try_again,
-            ready_at=trio.current_time() + self.future_delay,
+        return self._futures.new(
+            result, try_again=self.future_try_again, delay=self.future_delay
         )
-        return request_id

@@ -48,10 +48,10 @@ import attrs
 import httpx
 import trio
 
-from . import _test_mode
-from ._backoff import backoff_delay
-from ._config import redact
-from ._errors import (
+from .. import _test_mode
+from .._backoff import backoff_delay
+from .._config import redact
+from .._errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -60,12 +60,12 @@ from ._errors import (
     TinkerAPIError,
     error_for_status,
 )
-from ._validators import fraction, positive, positive_int
+from .._validators import fraction, positive, positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ._config import Config
+    from .._config import Config
 
 __all__ = [
     "HTTPClient",

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._errors import ResponseValidationError, TinkerAPIError
+from .._errors import ResponseValidationError, TinkerAPIError
+from .._types import Checkpoint, ForwardBackwardOutput, parse_tinker_path
+from .._util import NoPublicConstructor
 from ._futures import retrieve_future
 from ._operations import Operation, is_definitive, required_str
-from ._types import Checkpoint, ForwardBackwardOutput, parse_tinker_path
-from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._errors import RequestFailedError, ResponseValidationError, TinkerAPIError
+from .._errors import RequestFailedError, ResponseValidationError, TinkerAPIError
 from ._http import new_idempotency_key
 
 __all__ = ["GONE", "Operation", "is_definitive", "required_str"]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from . import _test_mode
-from ._errors import APIStatusError, APITimeoutError, RequestFailedError
+from .. import _test_mode
+from .._errors import APIStatusError, APITimeoutError, RequestFailedError
 from ._http import MAX_QUOTED_BODY
 
 if TYPE_CHECKING:
