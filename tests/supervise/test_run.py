@@ -23,7 +23,7 @@ from ..test_cli import KEY, cli, environ, spawn
 if TYPE_CHECKING:
     from pathlib import Path
 
-BASE = "tinker://base-run/weights/init"
+BASE = "Qwen/Qwen3-8B"
 #: One test's guard.
 TIMEOUT = 40
 #: Options that keep a test short: quick polls, quick retries.
@@ -31,10 +31,8 @@ FAST = ("--poll-interval", "0.1", "--backoff", "0.05", "--jitter", "0", "--json"
 
 
 def new_fake() -> FakeTinker:
-    """A simulator with the base checkpoint first starts restore."""
-    fake = FakeTinker(api_key=KEY)
-    fake.add_run("base-run", checkpoints=["init"])
-    return fake
+    """A simulator with no run: the child creates its own."""
+    return FakeTinker(api_key=KEY)
 
 
 def run_argv(url: str, state: Path, *options: str, command: list[str]) -> list[str]:
@@ -119,6 +117,36 @@ async def test_a_corrupted_child_resumes_from_its_newest_checkpoint(tmp_path):
     assert restarting[0]["step"] == newest
 
 
+async def test_a_new_run_corrupted_before_its_first_save_restarts_again(tmp_path):
+    """The restarted run is corrupted before it saved anything: it is
+    restarted from the checkpoint it was itself resumed from."""
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(url, tmp_path / "job.json", command=trainer(14, 5))
+            env = trainer_env(url, TRAINER_STEP_DELAY="0.05")
+            async with spawn(argv, env) as job:
+
+                def models() -> list[str]:
+                    steps = steps_of(job.out.lines)
+                    return list(dict.fromkeys(model for _, model in steps))
+
+                await job.out.wait_until(lambda: len(steps_of(job.out.lines)) >= 7)
+                fake.corrupt(models()[0])
+                await job.out.wait_until(lambda: len(models()) == 2)
+                fake.corrupt(models()[1])  # at step 5: it saves after step 9
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 0, job.err.text
+    first, second, third = models()
+    resumed = f"tinker://{first}/weights/step-0004"
+    by_model = {r.model_id: r.tinker_path for r in fake.restore_log}
+    assert by_model == {second: resumed, third: resumed}
+    steps = steps_of(job.out.lines)
+    assert [s for s, m in steps if m == third] == list(range(5, 14))
+
+
 async def test_a_start_that_dies_before_announcing_falls_back_older(tmp_path):
     """The restart from the newest checkpoint dies before announcing a run:
     that is attempt 1; attempt 2 resumes from the next older checkpoint."""
@@ -165,7 +193,7 @@ async def test_signal_is_forwarded_and_nothing_restarts(tmp_path):
     assert code == 128 + signal.SIGTERM, job.err.text
     runs = {model for _, model in steps_of(job.out.lines)}
     assert len(runs) == 1
-    assert len(fake.restore_log) == 1  # the first start's own restore
+    assert fake.restore_log == []
     assert not [e for e in reports(job.err.lines) if e["event"] == "started"][1:]
 
 
@@ -224,21 +252,30 @@ async def test_restarts_used_up_leave_the_child_stopped(tmp_path):
             async with spawn(argv, env) as job:
 
                 async def corrupt_each_run() -> None:
+                    # A run is corrupted at an even step whose previous step
+                    # (a save) it ran too: it has a checkpoint by then.
                     seen: set[str] = set()
+
+                    def ready() -> list[str]:
+                        by_model: dict[str, list[int]] = {}
+                        for step, model in steps_of(job.out.lines):
+                            by_model.setdefault(model, []).append(step)
+                        return [
+                            model
+                            for model, steps in by_model.items()
+                            if model not in seen
+                            and len(steps) >= 2
+                            and steps[-1] % 2 == 0
+                        ]
+
                     while True:
                         try:
-                            await job.out.wait_until(
-                                lambda: any(
-                                    model not in seen and step % 2 == 1
-                                    for step, model in steps_of(job.out.lines)
-                                )
-                            )
+                            await job.out.wait_until(lambda: bool(ready()))
                         except AssertionError:
                             return  # the supervisor ended
-                        for step, model in steps_of(job.out.lines):
-                            if model not in seen and step % 2 == 1:
-                                seen.add(model)
-                                fake.corrupt(model)
+                        for model in ready():
+                            seen.add(model)
+                            fake.corrupt(model)
 
                 nursery.start_soon(corrupt_each_run)
                 code = await job.wait()

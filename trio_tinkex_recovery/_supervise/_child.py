@@ -47,6 +47,8 @@ class Child:
         self.stopping = False
         #: Whether a restart waits for this start to announce its run.
         self.restoring = False
+        #: The checkpoint it was started from, if any.
+        self.resume_path: str | None = None
         #: The run it trains, once known.
         self.run_id: str | None = None
         #: Cancelled when the run is known (a restart waits in it).

@@ -34,6 +34,7 @@ from .._types import Checkpoint
 from ._child import Child, exit_status, kill_leftover, start_child
 from ._finder import AnnounceFile, CookbookLog, list_run_ids
 from ._jobfile import Episode, JobFile, JobRecord, Resume
+from ._lineage import lineage_of
 from ._spec import (
     EXIT_EXHAUSTED,
     JobState,
@@ -132,13 +133,14 @@ class Supervisor:
     ) -> None:
         self.spec = spec
         self.policy = policy
-        self.rest = rest
+        #: Reads runs; a resumed run's checkpoints include its starting one.
+        self.rest = lineage_of(rest)
         self.jobfile = jobfile
         self.record = record
         self.state = JobState.INIT
         self._report = report
         self._environ = environ
-        self._restarter = Restarter(self, rest)
+        self._restarter = Restarter(self, self.rest)
         self._monitor: Monitor | None = None
         self._child: Child | None = None
         self._lock = trio.Lock()
@@ -426,6 +428,7 @@ class Supervisor:
         environ = self._child_environ(resume, reason)
         child = await start_child(self.spec.command, environ)
         child.restoring = restoring
+        child.resume_path = None if resume is None else resume.path
         self._child = child
         self._save(child_pid=child.pid, child_start=child.start_time)
         self.emit(
@@ -541,6 +544,8 @@ class Supervisor:
         self.emit("announced", f"the command trains run {run_id}", run_id=run_id)
         child = self._child
         if child is not None:
+            if child.resume_path is not None:
+                self.rest.resumed_from[run_id] = child.resume_path
             child.run_id = run_id
             if child.scope is not None:
                 child.scope.cancel()

@@ -53,7 +53,6 @@ async def supervise_part(
         Whether it was resumed from its newest checkpoint with every step
         after that checkpoint run once on the new run.
     """
-    fake.add_run("demo-base", checkpoints=["init"])
     out.line()
     out.line(
         f"Part 2: a training script under 'run' ({STEPS} steps, a checkpoint "
@@ -65,7 +64,7 @@ async def supervise_part(
             sys.executable,
             "-m",
             "trio_tinkex_recovery.testing._trainer",
-            "tinker://demo-base/weights/init",
+            "Qwen/Qwen3-8B",
             str(STEPS),
             str(EVERY),
             log,

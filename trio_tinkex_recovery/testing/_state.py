@@ -21,6 +21,7 @@ use Trio time, so everything works under ``MockClock``.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,9 +30,11 @@ import trio
 
 from .._types import Checkpoint, TrainingRun, WeightsInfo, parse_tinker_path
 from ._model import (
+    CORRUPTED_REQUESTS,
     DEFAULT_EPOCH,
     KIND_SEGMENT,
     LIST_ORDERS,
+    CorruptedRequests,
     ListOrder,
     PendingFuture,
     Refused,
@@ -73,6 +76,8 @@ class TinkerState(Traffic):
         request_log_limit: int | None = None,
         list_order: ListOrder = "recent",
         list_page_max: int = 100,
+        corrupted_requests: CorruptedRequests = "fail",
+        wall_clock: bool = False,
     ) -> None:
         if future_try_again < 0:
             raise ValueError(f"future_try_again must be >= 0, got {future_try_again}")
@@ -104,6 +109,13 @@ class TinkerState(Traffic):
         self.dynamic_config: dict[str, Any] | None = (
             None if dynamic_config is None else dict(dynamic_config)
         )
+        if corrupted_requests not in CORRUPTED_REQUESTS:
+            raise ValueError(
+                f"corrupted_requests must be one of {', '.join(CORRUPTED_REQUESTS)}, "
+                f"got {corrupted_requests!r}"
+            )
+        self.corrupted_requests: CorruptedRequests = corrupted_requests
+        self.wall_clock = wall_clock
         self.list_order: ListOrder = list_order
         self.list_page_max = list_page_max
         super().__init__(seed=seed, request_log_limit=request_log_limit)
@@ -112,6 +124,7 @@ class TinkerState(Traffic):
         self._list_rng = random.Random(f"list:{seed}")
         self._epoch = epoch
         self._ticks = 0
+        self._last_stamp = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._runs: dict[str, StoredRun] = {}
         self._ids = Ids()
         self._sessions = Sessions(self._ids)
@@ -502,6 +515,66 @@ class TinkerState(Traffic):
         )
         return request_id, model_id
 
+    def create_model(
+        self,
+        session_id: str,
+        seq: int,
+        *,
+        base_model: str,
+        lora_rank: int | None,
+        user_metadata: dict[str, Any] | None = None,
+    ) -> tuple[str, str]:
+        """Create model ``{session_id}:train:{seq}`` (a new LoRA adapter).
+
+        It has no checkpoint until its client saves one.  Asking again for
+        the same ``seq`` with the same arguments answers the first future.
+
+        Returns:
+            ``(request_id, model_id)``.
+
+        Raises:
+            Refused: The session is unknown or finished, or ``seq`` was used
+                for another request.
+        """
+        session = self.live_session(session_id)
+        identity = ("create_model", base_model, lora_rank, repr(user_metadata))
+        model_id = f"{session_id}:train:{seq}"
+        previous = session.loads.get(seq)
+        if previous is not None:
+            if previous.identity != identity:
+                raise Refused(
+                    "conflict", f"model_seq_id {seq} of this session is already used"
+                )
+            return previous.request_id, model_id
+        if model_id in self._runs:
+            raise Refused("conflict", f"model {model_id!r} exists already")
+        self._runs[model_id] = StoredRun(
+            run_id=model_id,
+            base_model=base_model,
+            lora_rank=lora_rank,
+            model_owner=self.model_owner,
+            user_metadata=user_metadata,
+            last_request_time=self._stamp(),
+            project_id=session.project_id,
+            session_id=session_id,
+        )
+        request_id = self._new_future({"type": "create_model", "model_id": model_id})
+        session.loads[seq] = StoredLoad(
+            identity=identity, request_id=request_id, model_id=model_id, restored=True
+        )
+        return request_id, model_id
+
+    def session_runs(self, session_id: str) -> list[str]:
+        """The training runs (models) created in a session, in order.
+
+        Raises:
+            Refused: No such session.
+        """
+        info = self._sessions.snapshot().get(session_id)
+        if info is None:
+            raise Refused("not_found", f"session {session_id!r} not found")
+        return list(info.model_ids)
+
     def save(
         self,
         model_id: str,
@@ -621,11 +694,14 @@ class TinkerState(Traffic):
         earlier = self._model_log.earlier(model_id, step.seq_id, identity)
         if earlier is not None:
             return earlier
-        if run.corrupted:
+        delay = None
+        if run.corrupted and self.corrupted_requests == "fail":
             result = {"error": f"model {model_id!r} is corrupted", "category": "server"}
         else:
             result = act(run)
-        request_id = self._new_future(result)
+            if run.corrupted and self.corrupted_requests == "hang":
+                delay = math.inf  # never ready: polls answer try_again
+        request_id = self._new_future(result, delay=delay)
         session = self._sessions.get(run.session_id or "")
         self._model_log.add(
             attrs.evolve(
@@ -645,6 +721,11 @@ class TinkerState(Traffic):
 
     def _stamp(self) -> dt.datetime:
         self._ticks += 1
+        if self.wall_clock:
+            # The wall clock, never the same instant twice.
+            now = dt.datetime.now(dt.UTC)
+            self._last_stamp = max(now, self._last_stamp + dt.timedelta(microseconds=1))
+            return self._last_stamp
         return self._epoch + dt.timedelta(minutes=self._ticks)
 
     def _run(self, run_id: str) -> StoredRun:
@@ -662,7 +743,9 @@ class TinkerState(Traffic):
             raise KeyError(f"no checkpoint {path!r}")
         return run, ckpt
 
-    def _new_future(self, result: dict[str, Any]) -> str:
+    def _new_future(self, result: dict[str, Any], *, delay: float | None = None) -> str:
         return self._futures.new(
-            result, try_again=self.future_try_again, delay=self.future_delay
+            result,
+            try_again=self.future_try_again,
+            delay=self.future_delay if delay is None else delay,
         )

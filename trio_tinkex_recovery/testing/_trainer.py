@@ -1,15 +1,15 @@
 """A tiny training script on the native client, run under the supervisor.
 
-``python -m trio_tinkex_recovery.testing._trainer BASE_CHECKPOINT STEPS EVERY
+``python -m trio_tinkex_recovery.testing._trainer BASE_MODEL STEPS EVERY
 [LOG]`` (the tests and the demo run it): trains STEPS steps
 (forward_backward then optim_step) against ``$TINKER_BASE_URL``, saving a
 training checkpoint with ``user_metadata {"step": N}`` after every EVERY-th
 step, and writes ``step STEP MODEL_ID`` on its stdout (its own log, which
 the supervisor leaves untouched), or appends it to LOG, once each step
 completed.  A
-first start restores BASE_CHECKPOINT (the native client has no
-``create_model``); a supervised restart resumes from the supervisor's
-resume point and goes on from the step after its checkpoint's.  Any
+first start creates a LoRA model of BASE_MODEL; a supervised restart
+resumes from the supervisor's resume point and goes on from the step
+after its checkpoint's.  Any
 failure of the service ends it with a non-zero status.
 
 ``TRAINER_STEP_DELAY`` (seconds, default 0) paces the steps;
@@ -39,7 +39,7 @@ DATUM = {
 }
 
 
-async def main(base: str, steps: int, every: int, log: str | None = None) -> None:
+async def main(base_model: str, steps: int, every: int, log: str | None = None) -> None:
     """Train; see the module's docstring."""
     delay = float(os.environ.get("TRAINER_STEP_DELAY", "0"))
     resume = supervised.resume_point()
@@ -48,8 +48,8 @@ async def main(base: str, steps: int, every: int, log: str | None = None) -> Non
         sys.exit(1)
     async with open_service_client(Config.from_env()) as service:
         if resume is None:
-            client = await service.create_training_client_from_state_with_optimizer(
-                base
+            client = await service.create_lora_training_client(
+                base_model, rank=8, user_metadata={"script": "trainer"}
             )
             first = 0
         else:
@@ -78,10 +78,10 @@ async def main(base: str, steps: int, every: int, log: str | None = None) -> Non
 
 
 if __name__ == "__main__":
-    base, steps, every = sys.argv[1:4]
+    base_model, steps, every = sys.argv[1:4]
     log = sys.argv[4] if len(sys.argv) > 4 else None
     try:
-        trio.run(main, base, int(steps), int(every), log)
+        trio.run(main, base_model, int(steps), int(every), log)
     except* TinkexRecoveryError as group:
         # One line, not a traceback: the supervisor decides what follows.
         print(f"trainer: {group.exceptions[0]}", file=sys.stderr)
