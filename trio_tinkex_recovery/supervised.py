@@ -153,8 +153,17 @@ def training_client(
         client = service.create_training_client_from_state_with_optimizer(resume.path)
     else:
         client = service.create_training_client_from_state(resume.path)
+    client = _resolved(client)
     announce(client)
     return client
+
+
+def _resolved(made: Any) -> Any:
+    """The client itself: SDK 0.38 returns a future of it from these calls."""
+    result = getattr(made, "result", None)
+    if callable(result) and not hasattr(type(made), "forward_backward"):
+        return result()
+    return made
 
 
 def _int(text: str | None) -> int | None:

@@ -114,3 +114,29 @@ def test_training_client_creates_or_resumes_and_announces(unsupervised, tmp_path
         ("weights", "tinker://r/weights/a"),
     ]
     assert target.read_text() == "new-run\nrestored\nrestored\n"
+
+
+class Future:
+    """What SDK 0.38's client-creating calls return: a future of the client."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def result(self):
+        return self._client
+
+
+class Client:
+    model_id = "from-future"
+
+    def forward_backward(self):
+        """A training client has this; a future does not."""
+
+
+def test_training_client_resolves_a_future_of_the_client(unsupervised, tmp_path):
+    unsupervised.setenv("TTR_JOB_ID", "job-1")
+    unsupervised.setenv("TTR_ANNOUNCE_FILE", str(tmp_path / "a"))
+    client = Client()
+    sdk = SimpleNamespace(create_lora_training_client=lambda **_: Future(client))
+    assert supervised.training_client(sdk, base_model="m") is client
+    assert (tmp_path / "a").read_text() == "from-future\n"
