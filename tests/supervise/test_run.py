@@ -176,6 +176,32 @@ async def test_a_start_that_dies_before_announcing_falls_back_older(tmp_path):
     assert [p.rsplit("/", 1)[1] for p in restarting] == ["step-0008", "step-0005"]
 
 
+async def test_discover_finds_a_run_nobody_announced(tmp_path):
+    """--discover: the child announces nothing; its run (new since it
+    started) is found by listing runs, and resumed when corrupted."""
+    fake = new_fake()
+    fake.add_run("someone-elses")  # there before the child: not its run
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            argv = run_argv(
+                url, tmp_path / "job.json", "--discover", command=trainer(14, 3)
+            )
+            env = trainer_env(url, TRAINER_STEP_DELAY="0.05", TRAINER_ANNOUNCE="0")
+            async with spawn(argv, env) as job:
+                await job.err.wait_for(r'"event": "announced"')
+                await job.out.wait_until(lambda: len(steps_of(job.out.lines)) >= 7)
+                first = steps_of(job.out.lines)[-1][1]
+                fake.corrupt(first)
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 0, job.err.text
+    runs = list(dict.fromkeys(model for _, model in steps_of(job.out.lines)))
+    assert len(runs) == 2
+    assert [r.source_run_id for r in fake.restore_log] == [first]
+    assert fake.restore_count("someone-elses") == 0
+
+
 async def test_signal_is_forwarded_and_nothing_restarts(tmp_path):
     """SIGTERM to the supervisor reaches the child; the supervisor exits
     with the child's status (128 + 15), and no restart follows."""

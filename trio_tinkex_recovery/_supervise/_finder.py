@@ -94,4 +94,5 @@ async def list_run_ids(rest: RestClientProtocol) -> list[str]:
     if lister is None:
         return []
     page = await lister(limit=100, offset=0)
-    return [run.training_run_id for run in page.training_runs]
+    ids = (item.get("training_run_id") for item in page.items)
+    return [run_id for run_id in ids if isinstance(run_id, str)]

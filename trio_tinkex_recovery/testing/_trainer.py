@@ -14,7 +14,8 @@ failure of the service ends it with a non-zero status.
 
 ``TRAINER_STEP_DELAY`` (seconds, default 0) paces the steps;
 ``TRAINER_BROKEN_RESUME=NAME`` makes a start resumed from checkpoint NAME
-fail (exit 1) before it announces a run.
+fail (exit 1) before it announces a run; ``TRAINER_ANNOUNCE=0`` makes it
+announce nothing (the supervisor must find its run otherwise).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ async def main(base_model: str, steps: int, every: int, log: str | None = None) 
                 restore = service.create_training_client_from_state
             client = await restore(resume.path)
             first = (resume.step or 0) + 1
-        supervised.announce(client)
+        if os.environ.get("TRAINER_ANNOUNCE") != "0":
+            supervised.announce(client)
         for step in range(first, steps):
             await client.forward_backward([DATUM], "cross_entropy")
             await client.optim_step(learning_rate=1e-4)
