@@ -1,4 +1,4 @@
-"""Sessions: tests, compat, lint and typing by default; demo, bench, nightly on demand.
+"""Default sessions: tests, compat, lint, typing, docs; on demand: demo, bench, nightly.
 
 Run everything CI runs with ``python3 -m nox``; one session with ``-s NAME``.
 """
@@ -9,7 +9,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["tests", "compat", "lint", "typing"]
+nox.options.sessions = ["tests", "compat", "lint", "typing", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -65,6 +65,21 @@ def typing(session: nox.Session) -> None:
     """mypy --strict over the package and tests/typing."""
     session.install("-e", ".[test]", "mypy")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site into docs/_build/html, then its examples run.
+
+    ``-W -n``: a warning, or a reference that does not resolve, fails the
+    build.  The doctest builder runs every ``testcode`` block of the pages
+    against the simulator and compares what it prints.
+    """
+    session.install("-e", ".[docs]")
+    build = "docs/_build"
+    options = ["-W", "-n", "--keep-going", "-q", "-d", f"{build}/doctrees"]
+    session.run("sphinx-build", *options, "-b", "html", "docs", f"{build}/html")
+    session.run("sphinx-build", *options, "-b", "doctest", "docs", f"{build}/doctest")
 
 
 @nox.session(python=PYTHON)

@@ -10,7 +10,7 @@ from ._config import Config as Config
 from ._engine._backends import plug_in as _plug_in
 from ._engine._executor import Executor as Executor
 from ._engine._executor import RecoveryOutcome as RecoveryOutcome
-from ._engine._executor import open_executor as open_executor
+from ._engine._executors import open_executor as open_executor
 from ._engine._monitor import Monitor as Monitor
 from ._engine._monitor import open_monitor as open_monitor
 from ._engine._telemetry import EVENT_NAMES as EVENT_NAMES

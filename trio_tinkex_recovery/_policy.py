@@ -172,7 +172,7 @@ class Policy:
     backoff: float = attrs.field(default=5.0, validator=non_negative)
     #: The longest retry delay (≥ ``backoff``).
     max_backoff: float = attrs.field(default=60.0, validator=_check_max_backoff)
-    #: Seconds between two polls of a run (≥ `MIN_POLL_INTERVAL`).
+    #: Seconds between two polls of a run (≥ 0.1, ``MIN_POLL_INTERVAL``).
     poll_interval: float = attrs.field(
         default=30.0, validator=number(minimum=MIN_POLL_INTERVAL)
     )

@@ -121,7 +121,7 @@ class SDKRestClient:
         return "<SDKRestClient>"
 
     async def get_training_run(self, run_id: str) -> TrainingRun:
-        """The run, as the SDK reads it, converted to `TrainingRun`.
+        """The run, as the SDK reads it, as a `~trio_tinkex_recovery.TrainingRun`.
 
         Raises:
             ValueError: ``run_id`` is not a valid run id (nothing is sent).
@@ -164,7 +164,7 @@ class SDKRestClient:
         return TrainingRunPage.from_json(response.model_dump(mode="json"))
 
     async def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
-        """The run's checkpoints, converted to `Checkpoint`.
+        """The run's checkpoints, converted to `~trio_tinkex_recovery.Checkpoint`.
 
         Raises:
             ValueError: ``run_id`` is not a valid run id (nothing is sent).

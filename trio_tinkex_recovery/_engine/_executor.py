@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
@@ -41,12 +40,13 @@ from .._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_s
 from .._text import printable
 from .._types import Checkpoint, validate_run_id
 from .._util import NoPublicConstructor
-from .._validators import check_number
 from ._recovery import RecoveryOutcome, Request, call_back, describe_error
 from ._selection import candidates
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 
 if TYPE_CHECKING:
+    import random
+
     from .._protocols import RestClientProtocol, ServiceProtocol
     from .._store import Snapshot, Store
     from .._types import TrainingRun
@@ -56,9 +56,6 @@ __all__ = [
     "RecoveryOutcome",
     "RecoveryPhase",
     "RecoveryState",
-    "check_max_concurrent",
-    "new_executor",
-    "open_executor",
 ]
 
 logger = logging.getLogger("trio_tinkex_recovery")
@@ -677,66 +674,3 @@ class Executor(metaclass=NoPublicConstructor):
         if jitter == 0 or delay == 0:
             return delay
         return delay * self._rng.uniform(1 - jitter, 1 + jitter)
-
-
-@asynccontextmanager
-async def open_executor(
-    *,
-    rest: RestClientProtocol | None = None,
-    service: ServiceProtocol | None = None,
-    max_concurrent: int = 1,
-    store: Store | None = None,
-) -> AsyncIterator[Executor]:
-    """Run an executor for the duration of the ``async with`` block.
-
-    Args:
-        rest: Reads runs and checkpoints for every recovery; by default each
-            recovery uses its service's ``create_rest_client()``.
-        service: The default service for `Executor.recover` calls that pass
-            ``None``.
-        max_concurrent: How many attempts may run at once (≥ 1).
-        store: The journal each recovery's progress is written to (before
-            its side effects); see `open_store`.  ``None`` keeps it in memory.
-
-    Leaving the block cancels recoveries still in progress (their records
-    end as ``interrupted``) and callbacks still running.
-    """
-    executor = new_executor(
-        rest=rest,
-        service=service,
-        max_concurrent=max_concurrent,
-        telemetry=Telemetry(),
-        journal=store,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(executor.run)
-        try:
-            yield executor
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-def check_max_concurrent(max_concurrent: object) -> None:
-    """Reject a ``max_concurrent`` that is not an int ≥ 1."""
-    check_number("max_concurrent", max_concurrent, minimum=1, integer=True)
-
-
-def new_executor(
-    *,
-    rest: RestClientProtocol | None,
-    service: ServiceProtocol | None,
-    max_concurrent: int,
-    telemetry: Telemetry,
-    rng: random.Random | None = None,
-    journal: Store | None = None,
-) -> Executor:
-    """Make an executor that emits through ``telemetry`` (a monitor's own)."""
-    check_max_concurrent(max_concurrent)
-    return Executor._create(
-        rest=rest,
-        service=service,
-        max_concurrent=max_concurrent,
-        telemetry=telemetry,
-        rng=rng or random.Random(),
-        journal=journal,
-    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, final
 
@@ -30,26 +29,28 @@ from .._protocols import ListingRestClientProtocol
 from .._store import PostgresStore
 from .._store._base import Snapshot, Store, StoredRun, StoreError, json_safe
 from .._text import printable
-from .._types import TrainingRun, list_params, validate_run_id
 from .._util import NoPublicConstructor
 from ._backends import BACKENDS
+from ._discovery import Discoverer, check_options
 from ._episodes import Book
-from ._executor import Executor, check_max_concurrent, new_executor
+from ._executors import check_max_concurrent, new_executor
+from ._intake import Intake
 from ._leases import LeaseKeeper
 from ._poller import Poller
 from ._polling import Discovery, PollCounts, PollingMode, check_polling
 from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._training import Training, open_training
-from ._watch import AllRuns, Watch, is_active
+from ._watch import AllRuns, Watch
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from .._config import Config
     from .._protocols import RestClientFactory, RestClientProtocol, ServiceProtocol
     from .._state import RecoveryState
-    from .._types import Checkpoint
+    from .._types import Checkpoint, TrainingRun
+    from ._executor import Executor
     from ._recovery import RecoveryOutcome
     from ._training import Tracker
 
@@ -106,8 +107,6 @@ class Monitor(metaclass=NoPublicConstructor):
             nursery=nursery,
             counts=self._counts,
         )
-        self._all: AllRuns | None = None
-        self._existing_corrupted = 0
         # With replicas sharing the store: which runs this one acts on.
         self._leases: LeaseKeeper | None = None
         self._poller = Poller(
@@ -123,6 +122,28 @@ class Monitor(metaclass=NoPublicConstructor):
         )
         # Trainings told about their run's polls and detections.
         self._trackers: dict[str, Tracker] = {}
+        self._intake = Intake(
+            book=self._book,
+            policy=policy,
+            routes=self._routes,
+            executor=executor,
+            service=service,
+            store=store,
+            nursery=nursery,
+            check_open=self._check_open,
+            leases=lambda: self._leases,
+            start_watch=self._start_watch,
+        )
+        self._discoverer = Discoverer(
+            book=self._book,
+            executor=executor,
+            service=service,
+            nursery=nursery,
+            closed=lambda: self._closed,
+            leases=lambda: self._leases,
+            start_watch=self._start_watch,
+            record=None if store is None else self._put_run,
+        )
 
     def __repr__(self) -> str:
         return f"<Monitor monitored={len(self._watches)} policy={self._policy!r}>"
@@ -148,7 +169,11 @@ class Monitor(metaclass=NoPublicConstructor):
         service: ServiceProtocol | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        """Start watching ``run_id``; the first poll happens at once.
+        """Start watching ``run_id`` (its first poll comes within the jitter).
+
+        The first poll comes after a random delay of up to
+        ``policy.jitter * policy.poll_interval`` (3 s with the defaults; at
+        once with ``jitter=0``), then one every ``poll_interval``.
 
         Watching a run that is already watched updates its service and
         metadata; there is still one polling task.  A run is restored at
@@ -175,85 +200,7 @@ class Monitor(metaclass=NoPublicConstructor):
             trio.ClosedResourceError: The monitor's block has exited.
             Exception: Whatever ``rest_for_service`` raised; nothing is scheduled.
         """
-        await self._watch_run(run_id, service, metadata, persist=True)
-
-    async def _watch_run(
-        self,
-        run_id: str,
-        service: ServiceProtocol | None,
-        metadata: Mapping[str, Any] | None,
-        *,
-        persist: bool,
-    ) -> None:
-        """`monitor_run`; ``persist=False`` for a run read from the journal."""
-        await trio.lowlevel.checkpoint()
-        self._check_open()
-        if not self._policy.enabled:
-            raise RecoveryDisabledError(
-                "recovery is disabled; pass Policy(enabled=True) to opt in"
-            )
-        validate_run_id(run_id)
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata must be a mapping, got {metadata!r}")
-        if service is None:
-            service = self._service
-        metadata = dict(metadata or {})
-        self._book.stopped.pop(run_id)
-        if self._settled(run_id, service, metadata):
-            return
-        successor = self._successors.get(run_id)
-        if successor and self._policy.follow_recovered:
-            if self._book.standing(successor) not in ("watched", "handed"):
-                await self.monitor_run(successor, service, metadata)
-            return
-        if self._leases is not None and not self._leases.holds(run_id):
-            # Another replica may hold it: stored for whichever claims it.
-            await self._leases.add(run_id, metadata)
-            return
-        rest = await self._routes.rest_client(run_id, service)
-        self._check_open()
-        if persist and self._store is not None:
-            await self._store.put_run(
-                StoredRun(
-                    run_id,
-                    json_safe(metadata),
-                    recovered=run_id in self._successors,
-                    successor=self._successors.get(run_id),
-                )
-            )
-            self._check_open()
-        # Asked again after the awaits, and acted on with none in between:
-        # the run may have been handed over or restored meanwhile.
-        if self._settled(run_id, service, metadata):
-            return
-        if self._successors.get(run_id) and self._policy.follow_recovered:
-            return  # restored meanwhile: its follow-up watches the successor
-        watch = self._watches.get(run_id)
-        if watch is not None:
-            watch.service, watch.metadata = service, metadata
-            watch.discovered = False  # named now: the user's to stop
-            self._routes.bind(watch, rest)
-            return
-        watch = Watch(
-            run_id=run_id,
-            service=service,
-            rest=rest,
-            metadata=metadata,
-            recovered=run_id in self._successors,
-        )
-        self._start_watch(watch)
-
-    def _settled(
-        self, run_id: str, service: ServiceProtocol | None, metadata: dict[str, Any]
-    ) -> bool:
-        """Whether ``run_id`` is handed over: then update what its follow-up uses."""
-        handed = self._handed.get(run_id)
-        if handed is None:
-            return False
-        handed.service = service or handed.service
-        handed.metadata = metadata
-        handed.followed = True
-        return True
+        await self._intake.watch_run(run_id, service, metadata, persist=True)
 
     async def monitor_all(
         self,
@@ -298,19 +245,12 @@ class Monitor(metaclass=NoPublicConstructor):
             raise RecoveryDisabledError(
                 "recovery is disabled; pass Policy(enabled=True) to opt in"
             )
-        list_params(limit=1, offset=0, access_scope=scope, project_id=project_id)
-        if (
-            isinstance(active_within, bool)
-            or not isinstance(active_within, int | float)
-            or not active_within > 0
-        ):
-            raise ValueError(
-                f"active_within must be a number of seconds > 0, got {active_within!r}"
-            )
-        if not isinstance(recover_existing, bool):
-            raise TypeError(
-                f"recover_existing must be a bool, got {recover_existing!r}"
-            )
+        within = check_options(
+            scope=scope,
+            project_id=project_id,
+            active_within=active_within,
+            recover_existing=recover_existing,
+        )
         rest = await self._routes.rest_client(None, self._service)
         self._check_open()
         if not isinstance(rest, ListingRestClientProtocol):
@@ -322,17 +262,18 @@ class Monitor(metaclass=NoPublicConstructor):
         assert batcher is not None
         if batcher.unsupported is not None:
             raise batcher.unsupported
+        found = self._discoverer
         wanted = AllRuns(
             batcher,
-            Discovery(scope=scope, project_id=project_id, on_listed=self._on_listed),
-            active_within=float(active_within),
+            Discovery(scope=scope, project_id=project_id, on_listed=found.on_listed),
+            active_within=within,
             recover_existing=recover_existing,
         )
-        previous, self._all = self._all, wanted
+        previous, found.wanted = found.wanted, wanted
         discovery = batcher.discover(wanted.discovery)
         await discovery.done.wait()
         if discovery.error is not None:
-            self._all = previous
+            found.wanted = previous
             raise discovery.error
         batcher.keep_discovering(wanted.discovery)
 
@@ -341,8 +282,8 @@ class Monitor(metaclass=NoPublicConstructor):
 
         A recovery already handed to the executor goes on, but its restored
         successor is not watched.  Discovery (`monitor_all`) leaves the run
-        be (the most recent stops are remembered, see the README) until it
-        is watched again by name.  Unknown runs are ignored.
+        be (the 10,000 most recent stops are remembered) until it is
+        watched again by name.  Unknown runs are ignored.
         """
         watch = self._watches.pop(run_id, None)
         self._book.stopped.set(run_id, None)
@@ -366,7 +307,7 @@ class Monitor(metaclass=NoPublicConstructor):
             poll_errors=counts["poll_error"],
             get_requests=self._counts.gets,
             list_requests=self._counts.lists,
-            existing_corrupted=self._existing_corrupted,
+            existing_corrupted=self._discoverer.existing_corrupted,
             detected=counts["detected"],
             leases_held=0 if self._leases is None else self._leases.leases_held,
             replicas=0 if self._leases is None else self._leases.replicas,
@@ -420,7 +361,7 @@ class Monitor(metaclass=NoPublicConstructor):
                 exhausted or its checkpoint says no step.
         """
         return open_training(
-            self,
+            _TrainingHost(self),
             client_or_run_id,
             first_step=first_step,
             step_of=step_of,
@@ -516,82 +457,10 @@ class Monitor(metaclass=NoPublicConstructor):
         self._handed[run_id] = watch
         return True
 
-    def _on_listed(self, run_id: str, item: Mapping[str, Any]) -> None:
-        """Watch a run a discovering sweep listed, if it is new and active."""
-        wanted = self._all
-        if wanted is None or self._closed or self._book.standing(run_id) != "new":
-            return
-        if run_id in self._book.rejected or not is_active(item, wanted.active_within):
-            return  # An idle run is looked at again by the next sweep.
-        try:
-            validate_run_id(run_id)
-        except ValueError as exc:
-            self._book.rejected.set(run_id, None)
-            logger.warning("not watching a listed run: %s", printable(str(exc)))
-            return
-        state = self._executor.recovery_state(run_id)
-        if state is not None and state.pending:
-            return  # recovering through a shared executor: not ours to watch
-        if self._leases is not None and not self._leases.holds(run_id):
-            # Stored once for whichever replica claims it (never overwritten).
-            if run_id not in self._book.offered:
-                self._book.offered.set(run_id, None)
-                self._nursery.start_soon(self._offer, run_id)
-            return
-        watch = Watch(
-            run_id=run_id,
-            service=self._service,
-            rest=wanted.batcher.rest,
-            metadata={},
-            discovered=True,
-        )
-        if item.get("corrupted") is True and not wanted.recover_existing:
-            watch.recovered = True
-            self._existing_corrupted += 1
-            logger.warning(
-                "run %s was already corrupted when discovered: watching it, "
-                "not restoring it (recover_existing=False)",
-                printable(run_id),
-            )
-        if self._store is not None:
-            self._nursery.start_soon(
-                self._put_run, StoredRun(run_id, {}, recovered=watch.recovered)
-            )
-        self._start_watch(watch, item)
-
-    async def _offer(self, run_id: str) -> None:
-        """Store a listed run for the replicas; a failure is logged, not raised."""
-        assert self._leases is not None
-        try:
-            await self._leases.add(run_id, {})
-        except StoreError as exc:
-            self._book.offered.pop(run_id)
-            logger.error("run %s: %s", printable(run_id), exc)
-
     def _observe(self, watch: Watch, corrupted: bool, began: float) -> None:
         tracker = self._trackers.get(watch.run_id)
         if tracker is not None:
             tracker.polled(corrupted, began)
-
-    def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
-        """Tell ``tracker`` about ``run_id``'s polls (for `training`)."""
-        self._trackers[run_id] = tracker
-
-        def untrack() -> None:
-            if self._trackers.get(run_id) is tracker:
-                del self._trackers[run_id]
-
-        return untrack
-
-    def recovery_outcomes(
-        self,
-    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RecoveryOutcome]]:
-        """How each recovery ends (`Executor.outcomes`), for `training`."""
-        return self._executor.outcomes()
-
-    async def start(self, task: Callable[..., Awaitable[None]]) -> None:
-        """Start ``task`` in the monitor's nursery, for `training`."""
-        await self._nursery.start(task)
 
     def _gone(self, watch: Watch) -> None:
         """A discovered run the service no longer knows: forget it."""
@@ -602,84 +471,34 @@ class Monitor(metaclass=NoPublicConstructor):
         if self._current(watch):
             del self._watches[watch.run_id]
 
-    async def _follow_outcomes(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Drain the executor's outcomes; watch each run this monitor recovered."""
-        async with self._executor.outcomes() as outcomes:
-            task_status.started()
-            async for outcome in outcomes:
-                watch = self._handed.pop(outcome.run_id, None)
-                if watch is None or outcome.state.phase != "done":
-                    continue
-                successor = outcome.state.new_run_id
-                self._successors.set(outcome.run_id, successor)
-                self._nursery.start_soon(self._follow, watch, successor, outcome.client)
 
-    async def _follow(self, old: Watch, successor: str | None, client: Any) -> None:
-        """Record that ``old`` was restored, and watch its successor."""
-        try:
-            if self._store is not None:
-                await self._store.put_run(
-                    StoredRun(
-                        old.run_id,
-                        json_safe(old.metadata),
-                        recovered=True,
-                        successor=successor,
-                    )
-                )
-            if self._policy.follow_recovered and successor and old.followed:
-                metadata = {**old.metadata, "training_client": client}
-                metadata.pop("training_pid", None)
-                await self.monitor_run(
-                    successor, service=old.service, metadata=metadata
-                )
-        except trio.ClosedResourceError:
-            pass
-        except Exception:
-            logger.exception("could not follow recovered run %s", successor)
+@final
+@attrs.frozen
+class _TrainingHost:
+    """The monitor as a training uses it."""
 
-    async def _resume(self, snapshot: Snapshot) -> None:
-        """Pick up what a journal holds: pending recoveries, then watched runs.
+    _monitor: Monitor
 
-        A pending recovery resumes where it stopped (its restore reconciled
-        by the executor); a run restored in its current episode is not
-        restored again (its successor is watched instead); a run whose
-        recovery was exhausted is left alone until watched again by name.
-        """
-        self._executor.remember(snapshot)
-        for stored in snapshot.runs.values():
-            if stored.recovered:
-                self._successors.set(stored.run_id, stored.successor)
-        for recovery in snapshot.recoveries.values():
-            if not recovery.state.pending:
-                continue
-            run_id = recovery.state.run_id
-            rest = await self._routes.rest_client(run_id, self._service)
-            self._handed[run_id] = Watch(
-                run_id=run_id,
-                service=self._service,
-                rest=rest,
-                metadata=dict(recovery.metadata),
-            )
-            await self._executor.resume(
-                recovery, self._service, self._policy, rest=rest
-            )
-        for stored in snapshot.runs.values():
-            record = snapshot.recoveries.get(stored.run_id)
-            if record is not None and record.state.phase == "exhausted":
-                logger.warning(
-                    "run %s: its recovery was exhausted; watch it again by name "
-                    "to retry",
-                    printable(stored.run_id),
-                )
-                continue
-            if stored.run_id not in self._handed:
-                # Already in the journal: nothing to write (a restart with
-                # thousands of stored runs costs no write per run).
-                await self._watch_run(
-                    stored.run_id, None, stored.metadata, persist=False
-                )
+    async def watch(self, run_id: str, metadata: Mapping[str, Any]) -> None:
+        await self._monitor.monitor_run(run_id, metadata=metadata)
+
+    def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
+        trackers = self._monitor._trackers
+        trackers[run_id] = tracker
+
+        def untrack() -> None:
+            if trackers.get(run_id) is tracker:
+                del trackers[run_id]
+
+        return untrack
+
+    def recovery_outcomes(
+        self,
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RecoveryOutcome]]:
+        return self._monitor.executor.outcomes()
+
+    async def start(self, task: Callable[..., Awaitable[None]]) -> None:
+        await self._monitor._nursery.start(task)
 
 
 @final
@@ -693,7 +512,7 @@ class _Replica:
         return self._monitor.executor.recoveries
 
     async def take_up(self, snapshot: Snapshot) -> None:
-        await self._monitor._resume(snapshot)
+        await self._monitor._intake.resume(snapshot)
 
     def stop_monitoring(self, run_id: str) -> None:
         self._monitor.stop_monitoring(run_id)
@@ -806,13 +625,13 @@ async def open_monitor(
             store=store,
             polling=polling,
         )
-        await nursery.start(monitor._follow_outcomes)
+        await nursery.start(monitor._intake.follow_outcomes)
         if isinstance(store, PostgresStore) and not store.readonly:
             # Replicas share the store: act only on the runs this one claims.
             monitor._leases = LeaseKeeper(_Replica(monitor), store)
             await nursery.start(monitor._leases.run)
         elif store is not None:
-            await monitor._resume(await store.load())
+            await monitor._intake.resume(await store.load())
         try:
             yield monitor
         finally:

@@ -1,11 +1,12 @@
 """The polling of one watched run: its schedule, each poll, its verdict.
 
-A run is polled at once (after a jittered delay), then every
-``poll_interval`` on a drift-free grid (``trio.sleep_until``), so a slow
-poll never shifts the next one; while its REST client's `Batcher`
-coalesces polls it follows the batcher's shared grid instead.  A healthy
-poll of a run restored in its current episode ends that episode; a
-corrupted one is handed over, and the run's polling ends.
+A run is first polled after a random delay of up to
+``jitter * poll_interval``, then every ``poll_interval`` on a drift-free
+grid (``trio.sleep_until``), so a slow poll never shifts the next one;
+while its REST client's `Batcher` coalesces polls it follows the
+batcher's shared grid instead.  A healthy poll of a run restored in its
+current episode ends that episode; a corrupted one is handed over, and
+the run's polling ends.
 """
 
 from __future__ import annotations
@@ -107,9 +108,13 @@ class Poller:
     async def poll_forever(self, watch: Watch, first: Mapping[str, Any] | None) -> None:
         """Poll ``watch`` until it is handed over; ``first``: its first answer.
 
-        On its own schedule the run is polled at once, then every interval
-        (with jitter); while its batcher coalesces polls it follows the
-        batcher's grid instead, and waits for each poll in the batcher.
+        Without ``first``, the first poll comes after a random delay of up
+        to ``jitter * interval`` (or joins another new run's first poll, or
+        the batcher's grid, within that window); with ``first`` it is that
+        answer, at once.  On its own schedule the run is then polled every
+        interval on a fixed grid, each slot jittered; while its batcher
+        coalesces polls it follows the batcher's grid instead, and waits
+        for each poll in the batcher.
         """
         interval = self.policy.poll_interval
         spread = self.policy.jitter * interval

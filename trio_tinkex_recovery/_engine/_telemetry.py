@@ -90,7 +90,7 @@ class TelemetryEvent:
 
     @property
     def event(self) -> tuple[str, str, str]:
-        """The tinkex event name: ``("tinkex", "recovery", name)``."""
+        """The tinkex event name, ``("tinkex", "recovery", name)``."""
         return ("tinkex", "recovery", self.name)
 
     def to_json(self) -> dict[str, Any]:

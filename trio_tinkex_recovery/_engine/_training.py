@@ -61,13 +61,8 @@ class Tracker(Protocol):
 class TrainingHost(Protocol):
     """The monitor, as a training uses it."""
 
-    async def monitor_run(
-        self,
-        run_id: str,
-        service: Any = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Watch ``run_id``."""
+    async def watch(self, run_id: str, metadata: Mapping[str, Any]) -> None:
+        """Watch ``run_id`` (``Monitor.monitor_run``)."""
         ...
 
     def track(self, run_id: str, tracker: Tracker) -> Callable[[], None]:
@@ -365,16 +360,15 @@ async def open_training(
                     following = training.recovered(outcome)
                     if following is not None:
                         untrack = host.track(following, training)
-                        await host.monitor_run(
-                            following,
-                            metadata={"training_client": training.client},
+                        await host.watch(
+                            following, {"training_client": training.client}
                         )
 
     try:
         # In the monitor's nursery: an error raised from the block (from
         # `Training.step`) reaches the caller as it is, not in a group.
         await host.start(follow)
-        await host.monitor_run(run_id, metadata=metadata)
+        await host.watch(run_id, metadata)
         yield training
     finally:
         untrack()

@@ -170,7 +170,8 @@ class Store(Protocol):
 
     Every method writes through before it returns (a crash after it
     returned loses nothing it wrote) and raises `StoreError` when it
-    cannot.  Implementations: the in-memory store, SQLite (a file path).
+    cannot.  Implementations: the in-memory store, SQLite (a file path),
+    PostgreSQL (a ``postgresql://`` DSN).
     """
 
     #: Where the store lives, for messages (a path, never a password).

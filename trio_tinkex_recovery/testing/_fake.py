@@ -73,7 +73,7 @@ class FakeTinker(TinkerState):
         telemetry_batches: How many ``/api/v1/telemetry`` batches arrived.
 
     The list shows restored models too, and filters by the caller's runs
-    (``access_scope=owned``: owner `model_owner`) and by ``project_id``
+    (``access_scope=owned``: owner ``model_owner``) and by ``project_id``
     (``add_run(project_id=...)``; a restored model joins the project of the
     session that created it).
 
@@ -87,7 +87,7 @@ class FakeTinker(TinkerState):
     ``request_log_limit`` are attributes of the same name and may be
     changed between requests (e.g. ``fake.base_latency = 0.01``).  The state
     API (``add_run``, ``corrupt``, ``requests``, ...) and the operations the
-    endpoints perform are `TinkerState`'s.
+    endpoints perform are inherited from the simulator's state class.
     """
 
     @functools.cached_property

@@ -6,7 +6,8 @@ Enable them in your top-level ``conftest.py``::
 
 Fixtures:
 
-- ``fake_tinker``: a fresh, empty `FakeTinker`;
+- ``fake_tinker``: a fresh, empty
+  `~trio_tinkex_recovery.testing.FakeTinker`;
 - ``fake_tinker_transport``: an ``httpx.ASGITransport`` over it, for
   in-process clients (use with ``autojump_clock``);
 - ``fake_tinker_url``: its base URL, served by hypercorn on 127.0.0.1 with a
