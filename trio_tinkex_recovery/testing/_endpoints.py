@@ -187,10 +187,10 @@ class Endpoints:
 
     @_route("GET", r"/api/v1/sessions/(?P<session_id>[^/]+)")
     async def _get_session(self, request: WireRequest, session_id: str) -> Any:
-        return {
-            "training_run_ids": self._state.session_runs(session_id),
-            "sampler_ids": [],
-        }
+        info = self._state.sessions.get(session_id)
+        if info is None:
+            raise WireError(404, f"session {session_id!r} not found")
+        return {"training_run_ids": list(info.model_ids), "sampler_ids": []}
 
     @_route("POST", r"/api/v1/telemetry")
     async def _telemetry(self, request: WireRequest) -> Any:

@@ -21,7 +21,6 @@ use Trio time, so everything works under ``MockClock``.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import random
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,8 +28,8 @@ import attrs
 import trio
 
 from .._types import Checkpoint, TrainingRun, WeightsInfo, parse_tinker_path
+from ._creation import Clock, check_corrupted_requests, new_model
 from ._model import (
-    CORRUPTED_REQUESTS,
     DEFAULT_EPOCH,
     KIND_SEGMENT,
     LIST_ORDERS,
@@ -109,12 +108,7 @@ class TinkerState(Traffic):
         self.dynamic_config: dict[str, Any] | None = (
             None if dynamic_config is None else dict(dynamic_config)
         )
-        if corrupted_requests not in CORRUPTED_REQUESTS:
-            raise ValueError(
-                f"corrupted_requests must be one of {', '.join(CORRUPTED_REQUESTS)}, "
-                f"got {corrupted_requests!r}"
-            )
-        self.corrupted_requests: CorruptedRequests = corrupted_requests
+        self.corrupted_requests = check_corrupted_requests(corrupted_requests)
         self.wall_clock = wall_clock
         self.list_order: ListOrder = list_order
         self.list_page_max = list_page_max
@@ -123,8 +117,7 @@ class TinkerState(Traffic):
         self.list_requests = 0
         self._list_rng = random.Random(f"list:{seed}")
         self._epoch = epoch
-        self._ticks = 0
-        self._last_stamp = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._clock = Clock(epoch)
         self._runs: dict[str, StoredRun] = {}
         self._ids = Ids()
         self._sessions = Sessions(self._ids)
@@ -524,56 +517,22 @@ class TinkerState(Traffic):
         lora_rank: int | None,
         user_metadata: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
-        """Create model ``{session_id}:train:{seq}`` (a new LoRA adapter).
-
-        It has no checkpoint until its client saves one.  Asking again for
-        the same ``seq`` with the same arguments answers the first future.
-
-        Returns:
-            ``(request_id, model_id)``.
-
-        Raises:
-            Refused: The session is unknown or finished, or ``seq`` was used
-                for another request.
-        """
-        session = self.live_session(session_id)
-        identity = ("create_model", base_model, lora_rank, repr(user_metadata))
-        model_id = f"{session_id}:train:{seq}"
-        previous = session.loads.get(seq)
-        if previous is not None:
-            if previous.identity != identity:
-                raise Refused(
-                    "conflict", f"model_seq_id {seq} of this session is already used"
-                )
-            return previous.request_id, model_id
-        if model_id in self._runs:
-            raise Refused("conflict", f"model {model_id!r} exists already")
-        self._runs[model_id] = StoredRun(
-            run_id=model_id,
-            base_model=base_model,
-            lora_rank=lora_rank,
-            model_owner=self.model_owner,
-            user_metadata=user_metadata,
-            last_request_time=self._stamp(),
-            project_id=session.project_id,
-            session_id=session_id,
+        """Create model ``{session_id}:train:{seq}``; see `new_model`."""
+        return new_model(
+            self._runs,
+            self.live_session(session_id),
+            seq,
+            StoredRun(
+                run_id=f"{session_id}:train:{seq}",
+                base_model=base_model,
+                lora_rank=lora_rank,
+                model_owner=self.model_owner,
+                user_metadata=user_metadata,
+                last_request_time=self._stamp(),
+                session_id=session_id,
+            ),
+            self._new_future,
         )
-        request_id = self._new_future({"type": "create_model", "model_id": model_id})
-        session.loads[seq] = StoredLoad(
-            identity=identity, request_id=request_id, model_id=model_id, restored=True
-        )
-        return request_id, model_id
-
-    def session_runs(self, session_id: str) -> list[str]:
-        """The training runs (models) created in a session, in order.
-
-        Raises:
-            Refused: No such session.
-        """
-        info = self._sessions.snapshot().get(session_id)
-        if info is None:
-            raise Refused("not_found", f"session {session_id!r} not found")
-        return list(info.model_ids)
 
     def save(
         self,
@@ -694,14 +653,13 @@ class TinkerState(Traffic):
         earlier = self._model_log.earlier(model_id, step.seq_id, identity)
         if earlier is not None:
             return earlier
-        delay = None
-        if run.corrupted and self.corrupted_requests == "fail":
+        mode = self.corrupted_requests if run.corrupted else "succeed"
+        if mode == "fail":
             result = {"error": f"model {model_id!r} is corrupted", "category": "server"}
         else:
             result = act(run)
-            if run.corrupted and self.corrupted_requests == "hang":
-                delay = math.inf  # never ready: polls answer try_again
-        request_id = self._new_future(result, delay=delay)
+        hang = float("inf") if mode == "hang" else None  # polls answer try_again
+        request_id = self._new_future(result, delay=hang)
         session = self._sessions.get(run.session_id or "")
         self._model_log.add(
             attrs.evolve(
@@ -720,13 +678,7 @@ class TinkerState(Traffic):
     # Internals
 
     def _stamp(self) -> dt.datetime:
-        self._ticks += 1
-        if self.wall_clock:
-            # The wall clock, never the same instant twice.
-            now = dt.datetime.now(dt.UTC)
-            self._last_stamp = max(now, self._last_stamp + dt.timedelta(microseconds=1))
-            return self._last_stamp
-        return self._epoch + dt.timedelta(minutes=self._ticks)
+        return self._clock.stamp(wall=self.wall_clock)
 
     def _run(self, run_id: str) -> StoredRun:
         try:
@@ -744,8 +696,5 @@ class TinkerState(Traffic):
         return run, ckpt
 
     def _new_future(self, result: dict[str, Any], *, delay: float | None = None) -> str:
-        return self._futures.new(
-            result,
-            try_again=self.future_try_again,
-            delay=self.future_delay if delay is None else delay,
-        )
+        delay = self.future_delay if delay is None else delay
+        return self._futures.new(result, try_again=self.future_try_again, delay=delay)
