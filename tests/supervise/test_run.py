@@ -412,3 +412,34 @@ async def test_a_supervisor_killed_and_started_again_keeps_its_job(tmp_path):
         s.time for s in fake.training_steps(again)
     )
     assert not [s for s in fake.training_steps(first_run) if s.time is None]
+
+
+STUBBORN = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_second_ctrl_c_kills_a_child_that_ignores_the_first(tmp_path):
+    """SIGINT is forwarded; a child that ignores it is killed by the second
+    one (SIGKILL to its group): exit 128 + 9."""
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            command = [sys.executable, "-c", STUBBORN]
+            argv = run_argv(url, tmp_path / "job.json", command=command)
+            async with spawn(argv, trainer_env(url)) as job:
+                await job.out.wait_for("^ready$")
+                job.process.send_signal(signal.SIGINT)
+                await job.err.wait_for('"signal": "SIGINT"')
+                job.process.send_signal(signal.SIGINT)
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 128 + signal.SIGKILL, job.err.text
+    forwarded = [
+        e["signal"] for e in reports(job.err.lines) if e["event"] == "forwarded"
+    ]
+    assert forwarded == ["SIGINT", "SIGKILL"]
