@@ -15,13 +15,15 @@ failure of the service ends it with a non-zero status.
 ``TRAINER_STEP_DELAY`` (seconds, default 0) paces the steps;
 ``TRAINER_BROKEN_RESUME=NAME`` makes a start resumed from checkpoint NAME
 fail (exit 1) before it announces a run; ``TRAINER_ANNOUNCE=0`` makes it
-announce nothing (the supervisor must find its run otherwise).
+announce nothing (the supervisor must find its run otherwise);
+``TRAINER_TIMES=1`` adds ``time.monotonic()`` to each step's line.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
 import trio
 
@@ -66,6 +68,8 @@ async def main(base_model: str, steps: int, every: int, log: str | None = None) 
             await client.forward_backward([DATUM], "cross_entropy")
             await client.optim_step(learning_rate=1e-4)
             line = f"step {step} {client.model_id}"
+            if os.environ.get("TRAINER_TIMES") == "1":
+                line += f" {time.monotonic():.6f}"
             if log is None:
                 print(line, flush=True)
             else:
