@@ -140,3 +140,20 @@ def test_training_client_resolves_a_future_of_the_client(unsupervised, tmp_path)
     sdk = SimpleNamespace(create_lora_training_client=lambda **_: Future(client))
     assert supervised.training_client(sdk, base_model="m") is client
     assert (tmp_path / "a").read_text() == "from-future\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "python", "train.py"], "the command to run comes after --"),
+        (["run", "--"], "no command after --"),
+        (["run", "--grace", "-1", "--", "x"], "argument --grace: must be ≥ 0"),
+        (["run", "--max-restarts", "two", "--", "x"], "not an integer"),
+    ],
+)
+def test_run_usage_errors_exit_2(argv, message, capsys, monkeypatch):
+    from trio_tinkex_recovery.cli import main
+
+    monkeypatch.setenv("TINKER_API_KEY", "tml-usage-test")
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
