@@ -6,6 +6,9 @@ Run everything CI runs with ``python3 -m nox``; one session with ``-s NAME``.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 
 import nox
 
@@ -13,7 +16,46 @@ nox.options.sessions = ["tests", "compat", "lint", "typing", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
+#: The Pythons the package supports and CI tests, newest first.
+SUPPORTED = ("3.13", "3.12", "3.11")
+
+
+def _works(version: str) -> bool:
+    """Whether ``python<version>`` is on the PATH and runs (a pyenv shim for
+    a version not selected is on the PATH but does not)."""
+    path = shutil.which(f"python{version}")
+    if path is None:
+        return False
+    try:
+        return (
+            subprocess.run(
+                [path, "-c", "pass"], capture_output=True, timeout=30, check=False
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def pick_python(running: str | None = None) -> str:
+    """The one interpreter every session runs on.
+
+    ``TTR_PYTHON`` (e.g. ``3.12``) pins it, as CI does.  Otherwise the
+    Python running nox (``running``), if supported, else the newest
+    supported one found.
+    With none, 3.11 (and nox says it is missing).
+    """
+    pinned = os.environ.get("TTR_PYTHON")
+    if pinned:
+        return pinned
+    if running is None:
+        running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if running in SUPPORTED:
+        return running
+    return next((v for v in SUPPORTED if _works(v)), SUPPORTED[-1])
+
+
+PYTHON = pick_python()
 
 
 @nox.session(python=PYTHON)

@@ -94,6 +94,18 @@ async def test_rate_limit_and_server_errors_are_ridden_out(nursery, fake):
             run = await service.create_rest_client().get_training_run("run-1")
     assert run.training_run_id == "run-1"
     assert fake.restores == {"run-1": 1}
+    # Each scripted fault fired, and the same request was sent again.
+    for path in (
+        "/api/v1/weights_info",
+        "/api/v1/load_weights",
+        "/api/v1/training_runs/run-1",
+    ):
+        sent = [r for r in fake.requests if r.path == path]
+        assert len(sent) >= 2, path
+        assert sent[0].fault is not None, path
+        assert sent[-1].fault is None, path
+        if sent[0].method == "POST":
+            assert sent[0].idempotency_key == sent[1].idempotency_key
 
 
 async def test_slow_answers_time_out_per_request(nursery, fake):

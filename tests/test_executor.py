@@ -595,3 +595,42 @@ async def test_outcomes_tell_how_each_recovery_ended(service, rest, autojump_clo
     assert got["run-1"].checkpoint.tinker_path == "tinker://run-1/weights/0001"
     assert got["run-2"].state.phase == "exhausted"
     assert got["run-2"].client is None
+
+
+@pytest.mark.parametrize("when", ["in flight", "waiting", "queued"])
+async def test_interrupt_cancels_a_recovery_at_once(
+    service, rest, autojump_clock, when
+):
+    """interrupt() cancels the restore call in flight (or the retry wait, or
+    the queued hand-off): the recovery ends interrupted, never exhausted,
+    and no restore lands afterwards; another run's goes on."""
+    rest.add("run-1", "0001")
+    rest.add("run-2", "0001")
+    failures = []
+    policy = Policy(
+        enabled=True, jitter=0, on_failure=lambda *args: failures.append(args)
+    )
+    service.delay = 10
+    if when == "waiting":
+        service.failures = [InternalServerError("down", status=503)]
+    async with open_executor(service=service) as executor:
+        async with executor.subscribe() as events:
+            if when == "queued":
+                await executor.recover("run-2", None, policy)  # holds the slot
+            await executor.recover("run-1", None, policy)
+            await trio.sleep(12 if when == "waiting" else 1)
+            expected = {"in flight": "attempting", "waiting": "waiting"}
+            assert executor.recovery_state("run-1").phase == expected.get(
+                when, "queued"
+            )
+            executor.interrupt("run-1")
+            executor.interrupt("run-unknown")
+            await executor.wait_idle()
+            got = names(events)
+    assert executor.recovery_state("run-1").phase == "interrupted"
+    assert "interrupted" in got
+    assert "exhausted" not in got
+    assert failures == []
+    restored = [path for _, path, _ in service.calls if "run-1" in path]
+    assert service.created == (1 if when == "queued" else 0)
+    assert len(restored) == {"in flight": 1, "waiting": 1, "queued": 0}[when]

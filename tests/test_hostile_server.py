@@ -197,7 +197,7 @@ async def test_a_trickling_server_times_out_within_the_timeout(nursery, behaviou
     assert isinstance(result, APITimeoutError)
     assert result.retryable is True
     assert "no complete answer within 0.5 s" in str(result)
-    assert 0.5 <= elapsed < 2.0
+    assert 0.5 <= elapsed < 10.0  # loose: shared cores
 
 
 async def test_a_trickling_server_is_retried_by_the_usual_rules(nursery):
@@ -208,7 +208,7 @@ async def test_a_trickling_server_is_retried_by_the_usual_rules(nursery):
     assert isinstance(result, APITimeoutError)
     assert "(after 1 retries)" in str(result)
     assert len(server.requests) == 2
-    assert elapsed < 3.0
+    assert elapsed < 10.0  # loose: shared cores
 
 
 async def huge_chunked_body(stream: trio.SocketStream, head: bytes) -> None:
@@ -258,7 +258,7 @@ async def test_a_huge_body_fails_unretried_with_bounded_reading(
     assert result.retryable is False
     assert len(server.requests) == 1
     assert counting.received <= most
-    assert elapsed < 5
+    assert elapsed < 30  # loose: the error type says it was no timeout
 
 
 def echo(status: str, make_body: Callable[[str], str]) -> Behaviour:
@@ -360,4 +360,6 @@ async def test_an_absurd_retry_after_leaves_the_backoff(nursery, value):
     assert not isinstance(result, TinkerAPIError), result
     assert result.training_run_id == "run-1"
     (first, _), (second, _) = server.requests
-    assert 0.3 <= second - first < 1.0
+    # Not at once (the backoff was waited), and far below the 60 s cap a
+    # honoured value would give: a loose bound, for busy shared cores.
+    assert 0.3 <= second - first < 10.0

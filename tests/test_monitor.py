@@ -325,20 +325,38 @@ async def test_stop_monitoring_during_an_in_flight_poll(service, rest, autojump_
 async def test_stop_when_the_poll_already_returned(service, rest, autojump_clock):
     """A poll whose answer arrived before the stop is not acted upon."""
     rest.add("run-1", "0001", corrupted=True)
+    answer = rest.get_training_run
     async with open_monitor(policy=ENABLED, service=service) as monitor:
+
+        async def answer_then_stop(run_id):
+            run = await answer(run_id)
+            # The corrupted answer is in; the stop lands before the monitor
+            # reads it (no checkpoint between here and there).
+            monitor.stop_monitoring(run_id)
+            return run
+
+        rest.get_training_run = answer_then_stop
         async with monitor.subscribe() as events:
             await monitor.monitor_run("run-1")
-            # Both tasks are runnable now; stop before the poll task resumes.
-            monitor.stop_monitoring("run-1")
             await trio.sleep(100)
-            assert drain(events) == []
+            assert drain(events, polls=True) == []
+            assert monitor.monitored_runs == frozenset()
+    assert rest.poll_times("run-1") == [0]  # the poll did happen and return
     assert service.calls == []
 
 
-async def test_stop_monitoring_unknown_run_is_ignored(service):
-    """Stopping a run that is not watched does nothing."""
+async def test_stop_monitoring_unknown_run_is_ignored(service, rest, autojump_clock):
+    """Stopping a run that is not watched does nothing: no error, and the
+    runs that are watched go on being polled."""
+    rest.add("run-1", "0001")
     async with open_monitor(policy=ENABLED, service=service) as monitor:
+        await monitor.monitor_run("run-1")
         monitor.stop_monitoring("never-watched")
+        assert monitor.monitored_runs == {"run-1"}
+        await trio.sleep(31)
+        assert monitor.monitored_runs == {"run-1"}
+    assert rest.poll_times("run-1") == [0, 30]
+    assert rest.poll_times("never-watched") == []
 
 
 async def test_stopped_run_can_be_watched_again(service, rest, autojump_clock):
@@ -466,12 +484,21 @@ async def test_rewatching_a_pending_run_hands_nothing_over(
                 await monitor.monitor_run("run-1", metadata={"again": True})
                 await trio.sleep(20)
             await monitor.executor.wait_idle()
-            got = drain(events)
+            await trio.sleep(1)  # the outcome is followed up
+            got = drain(events, polls=True)
+            (completed,) = [e for e in got if e.name == "completed"]
+            successor = completed.metadata["new_run_id"]
+            # While the block is open: the old run is no longer watched, its
+            # successor is, with what the last monitor_run said.
+            assert monitor.monitored_runs == {successor}
+            await trio.sleep(10)
+            later = [e for e in drain(events, polls=True) if e.name == "polled"]
+            assert later
+            assert {e.run_id for e in later} == {successor}
+            assert all(e.metadata.get("again") is True for e in later)
     assert [e.name for e in got].count("detected") == 1
     assert len(service.calls) == 1
     assert rest.poll_times("run-1") == [0]
-    # The follow-up uses what the last monitor_run said.
-    assert monitor.monitored_runs == frozenset()
 
 
 async def test_rewatching_a_recovered_run_watches_its_successor(

@@ -28,7 +28,8 @@ _KEY_PREFIX: Final = "tml-"
 #: unreserved in URLs and needs no escape in JSON, so a valid key
 #: URL-encoded or JSON-escaped (as ``urllib.parse.quote`` and ``json.dumps``
 #: do it) is the key itself, character for character.
-_KEY: Final = re.compile(r"tml-[A-Za-z0-9_-]+")
+#: What a Tinker API key looks like.
+KEY_SHAPE: Final = re.compile(r"tml-[A-Za-z0-9_-]+")
 #: What replaces a key in text.  None of its characters can be in a key, so
 #: a mask never joins its neighbours into a piece of one.
 REDACTED: Final = "****"
@@ -48,18 +49,41 @@ def _hex(code: int, width: int) -> str:
     )
 
 
+#: The shortest secret part (after ``tml-``) masked on its own.  A shorter
+#: one is masked only with its prefix: masking a few letters wherever they
+#: appear would garble text without protecting anything.
+_MIN_SECRET: Final = 8
+
+
+def _spelling(char: str) -> str:
+    """A pattern for ``char`` raw, percent-encoded (also twice, ``%2574``, in
+    either case) or JSON-escaped with any number of backslashes (``\\u0074``,
+    ``\\\\u0074`` after a second encoding, and so on)."""
+    code = ord(char)
+    return f"(?:{re.escape(char)}|%(?:25)*{_hex(code, 2)}|\\\\+u{_hex(code, 4)})"
+
+
 @functools.lru_cache(maxsize=8)
 def _key_pattern(key: str) -> re.Pattern[str]:
-    """Finds every place ``key`` starts, spelt raw or with any of its
-    characters percent-encoded (``%74``) or JSON-escaped (``\\u0074``).
+    """Finds every place ``key``, or its secret part alone, starts, spelt raw
+    or with any of its characters percent-encoded or JSON-escaped.
 
-    A lookahead, so overlapping occurrences are all found.
+    Compiled once per key.  A lookahead, so overlapping occurrences are all
+    found.
     """
-    spellings = (
-        f"(?:{re.escape(char)}|%{_hex(ord(char), 2)}|\\\\u{_hex(ord(char), 4)})"
-        for char in key
-    )
-    return re.compile(f"(?=({''.join(spellings)}))")
+    secret = key.removeprefix(_KEY_PREFIX)
+    prefix = "".join(map(_spelling, _KEY_PREFIX))
+    body = "".join(map(_spelling, secret))
+    # Where an occurrence can start: its first character raw, or an escape.
+    # Stated first, it lets the engine skip every other position quickly.
+    starts = {_KEY_PREFIX[0], "%", "\\"}
+    if len(secret) >= _MIN_SECRET:
+        starts.add(secret[0])
+        occurrence = f"(?:{prefix})?{body}"
+    else:
+        occurrence = f"{prefix}{body}"
+    first = "".join(map(re.escape, sorted(starts)))
+    return re.compile(f"(?=[{first}])(?=({occurrence}))")
 
 
 def redact(text: str, key: str) -> str:
@@ -67,14 +91,22 @@ def redact(text: str, key: str) -> str:
 
     Call it on any text a server (or anything else outside this library)
     may have written, before it is shortened, logged or shown.  The key is
-    found raw, URL-encoded and JSON-escaped (also with only some characters
-    encoded); each stretch of text covered by occurrences becomes `REDACTED`.
-    Nothing else changes: a ``key`` that is not a valid Tinker API key
-    (``tml-`` and letters, digits, ``-``, ``_``) masks nothing, so text is
-    never garbled by masking a stray short string.
+    found with or without its ``tml-`` prefix (the secret part alone, when
+    it has 8 characters or more), raw, percent-encoded in either case (also
+    twice), and JSON-escaped with ``\\uXXXX`` behind any number of
+    backslashes (so also inside JSON nested in JSON), any mix of these from
+    one character to the next; each stretch of text covered by occurrences
+    becomes `REDACTED`.  Nothing else changes: a ``key`` that is not a
+    valid Tinker API key (``tml-`` and letters, digits, ``-``, ``_``) masks
+    nothing, so text is never garbled by masking a stray short string.
     """
-    if not _KEY.fullmatch(key) or (
-        key not in text and "%" not in text and "\\u" not in text
+    if not KEY_SHAPE.fullmatch(key):
+        return text
+    secret = key.removeprefix(_KEY_PREFIX)
+    if (
+        (secret if len(secret) >= _MIN_SECRET else key) not in text
+        and "%" not in text
+        and "\\u" not in text
     ):
         return text
     spans: list[list[int]] = []  # merged [start, end) of all occurrences
@@ -108,7 +140,7 @@ def _check_key(_: object, attribute: attrs.Attribute[str], value: object) -> Non
             f"{name} is malformed: a Tinker API key starts with {_KEY_PREFIX!r}; "
             f"{where}"
         )
-    if not _KEY.fullmatch(value):
+    if not KEY_SHAPE.fullmatch(value):
         raise ValueError(
             f"{name} is malformed: after {_KEY_PREFIX!r} a Tinker API key has one "
             f"or more letters, digits, '-' and '_', nothing else; {where}"

@@ -205,6 +205,11 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
         requests = counter(
             "api_requests_total", "API requests polls cost, by kind.", "kind"
         )
+        lies = counter(
+            "list_lies_total",
+            "Sweeps of the run list cut short: its pages did not hold the runs "
+            "it claimed.",
+        )
         detected = counter("detected_total", "Corrupted runs detected.")
         attempts = counter("recovery_attempts_total", "Recovery attempts started.")
         recoveries = counter(
@@ -224,6 +229,7 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
             polls.add_metric(["error"], stats.poll_errors)
             requests.add_metric(["get"], stats.get_requests)
             requests.add_metric(["list"], stats.list_requests)
+            lies.add_metric([], stats.list_lies)
             detected.add_metric([], stats.detected)
             attempts.add_metric([], stats.attempts)
             recoveries.add_metric(["completed"], stats.completed)
@@ -234,7 +240,7 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
             dropped.add_metric([], stats.dropped_events)
             stalled.add_metric([], stats.stalled)
             stalls.add_metric([], stats.stalls)
-        yield from (polls, requests, detected, attempts, recoveries)
+        yield from (polls, requests, lies, detected, attempts, recoveries)
         yield from (watched, in_progress, dropped, stalled, stalls)
         for histogram in (self._poll_duration, self._recovery_duration):
             yield from histogram.describe() if stats is None else histogram.collect()

@@ -123,11 +123,15 @@ async def test_slow_subscribers_never_delay_polls_of_a_thousand_runs(autojump_cl
         if run_id in corrupted:
             # Detected at its first successful poll, then handed over.
             assert polls == schedule[: len(polls)]
-            assert run_id in service.rest.runs
         else:
             assert polls == schedule, run_id
     assert stats.poll_errors == everything.count("poll_error")
     assert stats.poll_errors > RUNS / 2
+    # Judged by the service: one restore per corrupted run, from its
+    # checkpoint, and none for any other run.
+    assert sorted(call[1] for call in service.calls) == sorted(
+        f"tinker://{run_id}/weights/ckpt-0001" for run_id in corrupted
+    )
     assert stats.completed == len(corrupted)
     assert stats.dropped_events > 2 * (stats.poll_errors - SMALL_BUFFER - 10)
 

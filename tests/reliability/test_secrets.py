@@ -15,8 +15,11 @@ import logging
 import random
 import sys
 import traceback
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+import attrs
+import httpx
 import pytest
 import trio
 
@@ -26,6 +29,7 @@ from trio_tinkex_recovery import (
     Policy,
     TinkexRecoveryError,
     open_monitor,
+    open_service_client,
 )
 from trio_tinkex_recovery.testing import (
     FakeTinker,
@@ -35,6 +39,7 @@ from trio_tinkex_recovery.testing import (
 )
 
 from ._support import (
+    BASE,
     FAST,
     KEY,
     LogCapture,
@@ -47,8 +52,6 @@ from ._support import (
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Iterator
-
-    import httpx
 
 #: The part of the key after ``tml-``: it must not show either.
 SECRET = KEY.removeprefix("tml-")
@@ -189,7 +192,7 @@ async def test_in_process_chaos_with_echoing_server_never_shows_the_key(
     ids, corrupted = corrupted_runs(fake, 8, 3)
     inject(fake, chaos_faults(timeout=None), 0.2)
     echo = EchoKey(fake.app, rate=0.1, seed=7)
-    transport: httpx.AsyncBaseTransport = __import__("httpx").ASGITransport(app=echo)
+    transport: httpx.AsyncBaseTransport = httpx.ASGITransport(app=echo)
     async with service_client(transport=transport, max_retries=2) as service:
         recorder, reprs = await watch_until_settled(
             service, ids, corrupted, budget=3600
@@ -291,18 +294,6 @@ async def run_cli(
         )
 
 
-def cli_available() -> bool:
-    try:
-        import trio_tinkex_recovery.cli  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_cli = pytest.mark.skipif(not cli_available(), reason="the CLI is not there yet")
-
-
-@needs_cli
 @pytest.mark.parametrize(
     "output", ["--json", pytest.param("--plain", marks=pytest.mark.slow)]
 )
@@ -340,7 +331,6 @@ async def test_cli_watch_never_shows_the_key(output):
     assert_no_key(out, err)
 
 
-@needs_cli
 @pytest.mark.parametrize(
     "key",
     [
@@ -367,7 +357,6 @@ async def test_cli_bad_key_exits_2_without_showing_it(key):
     assert "CANARY" not in out + err
 
 
-@needs_cli
 async def test_cli_simulate_does_not_print_its_key():
     """``simulate --api-key``: the key it accepts is not echoed."""
     result = await run_cli(
@@ -377,3 +366,113 @@ async def test_cli_simulate_does_not_print_its_key():
     assert result.returncode == 0, err
     assert out  # it did say how to use it
     assert_no_key(out, err)
+
+
+# -- a server that mangles the key ---------------------------------------------
+
+
+def mangled_keys() -> list[str]:
+    """The key as a careless or hostile server might send it back."""
+    escaped_letters = "".join(f"\\u{ord(c):04x}" if c in "AEe" else c for c in KEY)
+    return [
+        SECRET,  # without its prefix
+        KEY.replace("-", "\\\\u002d", 1),  # a dash escaped twice
+        escaped_letters,
+        "".join(f"%{ord(c):02x}" for c in SECRET),
+        "".join(f"%{ord(c):02X}" for c in KEY),
+        json.dumps(json.dumps({"key": escaped_letters})),  # JSON in JSON
+    ]
+
+
+@pytest.mark.parametrize("spelling", range(len(mangled_keys())))
+async def test_a_mangled_echo_of_the_key_never_shows(logs, spelling):
+    """Without its prefix, escaped twice, letter by letter: still masked,
+    before the message is shortened (the echo sits past the cut)."""
+    echo = mangled_keys()[spelling]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        padding = "x" * 270  # the first echo straddles where a message is cut
+        await send_json(send, 400, {"detail": f"{padding} you sent {echo} {echo}"})
+
+    transport = httpx.ASGITransport(app=app)
+    async with service_client(transport=transport, max_retries=0) as service:
+        with pytest.raises(TinkexRecoveryError) as caught:
+            await service.create_rest_client().get_training_run("run-1")
+    texts = list(error_texts(caught.value))
+    assert any("****" in text for text in texts)
+    for text in [*texts, *logs.lines]:
+        decoded = text
+        for _ in range(3):  # whatever decoding a reader applies
+            decoded = urllib.parse.unquote(decoded)
+            decoded = decoded.encode("latin-1", "replace").decode("unicode_escape")
+        assert SECRET[:8] not in text
+        assert SECRET[:8] not in decoded
+
+
+# -- a caller's own service ----------------------------------------------------
+
+
+OTHER_KEY = "tml-another-key-for-the-service"
+
+
+class LeakyRest:
+    """A user's wrapper around the REST client: its errors name the key, and
+    it reports a checkpoint path that holds the key."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def get_training_run(self, run_id: str) -> Any:
+        self.calls += 1
+        if self.calls % 2:
+            raise RuntimeError(f"wrapper: GET {run_id} with key {KEY} failed")
+        run = await self.inner.get_training_run(run_id)
+        assert run.last_checkpoint is not None
+        checkpoint = attrs.evolve(
+            run.last_checkpoint, tinker_path=f"tinker://{run_id}/weights/{KEY}"
+        )
+        return attrs.evolve(run, last_checkpoint=checkpoint)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("configured", ["config", "environment"])
+async def test_a_callers_service_naming_the_key_never_shows_it(
+    logs, autojump_clock, monkeypatch, configured
+):
+    """Errors and paths from a caller's own REST client are masked in every
+    log line and every event, whatever component put them there."""
+    # The service reaches Tinker with a key of its own: only the monitor's
+    # configuration names KEY, the one the wrapper leaks.
+    fake = FakeTinker(api_key=OTHER_KEY)
+    ids, _ = corrupted_runs(fake, 1, 0)
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    config = None
+    if configured == "config":
+        config = Config(api_key=KEY)
+    else:
+        monkeypatch.setenv("TINKER_API_KEY", KEY)
+    async with open_service_client(
+        Config(api_key=OTHER_KEY, base_url=BASE), transport=fake.transport()
+    ) as service:
+        rest = LeakyRest(service.create_rest_client())
+        recorder = Recorder(polls=True)
+        policy = Policy(enabled=True, jitter=0, poll_interval=1.0)
+        async with (
+            open_monitor(
+                policy=policy, config=config, service=service, rest=rest
+            ) as monitor,
+            trio.open_nursery() as side,
+        ):
+            await side.start(recorder.run, monitor)
+            await monitor.monitor_run(ids[0])
+            with trio.fail_after(60):
+                await recorder.wait_for(
+                    lambda events: {"polled", "poll_error"} <= {e.name for e in events}
+                )
+            side.cancel_scope.cancel()
+    assert rest.calls >= 2
+    assert any("****" in line for line in logs.lines)
+    assert_no_key(*logs.lines, *event_texts(recorder))

@@ -531,12 +531,17 @@ async def test_save_weights_rules(fake_tinker, client, autojump_clock):
 
 
 async def test_save_weights_ttl_sets_expiry(fake_tinker, client, autojump_clock):
-    """ttl_seconds gives the checkpoint an expires_at in the future."""
+    """ttl_seconds gives the checkpoint an expires_at that many seconds after
+    it was saved (on the wall clock, as the service's)."""
     fake_tinker.add_run("run-1", checkpoints=[])
+    before = dt.datetime.now(dt.UTC)
     future = (await save(client, "run-1", "c1", ttl_seconds=3600)).json()
     await result_of(client, future["request_id"])
+    after = dt.datetime.now(dt.UTC)
     (ckpt,) = fake_tinker.checkpoints("run-1")
     assert ckpt.expires_at is not None
+    ttl = dt.timedelta(seconds=3600)
+    assert before + ttl <= ckpt.expires_at <= after + ttl
     assert not ckpt.is_expired()
 
 

@@ -12,6 +12,7 @@ corrupted is watched but not restored in that episode unless
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,7 +20,7 @@ import attrs
 from .._store._base import StoredRun, StoreError
 from .._text import printable
 from .._types import list_params, validate_run_id
-from ._watch import Watch, is_active
+from ._watch import Watch
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -46,6 +47,9 @@ def check_options(
 ) -> float:
     """Check ``monitor_all``'s options; ``active_within`` as a float.
 
+    An ``int`` too large for a float is ``math.inf``: no limit, as any span
+    reaching back before the first date is.
+
     Raises:
         TypeError, ValueError: An option is bad; the message names it.
     """
@@ -60,7 +64,10 @@ def check_options(
         )
     if not isinstance(recover_existing, bool):
         raise TypeError(f"recover_existing must be a bool, got {recover_existing!r}")
-    return float(active_within)
+    try:
+        return float(active_within)
+    except OverflowError:
+        return math.inf
 
 
 @attrs.define(eq=False)
@@ -89,7 +96,7 @@ class Discoverer:
         wanted, book = self.wanted, self.book
         if wanted is None or self.closed() or book.standing(run_id) != "new":
             return
-        if run_id in book.rejected or not is_active(item, wanted.active_within):
+        if run_id in book.rejected or not wanted.note(item):
             return  # An idle run is looked at again by the next sweep.
         try:
             validate_run_id(run_id)

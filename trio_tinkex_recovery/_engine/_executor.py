@@ -6,12 +6,8 @@ most ``max_concurrent`` attempts run at once.  Each run's progress lives in
 one `RecoveryState` record, replaced on every transition.  Which
 checkpoints an attempt tries is `_selection`'s business; how a recovery
 ended goes out on `Executor.outcomes` before any user callback runs, and
-callbacks run in tasks of their own, holding no slot.
-
-Queueing, attempts, backoff, the journal writes around each attempt and
-the interruption rules are one state machine over one `RecoveryState` per
-run, and read best in one place; what a hand-over carries and how it ends
-(`Request`, `RecoveryOutcome`) live in `_recovery`.
+callbacks run in tasks of their own, holding no slot.  What a hand-over
+carries and how it ends (`Request`, `RecoveryOutcome`) live in `_recovery`.
 """
 
 from __future__ import annotations
@@ -36,19 +32,20 @@ from .._errors import (
 from .._failpoints import crash_point
 from .._policy import Policy
 from .._state import RecoveryPhase, RecoveryState
-from .._store import Journal, LeaseLostError, StoredRecovery, StoreError, json_safe
+from .._store._base import LeaseLostError, StoredRecovery, StoreError, json_safe
+from .._store._ledger import Journal
 from .._text import printable
 from .._types import Checkpoint, validate_run_id
 from .._util import NoPublicConstructor
 from ._recovery import RecoveryOutcome, Request, call_back, describe_error
 from ._selection import candidates
-from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._telemetry import EventName, Statistics, Telemetry, TelemetryEvent
 
 if TYPE_CHECKING:
     import random
 
     from .._protocols import RestClientProtocol, ServiceProtocol
-    from .._store import Snapshot, Store
+    from .._store._base import Snapshot, Store
     from .._types import TrainingRun
 
 __all__ = [
@@ -103,6 +100,8 @@ class Executor(metaclass=NoPublicConstructor):
         self._finished: dict[str, None] = {}
         # Hand-offs not yet picked up by the executor task.
         self._queued: dict[str, Request] = {}
+        # The cancel scope of each run's recovery not finished yet.
+        self._scopes: dict[str, trio.CancelScope] = {}
         self._outcome_sends: set[trio.MemorySendChannel[RecoveryOutcome]] = set()
         # Hand-offs and callbacks not yet finished, and its event.
         self._busy = 0
@@ -187,6 +186,7 @@ class Executor(metaclass=NoPublicConstructor):
         # An unbounded buffer: send_nowait only fails once the executor is gone.
         self._send.send_nowait(request)
         self._queued[run_id] = request
+        self._scopes[run_id] = trio.CancelScope()
         self._record(RecoveryState(run_id=run_id, phase="queued"))
         self._add_busy(1)
 
@@ -255,6 +255,17 @@ class Executor(metaclass=NoPublicConstructor):
         await trio.lowlevel.checkpoint()
         while self._busy:
             await self._idle.wait()
+
+    def interrupt(self, run_id: str) -> None:
+        """Cancel ``run_id``'s recovery (a restore call in flight too) at once.
+
+        It ends ``interrupted`` (no ``on_failure``); its journal record is
+        left for whoever resumes it (a replica that lost the run's lease
+        calls this).  A run with no recovery pending is ignored.
+        """
+        scope = self._scopes.get(run_id)
+        if scope is not None:
+            scope.cancel()
 
     def recovery_state(self, run_id: str) -> RecoveryState | None:
         """The run's recovery record, or ``None`` if it was never handed over.
@@ -332,7 +343,7 @@ class Executor(metaclass=NoPublicConstructor):
                         # task gives it back when its attempt ends.
                         await self._limiter.acquire_on_behalf_of(request)
                         del self._queued[request.run_id]
-                        nursery.start_soon(self._recover, request, nursery)
+                        nursery.start_soon(self._recover_in_scope, request, nursery)
         finally:
             # Hand-offs still queued for a slot end as interrupted too.
             for request in list(self._queued.values()):
@@ -454,10 +465,20 @@ class Executor(metaclass=NoPublicConstructor):
 
         nursery.start_soon(call)
 
+    async def _recover_in_scope(self, request: Request, nursery: trio.Nursery) -> None:
+        """`_recover` in the cancel scope `interrupt` cancels."""
+        scope = self._scopes[request.run_id]
+        with scope:
+            await self._recover(request, nursery)
+        if self._scopes.get(request.run_id) is scope:
+            del self._scopes[request.run_id]
+
     async def _recover(self, request: Request, nursery: trio.Nursery) -> None:
         run_id = request.run_id
         holding = True
         try:
+            if self._scopes[run_id].cancel_called:
+                return  # Interrupted while queued for a slot: nothing began.
             if request.not_before is not None:
                 # Resumed in its retry wait: wait out the rest, holding no slot.
                 self._limiter.release_on_behalf_of(request)
@@ -589,15 +610,8 @@ class Executor(metaclass=NoPublicConstructor):
                     )
                     last_error = exc
                     continue
-                self._telemetry.emit(
-                    "client_created",
-                    run_id,
-                    request.event_metadata(
-                        attempt=attempt,
-                        checkpoint=checkpoint.tinker_path,
-                        client=client,
-                    ),
-                    attempt=attempt,
+                self._emit_restored(
+                    "client_created", request, attempt, checkpoint, client
                 )
                 return client, checkpoint
         if last_error is not None:
@@ -650,16 +664,8 @@ class Executor(metaclass=NoPublicConstructor):
                     await request.ledger.settle()
                 except StoreError as exc:
                     logger.error("recovery of run %s: %s", run_id, exc)
-        self._telemetry.emit(
-            "completed",
-            run_id,
-            request.event_metadata(
-                attempt=attempt,
-                checkpoint=checkpoint.tinker_path,
-                client=client,
-                new_run_id=new_run_id,
-            ),
-            attempt=attempt,
+        self._emit_restored(
+            "completed", request, attempt, checkpoint, client, new_run_id=new_run_id
         )
         self._publish(RecoveryOutcome(state, client=client, checkpoint=checkpoint))
         if policy.on_recovery is not None:
@@ -669,6 +675,21 @@ class Executor(metaclass=NoPublicConstructor):
             self._call_back_soon(
                 nursery, "on_recovery", policy.on_recovery, old, client, checkpoint
             )
+
+    def _emit_restored(
+        self,
+        name: EventName,
+        request: Request,
+        attempt: int,
+        checkpoint: Checkpoint,
+        client: Any,
+        **extra: Any,
+    ) -> None:
+        """``client_created`` or ``completed``: the checkpoint and its client."""
+        metadata = request.event_metadata(
+            attempt=attempt, checkpoint=checkpoint.tinker_path, client=client, **extra
+        )
+        self._telemetry.emit(name, request.run_id, metadata, attempt=attempt)
 
     def _jittered(self, delay: float, jitter: float) -> float:
         if jitter == 0 or delay == 0:

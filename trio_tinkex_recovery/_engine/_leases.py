@@ -8,13 +8,15 @@ share, and takes over every orphan (a run whose lease expired, or left
 free for a third of a lease) whatever the share, so that the runs of a
 replica that died are polled again at the next renewal of any other.  The
 runs it gains are watched (and their pending recoveries resumed, reconciled
-as after a restart); the runs it loses stop being polled at once.
+as after a restart); the runs it loses stop being polled at once, and a
+recovery of theirs under way here is interrupted (its restore call in
+flight cancelled), so that the new owner's restore is the only one.
 
-When renewals fail it stops acting on every run before any of its leases
-can have expired: at the start of the last renewal that succeeded plus the
-lease, less a margin.  It keeps trying, and acts again on whatever it still
-holds (or claims anew) once the database answers.  Clean shutdown gives
-every lease back.
+When renewals fail it stops acting on every run, recoveries included,
+before any of its leases can have expired: at the start of the last renewal
+that succeeded plus the lease, less a margin.  It keeps trying, and acts
+again on whatever it still holds (or claims anew) once the database
+answers.  Clean shutdown gives every lease back.
 
 Time is the keeper's ``clock`` (by default `trio.current_time`, so tests
 drive it with a mock clock); lease expiry itself is the database's.
@@ -29,14 +31,15 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import trio
 
 from .._errors import AlreadyPendingError
-from .._store import Snapshot, StoredRun, StoreError, json_safe
+from .._failpoints import stall_point
+from .._store._base import Snapshot, StoredRun, StoreError, json_safe
 from .._text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
 
     from .._state import RecoveryState
-    from .._store import PostgresStore
+    from .._store._base import LeasingStore
 
 __all__ = ["LeaseKeeper", "Replica"]
 
@@ -48,7 +51,7 @@ MARGIN: Final = 0.1
 
 
 class Replica(Protocol):
-    """What the keeper drives: this replica's monitor, through three calls."""
+    """What the keeper drives: this replica's monitor, through four calls."""
 
     def recoveries(self) -> Mapping[str, RecoveryState]:
         """This replica's recoveries by run id (pending ones included)."""
@@ -62,6 +65,10 @@ class Replica(Protocol):
         """Stop polling ``run_id`` (a recovery under way goes on)."""
         ...
 
+    def interrupt(self, run_id: str) -> None:
+        """Cancel ``run_id``'s recovery under way here, if any, at once."""
+        ...
+
 
 class LeaseKeeper:
     """Claims, renews and gives back this replica's runs for one monitor."""
@@ -69,7 +76,7 @@ class LeaseKeeper:
     def __init__(
         self,
         replica: Replica,
-        store: PostgresStore,
+        store: LeasingStore,
         *,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
@@ -203,6 +210,7 @@ class LeaseKeeper:
         with trio.move_on_at(
             self._trio_time(self._valid_until) if self._acting else math.inf
         ):
+            await stall_point("renew", self.replica_id)
             renewal = await store.renew()
         if renewal is None:
             self._stop_all()
@@ -303,6 +311,8 @@ class LeaseKeeper:
         for run_id in stopped:
             self._acting.discard(run_id)
             self._replica.stop_monitoring(run_id)
+            # Fencing stops its next write, not a restore call in flight.
+            self._replica.interrupt(run_id)
         if why is not None and stopped:
             logger.warning(
                 "replica %s stopped acting on %d run(s), %s: %s",

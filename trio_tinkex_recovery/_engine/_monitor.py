@@ -26,8 +26,15 @@ import trio
 from .._errors import AlreadyPendingError, RecoveryDisabledError
 from .._policy import Policy
 from .._protocols import ListingRestClientProtocol
-from .._store import PostgresStore
-from .._store._base import Snapshot, Store, StoredRun, StoreError, json_safe
+from .._secrets import configured_key, registered
+from .._store._base import (
+    LeasingStore,
+    Snapshot,
+    Store,
+    StoredRun,
+    StoreError,
+    json_safe,
+)
 from .._text import printable
 from .._util import NoPublicConstructor
 from ._backends import BACKENDS
@@ -37,7 +44,14 @@ from ._executors import check_max_concurrent, new_executor
 from ._intake import Intake
 from ._leases import LeaseKeeper
 from ._poller import Poller
-from ._polling import Discovery, PollCounts, PollingMode, check_polling
+from ._polling import (
+    MAX_LIST_PAGES,
+    Discovery,
+    PollCounts,
+    PollingMode,
+    check_max_list_pages,
+    check_polling,
+)
 from ._routes import Routes
 from ._telemetry import Statistics, Telemetry, TelemetryEvent
 from ._training import Training, open_training
@@ -82,6 +96,7 @@ class Monitor(metaclass=NoPublicConstructor):
         rng: random.Random,
         store: Store | None = None,
         polling: PollingMode = "auto",
+        max_list_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self._policy = policy
         self._store = store
@@ -106,6 +121,7 @@ class Monitor(metaclass=NoPublicConstructor):
             interval=policy.poll_interval,
             nursery=nursery,
             counts=self._counts,
+            max_list_pages=max_list_pages,
         )
         # With replicas sharing the store: which runs this one acts on.
         self._leases: LeaseKeeper | None = None
@@ -228,7 +244,9 @@ class Monitor(metaclass=NoPublicConstructor):
             project_id: Only the runs of this project.
             active_within: Seconds; runs idle for longer (by their
                 ``last_request_time``, the service's wall clock) are left
-                out until they are active again.  ``math.inf``: every run.
+                out until they are active again.  ``math.inf`` (or any
+                span reaching back before the first date): every run.  A
+                first listing whose runs are all idle says so in the log.
             recover_existing: Restore runs found already corrupted too.
 
         Raises:
@@ -275,6 +293,7 @@ class Monitor(metaclass=NoPublicConstructor):
         if discovery.error is not None:
             found.wanted = previous
             raise discovery.error
+        wanted.say_if_idle(len(self._watches))
         batcher.keep_discovering(wanted.discovery)
 
     def stop_monitoring(self, run_id: str) -> None:
@@ -307,6 +326,7 @@ class Monitor(metaclass=NoPublicConstructor):
             poll_errors=counts["poll_error"],
             get_requests=self._counts.gets,
             list_requests=self._counts.lists,
+            list_lies=self._counts.lies,
             existing_corrupted=self._discoverer.existing_corrupted,
             detected=counts["detected"],
             leases_held=0 if self._leases is None else self._leases.leases_held,
@@ -517,6 +537,9 @@ class _Replica:
     def stop_monitoring(self, run_id: str) -> None:
         self._monitor.stop_monitoring(run_id)
 
+    def interrupt(self, run_id: str) -> None:
+        self._monitor.executor.interrupt(run_id)
+
 
 @asynccontextmanager
 async def open_monitor(
@@ -530,6 +553,7 @@ async def open_monitor(
     max_concurrent: int = 1,
     store: Store | str | os.PathLike[str] | None = None,
     polling: PollingMode = "auto",
+    max_list_pages: int = MAX_LIST_PAGES,
 ) -> AsyncIterator[Monitor]:
     """Watch runs for the duration of the ``async with`` block.
 
@@ -569,10 +593,17 @@ async def open_monitor(
             never later than its own.  A service without the list endpoint
             is polled ``"each"`` from then on (logged once).  Other clients
             are always polled ``"each"``.
+        max_list_pages: The most pages one sweep of the run list reads
+            beyond those the watched runs fill (⌈watched / 100⌉); default
+            1,000 (100,000 runs).  A sweep also ends at the first empty
+            page and at the first page listing no run it had not seen: a
+            list claiming more runs than it holds costs a few requests a
+            sweep, is logged once and counted in ``statistics().list_lies``.
 
     Raises:
         StoreError: The journal cannot be opened (locked by another
             watcher, corrupt, from a newer version, unwritable).
+        ValueError: A bad ``polling``, ``max_concurrent`` or ``max_list_pages``.
 
     Leaving the block cancels every polling task and recovery in flight.
     A crash of the monitor's own machinery (a bug, not a failed poll or
@@ -589,7 +620,11 @@ async def open_monitor(
         # Checked before any nursery opens, so a bad value is a plain error.
         check_max_concurrent(max_concurrent)
     polling = check_polling(polling)
+    max_list_pages = check_max_list_pages(max_list_pages)
     async with AsyncExitStack() as stack:
+        stack.enter_context(
+            registered(configured_key(config.api_key if config else None))
+        )
         if store is not None and not isinstance(store, Store):
             assert BACKENDS.open_store is not None, "imported without its top"
             store = await stack.enter_async_context(BACKENDS.open_store(store))
@@ -624,9 +659,10 @@ async def open_monitor(
             rng=rng,
             store=store,
             polling=polling,
+            max_list_pages=max_list_pages,
         )
         await nursery.start(monitor._intake.follow_outcomes)
-        if isinstance(store, PostgresStore) and not store.readonly:
+        if isinstance(store, LeasingStore) and not store.readonly:
             # Replicas share the store: act only on the runs this one claims.
             monitor._leases = LeaseKeeper(_Replica(monitor), store)
             await nursery.start(monitor._leases.run)

@@ -24,6 +24,16 @@ waits, parked, until the cycle answers it: the batcher keeps one timer for
 all its runs (a ``trio.sleep_until`` per run and poll costs more than
 reading the run from a page).
 
+A sweep believes no list blindly: it ends at the first empty page, at the
+first page that lists no run the sweep has not seen, and after at most
+⌈watched runs / P⌉ + ``max_list_pages`` pages (`MAX_LIST_PAGES` by default:
+1,000 pages, 100,000 runs, beyond those the watched runs fill).  A sweep
+cut short so is counted (``statistics().list_lies``) and logged once, and
+the next sweeps size the list by the runs it really listed.  Pages are sent
+a few at a time at first, more as each brings new runs (up to
+`PAGE_CONCURRENCY` once a sweep has read a list to its end), so a list that
+lies costs a handful of requests a sweep, whatever count it claims.
+
 A page that fails is a ``poll_error`` for every due run the sweep did not
 answer, never a reason to recover.  A service without the list endpoint
 (HTTP 404, 405 or 501) is polled one GET per run from then on, logged once.
@@ -51,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FETCH",
+    "MAX_LIST_PAGES",
     "POLLING_MODES",
     "Batcher",
     "Discovery",
@@ -58,6 +69,7 @@ __all__ = [
     "Failed",
     "PollCounts",
     "PollingMode",
+    "check_max_list_pages",
     "check_polling",
     "read_listed",
 ]
@@ -70,8 +82,11 @@ PollingMode: TypeAlias = Literal["auto", "list", "each"]
 POLLING_MODES: Final[tuple[PollingMode, ...]] = ("auto", "list", "each")
 #: Runs asked for per page (the official CLI pages by 100 too).
 PAGE_SIZE: Final = 100
-#: Pages of one sweep in flight at once.
+#: Pages of one sweep in flight at once, at most.
 PAGE_CONCURRENCY: Final = 20
+#: Pages a sweep reads at most beyond those its watched runs fill, by
+#: default (``open_monitor(max_list_pages=...)``): 100,000 runs.
+MAX_LIST_PAGES: Final = 1000
 #: Statuses saying the service has no list endpoint.
 _NO_LIST: Final = frozenset({404, 405, 501})
 
@@ -86,6 +101,24 @@ def check_polling(polling: object) -> PollingMode:
         if polling == mode:
             return mode
     raise ValueError(f"polling must be 'auto', 'list' or 'each', got {polling!r}")
+
+
+def check_max_list_pages(max_list_pages: object) -> int:
+    """``max_list_pages`` if it is a whole number of pages, at least one.
+
+    Raises:
+        ValueError: It is not an ``int`` >= 1.
+    """
+    if (
+        isinstance(max_list_pages, bool)
+        or not isinstance(max_list_pages, int)
+        or max_list_pages < 1
+    ):
+        raise ValueError(
+            "max_list_pages must be a whole number of pages >= 1, "
+            f"got {max_list_pages!r}"
+        )
+    return max_list_pages
 
 
 class _Fetch(enum.Enum):
@@ -118,6 +151,8 @@ class PollCounts:
     polls: int = 0
     gets: int = 0
     lists: int = 0
+    #: Sweeps cut short: the list did not hold the runs it claimed.
+    lies: int = 0
 
 
 @attrs.frozen
@@ -191,10 +226,22 @@ class _Sweep:
     #: List every page (a discovering sweep), not only until ``due`` is found.
     full: bool
     discovery: Discovery | None
+    #: The list size the pages claim (the latest page's ``total_count``).
+    total: int | None = None
     next_offset: int = 0
     #: Ranges ``[start, end)`` a short page left unread, read first.
     gaps: list[tuple[int, int]] = attrs.field(factory=list)
     error: Exception | None = None
+    #: Every run the pages listed so far.
+    seen: set[str] = attrs.field(factory=set)
+    #: Pages sent, pages in flight, pages that listed a run not seen before.
+    pages: int = 0
+    in_flight: int = 0
+    fresh: int = 0
+    #: Why the sweep stopped before the pages the list claims, if it did.
+    cut: str | None = None
+    #: Set when a page comes back.
+    changed: trio.Event = attrs.field(factory=trio.Event)
 
 
 @final
@@ -214,20 +261,28 @@ class Batcher:
         interval: float,
         nursery: trio.Nursery,
         counts: PollCounts,
+        max_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self.rest = rest
         self.mode = mode
         self.interval = interval
+        #: Pages a sweep reads at most beyond those the members fill.
+        self.max_pages = max_pages
         self._nursery = nursery
         self._counts = counts
         #: Runs polled through this batcher now.
         self.members = 0
-        #: The list size the last page reported.
+        #: The list size: as the last sweep's pages claimed it, or as many
+        #: runs as they listed if they did not bear the claim out.
         self.total: int | None = None
         #: Runs per page: `PAGE_SIZE`, or less if the service caps pages.
         self.page_size = PAGE_SIZE
         #: Why the service cannot list runs, once it said so.
         self.unsupported: Exception | None = None
+        # Whether the last sweep ended as the list said (all pages at once
+        # then), and whether a list cut short was logged already.
+        self._honest = False
+        self._lie_logged = False
         self._origin = trio.current_time()
         self._first_at: float | None = None
         # Asks due now, and asks parked until their due time (by due time,
@@ -457,32 +512,89 @@ class Batcher:
                 )
 
     async def _sweep(self, sweep: _Sweep) -> None:
-        if self.total is None:
-            # The first page alone: it tells how many pages there are.
-            await self._fetch(sweep, *self._take_range(sweep))
-        # Again while a short page, arriving last, left a gap to read.
-        while self._take_more(sweep):
+        """Read pages until the sweep has what it needs, or the list runs dry.
+
+        The first page goes alone when the list size is unknown (it tells
+        how many pages there are); then up to one page more in flight than
+        pages that listed new runs (doubling each round trip), or
+        `PAGE_CONCURRENCY` at once if the last sweep read the list to its
+        end.  A short page leaves a gap, read again.
+        """
+        sweep.total = self.total
+        try:
             async with trio.open_nursery() as nursery:
-                for _ in range(PAGE_CONCURRENCY):
-                    nursery.start_soon(self._fetch_pages, sweep)
+                while True:
+                    while sweep.in_flight < self._in_flight_cap(
+                        sweep
+                    ) and self._take_more(sweep):
+                        sweep.in_flight += 1
+                        nursery.start_soon(self._fetch, sweep, *self._take_range(sweep))
+                    if not sweep.in_flight:
+                        break
+                    sweep.changed = trio.Event()
+                    await sweep.changed.wait()
+        finally:
+            self._swept(sweep)
+
+    def _in_flight_cap(self, sweep: _Sweep) -> int:
+        """How many of ``sweep``'s pages may be in flight now."""
+        if sweep.total is None:
+            return 1
+        if self._honest:
+            return PAGE_CONCURRENCY
+        return min(PAGE_CONCURRENCY, 1 + sweep.fresh)
+
+    def page_cap(self) -> int:
+        """The most pages a sweep reads: the members' pages, plus `max_pages`."""
+        return math.ceil(self.members / self.page_size) + self.max_pages
 
     def _take_more(self, sweep: _Sweep) -> bool:
         """Whether the sweep should fetch another page."""
-        if sweep.error is not None:
+        if sweep.error is not None or sweep.cut is not None:
             return False
         if sweep.next_offset == 0:
             return True  # The first page, whatever the last sweep counted.
-        total = self.total or 0
+        total = sweep.total or 0
         if not sweep.gaps and sweep.next_offset >= total:
             return False
-        if sweep.full:
-            return True
-        if not sweep.due:
+        if not sweep.full:
+            if not sweep.due:
+                return False
+            pages_left = len(sweep.gaps) + math.ceil(
+                max(total - sweep.next_offset, 0) / self.page_size
+            )
+            if self.mode != "list" and pages_left >= len(sweep.due):
+                return False
+        if sweep.pages >= self.page_cap():
+            sweep.cut = f"the cap of {sweep.pages} pages was reached"
             return False
-        pages_left = len(sweep.gaps) + math.ceil(
-            max(total - sweep.next_offset, 0) / self.page_size
-        )
-        return self.mode == "list" or pages_left < len(sweep.due)
+        return True
+
+    def _swept(self, sweep: _Sweep) -> None:
+        """Learn from a sweep: the list's size, and whether it can be trusted."""
+        if sweep.cut is None:
+            if sweep.total is not None:
+                self.total = sweep.total
+            if sweep.error is None:
+                self._honest = True
+            return
+        self._honest = False
+        self.total = len(sweep.seen)
+        self._counts.lies += 1
+        if not self._lie_logged:
+            self._lie_logged = True
+            logger.warning(
+                "the run list claims %d runs, but a sweep ended after %d "
+                "page(s) listing %d: %s; sweeps stop there (at most %d pages "
+                "each, %d beyond the watched runs'; max_list_pages) and the "
+                "list is sized by what they list (logged once)",
+                sweep.total or 0,
+                sweep.pages,
+                len(sweep.seen),
+                sweep.cut,
+                self.page_cap(),
+                self.max_pages,
+            )
 
     def _take_range(self, sweep: _Sweep) -> tuple[int, int]:
         """The next ``[start, end)`` of the list to read."""
@@ -492,15 +604,19 @@ class Batcher:
         sweep.next_offset += self.page_size
         return start, sweep.next_offset
 
-    async def _fetch_pages(self, sweep: _Sweep) -> None:
-        while self._take_more(sweep):
-            await self._fetch(sweep, *self._take_range(sweep))
-
     async def _fetch(self, sweep: _Sweep, offset: int, end: int) -> None:
         """Read one page at ``offset``; what it leaves of ``[offset, end)`` is a gap."""
+        try:
+            await self._fetch_page(sweep, offset, end)
+        finally:
+            sweep.in_flight -= 1
+            sweep.changed.set()
+
+    async def _fetch_page(self, sweep: _Sweep, offset: int, end: int) -> None:
         discovery = sweep.discovery
         limit = min(self.page_size, end - offset)
         self._counts.lists += 1
+        sweep.pages += 1
         sent = trio.current_time()
         try:
             page = await self.rest.list_training_runs(
@@ -520,26 +636,42 @@ class Batcher:
             if sweep.error is None:
                 sweep.error = exc
             return
-        self.total = page.total_count
-        if 0 < page.limit < self.page_size:
+        sweep.total = page.total_count
+        if 0 < page.limit < min(limit, self.page_size):
+            # Capped below what was asked (a gap asks for less than a page).
             self.page_size = page.limit
         # A page the service capped (or the list shrank under it): the rest
         # of the range is read again from where the page ended.
         read = offset + len(page.items)
         if read < min(end, page.total_count) and page.items:
             sweep.gaps.append((read, end))
-        self._answer(page.items, sent, sweep)
+        if self._answer(page.items, sent, sweep):
+            sweep.fresh += 1
+        elif offset < page.total_count and sweep.cut is None:
+            # The list claims more than it shows: believe the pages.
+            sweep.cut = (
+                f"the page at offset {offset} listed only runs listed already"
+                if page.items
+                else f"the page at offset {offset} was empty"
+            )
 
     def _answer(
         self, items: tuple[Mapping[str, Any], ...], sent: float, sweep: _Sweep
-    ) -> None:
-        """Hand each listed run to its waiting task, if it was due by ``sent``."""
+    ) -> bool:
+        """Hand each listed run to its waiting task, if it was due by ``sent``.
+
+        Returns:
+            Whether the page listed a run the sweep had not seen.
+        """
         waiting = self._waiting
         on_listed = sweep.discovery.on_listed if sweep.discovery else None
+        seen = sweep.seen
+        before = len(seen)
         for item in items:
             run_id = item.get("training_run_id")
             if type(run_id) is not str:
                 continue
+            seen.add(run_id)
             ask = waiting.get(run_id)
             if ask is not None and ask.due <= sent:
                 del waiting[run_id]
@@ -547,3 +679,4 @@ class Batcher:
                 trio.lowlevel.reschedule(ask.task, outcome.Value(item))
             elif on_listed is not None:
                 on_listed(run_id, item)
+        return len(seen) > before

@@ -6,7 +6,7 @@ import inspect
 from typing import TYPE_CHECKING
 
 from .._protocols import ListingRestClientProtocol
-from ._polling import Batcher
+from ._polling import MAX_LIST_PAGES, Batcher
 
 if TYPE_CHECKING:
     import trio
@@ -30,6 +30,7 @@ class Routes:
         interval: float,
         nursery: trio.Nursery,
         counts: PollCounts,
+        max_list_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self._rest = rest
         self._rest_for_service = rest_for_service
@@ -37,6 +38,7 @@ class Routes:
         self._interval = interval
         self._nursery = nursery
         self._counts = counts
+        self._max_list_pages = max_list_pages
         # Per REST client (by identity, kept alive here): its batcher, or
         # None when its runs are polled one GET each.
         self._batchers: dict[int, tuple[RestClientProtocol, Batcher | None]] = {}
@@ -81,6 +83,7 @@ class Routes:
                     interval=self._interval,
                     nursery=self._nursery,
                     counts=self._counts,
+                    max_pages=self._max_list_pages,
                 )
             self._batchers[id(rest)] = (rest, batcher)
         if batcher is None or discovering or batcher.mode != "each":

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 import attrs
 import trio
 
+from .._secrets import mask, mask_value
 from .._text import printable
 
 if TYPE_CHECKING:
@@ -126,6 +127,10 @@ class Statistics:
     get_requests: int = 0
     #: API requests sent to poll many runs at once (pages of the run list).
     list_requests: int = 0
+    #: Sweeps of the run list cut short because its pages did not bear out
+    #: the count it claimed (an empty page, a page of runs listed already,
+    #: or the page cap of ``open_monitor(max_list_pages=...)``).
+    list_lies: int = 0
     #: Corrupted runs detected.
     detected: int = 0
     #: Recovery attempts started.
@@ -169,13 +174,22 @@ class Telemetry:
         metadata: Mapping[str, Any],
         **measurements: float,
     ) -> TelemetryEvent:
-        """Record an event now.  Never blocks, never checkpoints."""
+        """Record an event now.  Never blocks, never checkpoints.
+
+        Every string in the event, and the text of every error in it, is
+        masked against the configured API keys (`mask_value`) whatever
+        produced it: a caller's own service may name the key in an error.
+        """
+        run_id = mask(run_id)
         event = TelemetryEvent(
             name=name,
             run_id=run_id,
             time=trio.current_time(),
             measurements=measurements,
-            metadata={**metadata, "run_id": run_id},
+            metadata={
+                **{key: mask_value(value) for key, value in metadata.items()},
+                "run_id": run_id,
+            },
         )
         self.counts[name] += 1
         level = _LEVELS.get(name, logging.INFO)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
+import logging
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from ._polling import Batcher, Discovery
 
 __all__ = ["AllRuns", "Watch", "coalesced", "is_active"]
+
+logger = logging.getLogger("trio_tinkex_recovery")
 
 
 @attrs.define(eq=False)
@@ -44,14 +46,44 @@ class Watch:
     stalled: bool = False
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class AllRuns:
-    """What `Monitor.monitor_all` watches."""
+    """What `Monitor.monitor_all` watches, and what its sweeps found."""
 
     batcher: Batcher
     discovery: Discovery
     active_within: float
     recover_existing: bool
+    #: Runs the sweeps listed that nobody watched yet, and those of them
+    #: that were active (and so watched).
+    listed: int = 0
+    active: int = 0
+    #: Whether a list of runs none of which is watched was logged.
+    said_idle: bool = False
+
+    def note(self, item: Mapping[str, Any]) -> bool:
+        """Count a listed run; whether it is active (and so to be watched)."""
+        self.listed += 1
+        active = is_active(item, self.active_within)
+        self.active += active
+        return active
+
+    def say_if_idle(self, watched: int) -> None:
+        """Log, once, that the runs listed so far are none of them watched.
+
+        ``watched``: how many runs the monitor watches now.
+        """
+        if self.said_idle or not self.listed or self.active or watched:
+            return
+        self.said_idle = True
+        logger.warning(
+            "monitor_all: the run list holds %d run(s), none of which handled "
+            "a request within active_within=%s s: none is watched (they are "
+            "as soon as they train again; active_within=math.inf watches "
+            "every run)",
+            self.listed,
+            self.active_within,
+        )
 
 
 def coalesced(watch: Watch) -> bool:
@@ -63,10 +95,13 @@ def is_active(item: Mapping[str, Any], active_within: float) -> bool:
     """Whether a listed run handled a request in the last ``active_within`` s.
 
     ``last_request_time`` is the service's wall-clock time, so it is
-    compared with this machine's wall clock.
+    compared with this machine's wall clock.  A span reaching back past the
+    first date there is (``math.inf``, or ``1e12`` seconds) is no limit.
     """
-    if math.isinf(active_within):
-        return True
+    try:
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=active_within)
+    except OverflowError:
+        return True  # Before year 1: every run is recent enough.
     value = item.get("last_request_time")
     if not isinstance(value, str):
         return False
@@ -74,6 +109,6 @@ def is_active(item: Mapping[str, Any], active_within: float) -> bool:
         when = dt.datetime.fromisoformat(value)
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
-        return when >= dt.datetime.now(dt.UTC) - dt.timedelta(seconds=active_within)
+        return when >= since
     except (ValueError, OverflowError):
         return False

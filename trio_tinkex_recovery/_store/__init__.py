@@ -2,7 +2,9 @@
 
 `open_store` opens one by name: ``None`` or ``":memory:"`` for memory, a
 ``postgresql://`` DSN for PostgreSQL (shared by replicas), a filesystem
-path for SQLite.  See `_base` for what a store keeps.
+path for SQLite.  See `_base` for what a store keeps and for
+`LeasingStore`, the store replicas share.  SQLite and PostgreSQL map
+records to rows through one shared layer, `_rows`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from ._base import (
+    Claim,
     HistoryEntry,
     LeaseLostError,
+    LeasingStore,
     LoadRecord,
+    Owner,
+    Renewal,
     SessionRecord,
     Snapshot,
     Store,
@@ -34,13 +40,17 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LEASE",
     "SCHEMA_VERSION",
+    "Claim",
     "HistoryEntry",
     "Journal",
     "LeaseLostError",
+    "LeasingStore",
     "Ledger",
     "LoadRecord",
     "MemoryStore",
+    "Owner",
     "PostgresStore",
+    "Renewal",
     "SQLiteStore",
     "SessionRecord",
     "Snapshot",

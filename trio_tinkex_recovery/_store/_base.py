@@ -33,10 +33,14 @@ if TYPE_CHECKING:
     from .._state import RecoveryState
 
 __all__ = [
+    "Claim",
     "HistoryEntry",
     "LeaseLostError",
+    "LeasingStore",
     "LoadOutcome",
     "LoadRecord",
+    "Owner",
+    "Renewal",
     "SessionRecord",
     "Snapshot",
     "Store",
@@ -212,6 +216,88 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Release the store (its file lock, connections)."""
+        ...
+
+
+@attrs.frozen
+class Renewal:
+    """What one renewal of a replica's leases found."""
+
+    #: The runs this replica holds now, with their fencing tokens.
+    held: Mapping[str, int]
+    #: Replicas alive (this one included).
+    replicas: int
+    #: Runs in the store.
+    runs: int
+
+
+@attrs.frozen
+class Claim:
+    """A run this replica has just claimed."""
+
+    run_id: str
+    #: Its new fencing token.
+    token: int
+    #: The replica whose lease had expired (a takeover), or ``None``.
+    previous: str | None
+
+
+@attrs.frozen
+class Owner:
+    """Who holds a run, for ``status``."""
+
+    replica: str
+    #: Seconds until the lease expires (negative: expired).
+    expires_in: float
+
+
+@runtime_checkable
+class LeasingStore(Store, Protocol):
+    """A `Store` shared by replicas, each acting only on the runs it leases.
+
+    What the lease keeper needs of a shared store (PostgreSQL): every run
+    has an owner replica, a lease expiry and a fencing token; a write about
+    a run this replica does not hold raises `LeaseLostError`.
+    """
+
+    #: This replica's id, unique among the replicas of the store.
+    replica_id: str
+    #: Seconds a lease lasts (renewed every third of it).
+    lease: float
+    #: Opened to read only (``status``): nothing is claimed or written.
+    readonly: bool
+
+    @property
+    def held(self) -> Mapping[str, int]:
+        """The runs this replica holds, with their fencing tokens."""
+        ...
+
+    def holds(self, run_id: str) -> bool:
+        """Whether this replica believes it holds ``run_id``'s lease."""
+        ...
+
+    async def renew(self) -> Renewal:
+        """Say this replica is alive and extend every lease it still holds."""
+        ...
+
+    async def claim(self, limit: int, *, exclude: Collection[str] = ()) -> list[Claim]:
+        """Take every orphaned run, and free runs up to ``limit``."""
+        ...
+
+    async def give_back(self, run_ids: Collection[str]) -> None:
+        """Let other replicas claim ``run_ids``."""
+        ...
+
+    async def release(self) -> None:
+        """Give back every lease and leave the replicas (a clean shutdown)."""
+        ...
+
+    def forget(self, run_ids: Collection[str] | None = None) -> None:
+        """Stop writing about runs whose leases may have expired (all with ``None``)."""
+        ...
+
+    async def runs(self, run_ids: Collection[str]) -> Snapshot:
+        """The stored runs ``run_ids``, their recoveries and restores in doubt."""
         ...
 
 

@@ -13,17 +13,16 @@ version is refused and left untouched.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
-from .._state import RecoveryState
+from .._files import open_private, private_dir, private_file
+from . import _rows as rows
 from ._base import (
     HistoryEntry,
     LoadRecord,
@@ -32,7 +31,6 @@ from ._base import (
     StoredRecovery,
     StoredRun,
     StoreError,
-    history_entry,
 )
 
 if TYPE_CHECKING:
@@ -48,22 +46,11 @@ SCHEMA_VERSION: Final = 1
 #: Forward-only migrations: ``_MIGRATIONS[n]`` takes a file from n to n + 1.
 _MIGRATIONS: Final[tuple[str, ...]] = (
     """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY,
         metadata TEXT NOT NULL,
         recovered INTEGER NOT NULL,
         successor TEXT
-    );
-    CREATE TABLE recoveries (
-        run_id TEXT PRIMARY KEY,
-        phase TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        checkpoint TEXT,
-        retry_at_wall REAL,
-        new_run_id TEXT,
-        error TEXT,
-        metadata TEXT NOT NULL
     );
     CREATE TABLE sessions (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -71,27 +58,13 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         session_id TEXT,
         next_seq INTEGER NOT NULL
     );
-    CREATE TABLE loads (
-        key TEXT PRIMARY KEY,
-        run_id TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        session_id TEXT NOT NULL,
-        model_seq_id INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        optimizer INTEGER NOT NULL,
-        request_id TEXT,
-        outcome TEXT,
-        created REAL NOT NULL
-    );
-    CREATE TABLE history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        run_id TEXT NOT NULL,
-        at REAL NOT NULL,
-        phase TEXT NOT NULL,
-        attempt INTEGER NOT NULL,
-        detail TEXT
-    );
-    """,
+    """
+    + rows.tables_v1(
+        real="REAL",
+        json="TEXT",
+        flag="INTEGER",
+        serial="INTEGER PRIMARY KEY AUTOINCREMENT",
+    ),
 )
 
 
@@ -130,13 +103,7 @@ class SQLiteStore:
     async def put_run(self, run: StoredRun) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
-                (
-                    run.run_id,
-                    json.dumps(dict(run.metadata)),
-                    run.recovered,
-                    run.successor,
-                ),
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", rows.run_row(run)
             )
 
         await self._run("write", write)
@@ -147,50 +114,18 @@ class SQLiteStore:
         def write(db: sqlite3.Connection) -> None:
             db.executemany("DELETE FROM runs WHERE run_id = ?", ids)
             db.executemany(
-                "DELETE FROM recoveries WHERE run_id = ? AND phase NOT IN "
-                "('queued', 'attempting', 'waiting')",
+                "DELETE FROM recoveries WHERE run_id = ? "
+                f"AND phase NOT IN {rows.PENDING_PHASES}",
                 ids,
             )
 
         await self._run("write", write)
 
     async def put_recovery(self, recovery: StoredRecovery) -> None:
-        state = recovery.state
         now = time.time()
-
-        def write(db: sqlite3.Connection) -> None:
-            row = db.execute(
-                "SELECT * FROM recoveries WHERE run_id = ?", (state.run_id,)
-            ).fetchone()
-            previous = _recovery(row) if row is not None else None
-            db.execute(
-                "INSERT OR REPLACE INTO recoveries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    state.run_id,
-                    state.phase,
-                    state.attempt,
-                    state.checkpoint,
-                    recovery.retry_at_wall,
-                    state.new_run_id,
-                    state.error,
-                    json.dumps(dict(recovery.metadata)),
-                ),
-            )
-            if state.phase == "done":
-                # In the same transaction: the run is restored in its episode.
-                db.execute(
-                    "UPDATE runs SET recovered = 1, successor = ? WHERE run_id = ?",
-                    (state.new_run_id, state.run_id),
-                )
-            entry = history_entry(previous, recovery, now)
-            if entry is not None:
-                db.execute(
-                    "INSERT INTO history (run_id, at, phase, attempt, detail) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (entry.run_id, entry.at, entry.phase, entry.attempt, entry.detail),
-                )
-
-        await self._run("write", write)
+        await self._run(
+            "write", lambda db: rows.write_recovery(db.execute, recovery, now)
+        )
 
     async def put_session(self, session: SessionRecord) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -203,38 +138,10 @@ class SQLiteStore:
 
     async def put_load(self, load: LoadRecord) -> None:
         now = time.time()
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO loads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET request_id = excluded.request_id, "
-                "outcome = excluded.outcome",
-                (
-                    load.key,
-                    load.run_id,
-                    load.attempt,
-                    load.session_id,
-                    load.model_seq_id,
-                    load.path,
-                    load.optimizer,
-                    load.request_id,
-                    load.outcome,
-                    now,
-                ),
-            )
-
-        await self._run("write", write)
+        await self._run("write", lambda db: rows.write_load(db.execute, load, now))
 
     async def history(self, run_id: str | None = None) -> list[HistoryEntry]:
-        def read(db: sqlite3.Connection) -> list[HistoryEntry]:
-            rows = db.execute(
-                "SELECT run_id, at, phase, attempt, detail FROM history "
-                "WHERE ? IS NULL OR run_id = ? ORDER BY id",
-                (run_id, run_id),
-            ).fetchall()
-            return [HistoryEntry(*row) for row in rows]
-
-        return await self._run("read", read)
+        return await self._run("read", lambda db: rows.read_history(db.execute, run_id))
 
     async def aclose(self) -> None:
         if self._closed:
@@ -247,62 +154,22 @@ class SQLiteStore:
             os.close(self._lock_fd)
 
 
-def _recovery(row: tuple[Any, ...]) -> StoredRecovery:
-    run_id, phase, attempt, checkpoint, retry_at_wall, new_run_id, error, meta = row
-    return StoredRecovery(
-        state=RecoveryState(
-            run_id=run_id,
-            phase=phase,
-            attempt=attempt,
-            checkpoint=checkpoint,
-            new_run_id=new_run_id,
-            error=error,
-        ),
-        retry_at_wall=retry_at_wall,
-        metadata=json.loads(meta),
-    )
-
-
 def _read_snapshot(db: sqlite3.Connection) -> Snapshot:
-    runs = {
-        run_id: StoredRun(
-            run_id=run_id,
-            metadata=json.loads(meta),
-            recovered=bool(recovered),
-            successor=successor,
-        )
-        for run_id, meta, recovered, successor in db.execute("SELECT * FROM runs")
-    }
-    recoveries = {
-        row[0]: _recovery(row) for row in db.execute("SELECT * FROM recoveries")
-    }
-    row = db.execute("SELECT key, session_id, next_seq FROM sessions").fetchone()
-    session = SessionRecord(*row) if row is not None else None
-    rows = db.execute(
-        "SELECT key, run_id, attempt, session_id, model_seq_id, path, optimizer, "
-        "request_id, outcome FROM loads WHERE outcome IS NULL ORDER BY created"
+    return rows.snapshot(
+        db.execute(f"SELECT {rows.RUN_COLUMNS} FROM runs").fetchall(),
+        db.execute(f"SELECT {rows.RECOVERY_COLUMNS} FROM recoveries").fetchall(),
+        db.execute(f"SELECT {rows.SESSION_COLUMNS} FROM sessions").fetchone(),
+        db.execute(
+            f"SELECT {rows.LOAD_COLUMNS} FROM loads "
+            "WHERE outcome IS NULL ORDER BY created"
+        ).fetchall(),
     )
-    loads = tuple(
-        LoadRecord(
-            key=row[0],
-            run_id=row[1],
-            attempt=row[2],
-            session_id=row[3],
-            model_seq_id=row[4],
-            path=row[5],
-            optimizer=bool(row[6]),
-            request_id=row[7],
-            outcome=row[8],
-        )
-        for row in rows
-    )
-    return Snapshot(runs=runs, recoveries=recoveries, session=session, open_loads=loads)
 
 
 def _take_lock(path: str) -> int:
     lock_path = f"{path}.lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(lock_path)
     except OSError as exc:
         raise StoreError(
             f"cannot open state file {path}: cannot create its lock file "
@@ -328,6 +195,10 @@ def _connect(path: str) -> sqlite3.Connection:
     exists = os.path.exists(path)
     if exists and not os.access(path, os.R_OK | os.W_OK):
         raise StoreError(f"cannot open state file {path}: permission denied")
+    try:
+        private_file(path)  # SQLite gives its -wal and -shm files this mode
+    except OSError as exc:
+        raise StoreError(f"cannot create state file {path}: {exc.strerror}") from exc
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -428,13 +299,12 @@ async def open_sqlite_store(path: str, *, readonly: bool = False) -> SQLiteStore
         path = os.path.abspath(os.path.expanduser(path))
         if readonly:
             return SQLiteStore(path, _connect_readonly(path), -1)
-        with contextlib.suppress(FileExistsError):
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            except OSError as exc:
-                raise StoreError(
-                    f"cannot create the folder of state file {path}: {exc.strerror}"
-                ) from exc
+        try:
+            private_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the folder of state file {path}: {exc.strerror}"
+            ) from exc
         lock = _take_lock(path)
         try:
             return SQLiteStore(path, _connect(path), lock)

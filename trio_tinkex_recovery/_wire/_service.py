@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .._config import Config
+from .._secrets import register
 from .._util import NoPublicConstructor
 from ._http import HTTPClient, HTTPSettings
 from ._rest import RestClient
@@ -226,6 +227,7 @@ async def open_tuned_service_client(
     if config is None:
         config = Config.from_env()
     http = HTTPClient(config, transport=transport, settings=settings)
+    unregister = register(config.api_key)  # masked in every log line and event
     try:
         async with trio.open_nursery() as nursery:
             service = ServiceClient._create(http, nursery)
@@ -241,4 +243,7 @@ async def open_tuned_service_client(
             finally:
                 await service.aclose(reason=reason)
     finally:
-        await http.aclose()
+        try:
+            await http.aclose()
+        finally:
+            unregister()
