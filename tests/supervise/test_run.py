@@ -31,8 +31,9 @@ FAST = ("--poll-interval", "0.1", "--backoff", "0.05", "--jitter", "0", "--json"
 
 
 def new_fake() -> FakeTinker:
-    """A simulator with no run: the child creates its own."""
-    return FakeTinker(api_key=KEY)
+    """A simulator with no run (the child creates its own), answering
+    futures at once (a step takes milliseconds, paced by the tests)."""
+    return FakeTinker(api_key=KEY, future_try_again=0)
 
 
 def run_argv(url: str, state: Path, *options: str, command: list[str]) -> list[str]:

@@ -43,6 +43,8 @@ class Child:
         self.started_at = started_at
         #: Set once it exited (and was reaped).
         self.exited = trio.Event()
+        #: Whether the supervisor's loop has read its exit.
+        self.reported = False
         #: Whether the supervisor stopped it (its exit is no news).
         self.stopping = False
         #: Whether a restart waits for this start to announce its run.

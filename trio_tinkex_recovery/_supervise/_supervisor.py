@@ -200,7 +200,9 @@ class Supervisor:
         while True:
             kind, value = await self._news.receive()
             if kind == "signal":
-                if self._child is None or self._child.returncode is not None:
+                # With a child whose exit is still to be read, its status is
+                # the job's: that news follows.
+                if self._child is None or self._child.reported:
                     return self._result(
                         JobState.STOPPED, 128 + value, "stopped by a signal"
                     )
@@ -210,9 +212,12 @@ class Supervisor:
                 return self._result(JobState.EXHAUSTED, EXIT_EXHAUSTED, value)
             child: Child = value[0]
             code: int = value[1]
-            if child is not self._child or child.stopping:
+            child.reported = True
+            if child is not self._child:
+                continue
+            if child.stopping and self._signalled is None:
                 continue  # stopped by us: a restart replaces it
-            if child.restoring and code != 0:
+            if child.restoring and child.run_id is None and code != 0:
                 if self._signalled is None:
                     continue  # a restarted start died early: the restart's business
             status = exit_status(code)
@@ -406,7 +411,6 @@ class Supervisor:
             with trio.CancelScope() as scope:
                 child.scope = scope  # _on_run cancels it when the run is known
                 await child.exited.wait()
-        child.restoring = False
         if child.run_id is not None:
             self.state = JobState.HEALTHY
             return Restarted(child.run_id, child.pid)
