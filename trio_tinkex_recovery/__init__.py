@@ -42,6 +42,9 @@ from ._errors import TinkerAPIError as TinkerAPIError
 from ._errors import TinkexRecoveryError as TinkexRecoveryError
 from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._errors import UnsupportedStrategyError as UnsupportedStrategyError
+from ._notify import Notifier as Notifier
+from ._notify import NotifierStatistics as NotifierStatistics
+from ._notify import notify as notify
 from ._policy import Best as Best
 from ._policy import CheckpointStrategy as CheckpointStrategy
 from ._policy import Latest as Latest
@@ -103,6 +106,8 @@ __all__ = [
     "Monitor",
     "NoCheckpointError",
     "NotFoundError",
+    "Notifier",
+    "NotifierStatistics",
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
@@ -138,6 +143,7 @@ __all__ = [
     "UnsupportedStrategyError",
     "WeightsInfo",
     "is_testing",
+    "notify",
     "open_executor",
     "open_monitor",
     "open_service_client",
