@@ -59,6 +59,12 @@ from ._store import LeaseLostError as LeaseLostError
 from ._store import Store as Store
 from ._store import StoreError as StoreError
 from ._store import open_store as open_store
+from ._supervise import EXIT_EXHAUSTED as EXIT_EXHAUSTED
+from ._supervise import JobLockedError as JobLockedError
+from ._supervise import JobState as JobState
+from ._supervise import SuperviseResult as SuperviseResult
+from ._supervise import SupervisorEvent as SupervisorEvent
+from ._supervise import supervise as supervise
 from ._test_mode import is_testing as is_testing
 from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
@@ -76,6 +82,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "EVENT_NAMES",
+    "EXIT_EXHAUSTED",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
@@ -91,6 +98,8 @@ __all__ = [
     "Executor",
     "ForwardBackwardOutput",
     "InternalServerError",
+    "JobLockedError",
+    "JobState",
     "Latest",
     "LeaseLostError",
     "ListingRestClientProtocol",
@@ -121,6 +130,8 @@ __all__ = [
     "Step",
     "Store",
     "StoreError",
+    "SuperviseResult",
+    "SupervisorEvent",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
@@ -138,6 +149,7 @@ __all__ = [
     "open_service_client",
     "open_store",
     "set_testing",
+    "supervise",
 ]
 
 

@@ -80,8 +80,8 @@ class TrainingClient(metaclass=NoPublicConstructor):
     base_model: str
     #: The LoRA rank, for LoRA weights.
     lora_rank: int | None
-    #: The checkpoint restored from.
-    checkpoint: Checkpoint
+    #: The checkpoint restored from (``None`` for a new LoRA model).
+    checkpoint: Checkpoint | None
     #: Whether the optimizer state was restored too.
     optimizer_restored: bool
     _http: HTTPClient = attrs.field(repr=False, alias="http")

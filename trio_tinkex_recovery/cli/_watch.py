@@ -114,7 +114,10 @@ def parser(prog: str) -> Parser:
     parser = Parser(
         prog=prog,
         description="Watch training runs on Tinker; restart each corrupted run "
-        "from a checkpoint. Needs TINKER_API_KEY. Runs until Ctrl-C, SIGTERM, "
+        "from a checkpoint. The restored model belongs to this watcher's own "
+        "session, not to your training script: watch is for programs that "
+        "follow on_recovery; to keep a training script going, use 'run -- "
+        "COMMAND'. Needs TINKER_API_KEY. Runs until Ctrl-C, SIGTERM, "
         "--duration, or until nothing is left to watch. The runs and their "
         "recoveries are kept in a state file, so a watcher started again (after "
         "a crash too) watches them again and never restores a run twice. Exit "

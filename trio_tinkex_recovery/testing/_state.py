@@ -28,10 +28,12 @@ import attrs
 import trio
 
 from .._types import Checkpoint, TrainingRun, WeightsInfo, parse_tinker_path
+from ._creation import Clock, check_corrupted_requests, new_model
 from ._model import (
     DEFAULT_EPOCH,
     KIND_SEGMENT,
     LIST_ORDERS,
+    CorruptedRequests,
     ListOrder,
     PendingFuture,
     Refused,
@@ -73,6 +75,8 @@ class TinkerState(Traffic):
         request_log_limit: int | None = None,
         list_order: ListOrder = "recent",
         list_page_max: int = 100,
+        corrupted_requests: CorruptedRequests = "fail",
+        wall_clock: bool = False,
     ) -> None:
         if future_try_again < 0:
             raise ValueError(f"future_try_again must be >= 0, got {future_try_again}")
@@ -104,6 +108,8 @@ class TinkerState(Traffic):
         self.dynamic_config: dict[str, Any] | None = (
             None if dynamic_config is None else dict(dynamic_config)
         )
+        self.corrupted_requests = check_corrupted_requests(corrupted_requests)
+        self.wall_clock = wall_clock
         self.list_order: ListOrder = list_order
         self.list_page_max = list_page_max
         super().__init__(seed=seed, request_log_limit=request_log_limit)
@@ -111,7 +117,7 @@ class TinkerState(Traffic):
         self.list_requests = 0
         self._list_rng = random.Random(f"list:{seed}")
         self._epoch = epoch
-        self._ticks = 0
+        self._clock = Clock(epoch)
         self._runs: dict[str, StoredRun] = {}
         self._ids = Ids()
         self._sessions = Sessions(self._ids)
@@ -502,6 +508,32 @@ class TinkerState(Traffic):
         )
         return request_id, model_id
 
+    def create_model(
+        self,
+        session_id: str,
+        seq: int,
+        *,
+        base_model: str,
+        lora_rank: int | None,
+        user_metadata: dict[str, Any] | None = None,
+    ) -> tuple[str, str]:
+        """Create model ``{session_id}:train:{seq}``; see `new_model`."""
+        return new_model(
+            self._runs,
+            self.live_session(session_id),
+            seq,
+            StoredRun(
+                run_id=f"{session_id}:train:{seq}",
+                base_model=base_model,
+                lora_rank=lora_rank,
+                model_owner=self.model_owner,
+                user_metadata=user_metadata,
+                last_request_time=self._stamp(),
+                session_id=session_id,
+            ),
+            self._new_future,
+        )
+
     def save(
         self,
         model_id: str,
@@ -621,11 +653,13 @@ class TinkerState(Traffic):
         earlier = self._model_log.earlier(model_id, step.seq_id, identity)
         if earlier is not None:
             return earlier
-        if run.corrupted:
+        mode = self.corrupted_requests if run.corrupted else "succeed"
+        if mode == "fail":
             result = {"error": f"model {model_id!r} is corrupted", "category": "server"}
         else:
             result = act(run)
-        request_id = self._new_future(result)
+        hang = float("inf") if mode == "hang" else None  # polls answer try_again
+        request_id = self._new_future(result, delay=hang)
         session = self._sessions.get(run.session_id or "")
         self._model_log.add(
             attrs.evolve(
@@ -644,8 +678,7 @@ class TinkerState(Traffic):
     # Internals
 
     def _stamp(self) -> dt.datetime:
-        self._ticks += 1
-        return self._epoch + dt.timedelta(minutes=self._ticks)
+        return self._clock.stamp(wall=self.wall_clock)
 
     def _run(self, run_id: str) -> StoredRun:
         try:
@@ -662,7 +695,6 @@ class TinkerState(Traffic):
             raise KeyError(f"no checkpoint {path!r}")
         return run, ckpt
 
-    def _new_future(self, result: dict[str, Any]) -> str:
-        return self._futures.new(
-            result, try_again=self.future_try_again, delay=self.future_delay
-        )
+    def _new_future(self, result: dict[str, Any], *, delay: float | None = None) -> str:
+        delay = self.future_delay if delay is None else delay
+        return self._futures.new(result, try_again=self.future_try_again, delay=delay)
