@@ -220,3 +220,34 @@ def test_watch_help_lists_the_notify_options():
     )  # fmt: skip
     for flag in ("--notify URL", "--notify-on NAME,...", "--notify-secret"):
         assert flag in result.stdout
+
+
+async def test_run_notifies_a_stall_and_the_restart_that_ends_it(tmp_path):
+    """run --notify: a supervised child that stalls is told as ``stalled``, and
+    the restart that carries it on as ``completed``, signed, to the receiver."""
+    from .supervise.test_run import new_fake, run_argv, trainer, trainer_env
+
+    fake = new_fake()
+    hook = Hook()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            hook_url = await serve_hook(nursery, hook)
+            options = ("--stall-timeout", "1", "--restart-on-stall", "--grace", "1")
+            notify = ("--notify", hook_url, "--notify-on", "stalled,completed")
+            command = trainer(12, 5)
+            argv = run_argv(
+                url, tmp_path / "job.json", *options, *notify, command=command
+            )
+            env = trainer_env(url, TRAINER_STALL_AFTER="6", TTR_NOTIFY_SECRET=SECRET)
+            async with spawn(argv, env) as job:
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+
+    assert code == 0, job.err.text
+    told = [e["type"].rsplit(".", 1)[1] for e in hook.events()]
+    assert told == ["stalled", "completed"]
+    stalled = hook.events()[0]["data"]
+    assert stalled["run_id"] == fake.restore_log[0].source_run_id
+    for headers, body in hook.requests:
+        assert KEY not in body.decode() + str(headers)

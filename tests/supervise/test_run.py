@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
 import trio
 
 from trio_tinkex_recovery.testing import FakeTinker, serve_fake_tinker
@@ -444,3 +445,41 @@ async def test_a_second_ctrl_c_kills_a_child_that_ignores_the_first(tmp_path):
         e["signal"] for e in reports(job.err.lines) if e["event"] == "forwarded"
     ]
     assert forwarded == ["SIGINT", "SIGKILL"]
+
+
+async def test_a_stalled_child_is_restarted_the_corruption_way(tmp_path):
+    """--stall-timeout with --restart-on-stall: a child that hangs after step 7
+    is stopped and started again from its newest checkpoint, told why
+    (TTR_RESTART_REASON=stalled), and trains to the end on its new run."""
+    fake = new_fake()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_fake_tinker, fake)
+            options = ("--stall-timeout", "1", "--restart-on-stall", "--grace", "1")
+            argv = run_argv(
+                url, tmp_path / "job.json", *options, command=trainer(20, 5)
+            )
+            env = trainer_env(url, TRAINER_STALL_AFTER="7", TRAINER_STEP_DELAY="0.02")
+            async with spawn(argv, env) as job:
+                code = await job.wait()
+            nursery.cancel_scope.cancel()
+
+    assert code == 0, job.err.text
+    steps = steps_of(job.out.lines)
+    runs = list(dict.fromkeys(model for _, model in steps))
+    assert len(runs) == 2, steps
+    assert [s for s, m in steps if m == runs[0]] == list(range(8))
+    assert [s for s, m in steps if m == runs[1]] == list(range(5, 20))
+    resumed = [line for line in job.out.lines if line.startswith("resumed ")]
+    assert resumed == [f"resumed stalled tinker://{runs[0]}/weights/step-0004"]
+    restores = [r for r in fake.restore_log if r.source_run_id == runs[0]]
+    assert len(restores) == 1
+
+
+def test_restart_on_stall_needs_a_stall_timeout():
+    """--restart-on-stall alone is a usage error that names what it needs."""
+    from trio_tinkex_recovery.cli import _run
+    from trio_tinkex_recovery.cli._runtime import UsageError
+
+    with pytest.raises(UsageError, match="needs --stall-timeout"):
+        _run.parse(["--restart-on-stall", "--", "true"])

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from .._config import Config
+    from .._notify import Notifier
     from .._protocols import RestClientProtocol, ServiceProtocol
 
 __all__ = [
@@ -66,6 +67,8 @@ async def supervise(
     restart_on_error: int = 0,
     log_path: str | os.PathLike[str] | None = None,
     discover: bool = False,
+    restart_on_stall: bool = False,
+    notifiers: Sequence[Notifier] = (),
     state: str | os.PathLike[str] | None = None,
     job_id: str | None = None,
     on_event: Callable[[SupervisorEvent], None] | None = None,
@@ -121,6 +124,12 @@ async def supervise(
             ``state_path`` in its ``checkpoints.jsonl`` is the child's.
         discover: Take any run of the key's owner first seen after the
             command started as the command's (one job per key only).
+        restart_on_stall: With ``policy.stall_timeout``, restart the
+            command the corruption way (stop it, resume from the newest
+            checkpoint; ``TTR_RESTART_REASON=stalled``) when its run stalls;
+            counted as a restart.
+        notifiers: Told of the monitor's events (`notify`), started beside
+            it before the command starts.
         state: The job's state file.
         job_id: The job's id (default: from the command and the folder).
         on_event: Called with each of the supervisor's own reports.
@@ -140,6 +149,7 @@ async def supervise(
         restart_on_error=restart_on_error,
         log_path=None if log_path is None else os.fspath(log_path),
         discover=discover,
+        restart_on_stall=restart_on_stall,
         job_id=job_id if job_id is not None else default_job_id(tuple(command)),
         state_path=None if state is None else os.fspath(state),
     )
@@ -174,6 +184,7 @@ async def supervise(
                 jobfile=jobfile,
                 record=record,
                 report=on_event or (lambda event: None),
+                notifiers=tuple(notifiers),
                 environ=dict(os.environ if environ is None else environ),
             )
             return await supervisor.run()

@@ -73,6 +73,9 @@ class SupervisorSpec:
     log_path: str | None = None
     #: Whether any new run of the key's owner is taken as the child's.
     discover: bool = False
+    #: Whether a stall of the child's run (``Policy.stall_timeout``)
+    #: restarts it the corruption way.
+    restart_on_stall: bool = False
     #: The job's id (default: from the command and the working directory).
     job_id: str = attrs.field()
     #: The state file (default: under the XDG state folder, by job id).

@@ -29,7 +29,12 @@ import trio
 from .. import supervised as env_names
 from .._engine._monitor import open_monitor
 from .._engine._selection import candidates
-from .._errors import CheckpointUnavailableError, RecoveryError, TinkerAPIError
+from .._errors import (
+    AlreadyPendingError,
+    CheckpointUnavailableError,
+    RecoveryError,
+    TinkerAPIError,
+)
 from .._types import Checkpoint
 from ._child import Child, exit_status, kill_leftover, start_child
 from ._finder import AnnounceFile, CookbookLog, list_run_ids
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
     from .._engine._executor import RecoveryOutcome
     from .._engine._monitor import Monitor
     from .._engine._telemetry import TelemetryEvent
+    from .._notify import Notifier
     from .._policy import Policy
     from .._protocols import RestClientProtocol
 
@@ -130,6 +136,7 @@ class Supervisor:
         record: JobRecord,
         report: Callable[[SupervisorEvent], None],
         environ: dict[str, str],
+        notifiers: tuple[Notifier, ...] = (),
     ) -> None:
         self.spec = spec
         self.policy = policy
@@ -151,6 +158,9 @@ class Supervisor:
         self._cookbook = None if spec.log_path is None else CookbookLog(spec.log_path)
         self._known_runs: set[str] | None = None
         self._nursery: trio.Nursery | None = None
+        self._notifiers = notifiers
+        # Why the executor's next restart happens: a corruption or a stall.
+        self._reason = "corrupted"
 
     # -- reporting -------------------------------------------------------
 
@@ -177,6 +187,8 @@ class Supervisor:
             await nursery.start(self._follow_outcomes)
             await nursery.start(self._follow_events)
             await nursery.start(self._forward_signals)
+            for notifier in self._notifiers:
+                await nursery.start(notifier.run, monitor)
             if self.spec.discover:
                 self._known_runs = set(await list_run_ids(self.rest))
             nursery.start_soon(self._find_runs)
@@ -379,12 +391,13 @@ class Supervisor:
             )
         corrupted = self.record.current_run
         step = await self._step_of(path)
-        resume = Resume(path, optimizer, step, corrupted, "corrupted")
+        reason = self._reason
+        resume = Resume(path, optimizer, step, corrupted, reason)
         async with self._lock:
             self.state = JobState.RESTARTING
             episodes = self.record.episodes
             if corrupted is not None and not self.record.closed(corrupted):
-                episodes = (*episodes, Episode(corrupted, "corrupted", path))
+                episodes = (*episodes, Episode(corrupted, reason, path))
             # Written before anything is done: a supervisor killed from here
             # on starts the command from this resume point, once.
             self._save(
@@ -397,7 +410,7 @@ class Supervisor:
                 "restarting",
                 f"restarting from {path} ({self.record.restart_count}/"
                 f"{self.spec.max_restarts})",
-                reason="corrupted",
+                reason=reason,
                 restarts=self.record.restart_count,
                 resume_path=path,
                 step=step,
@@ -587,6 +600,15 @@ class Supervisor:
                 self._on_event(event)
 
     def _on_event(self, event: TelemetryEvent) -> None:
+        if (
+            event.name == "stalled"
+            and self.spec.restart_on_stall
+            and event.run_id == self.record.current_run
+            and self.state is JobState.HEALTHY
+            and self._nursery is not None
+        ):
+            self.emit("stalled", f"run {event.run_id}: stalled", run_id=event.run_id)
+            self._nursery.start_soon(self._restart_stalled, event.run_id)
         if event.name not in ENGINE_EVENTS:
             return
         fields = {"run_id": event.run_id, **event.measurements}
@@ -597,6 +619,25 @@ class Supervisor:
         if error is not None:
             fields["error"] = str(error)
         self.emit(event.name, f"run {event.run_id}: {event.name}", **fields)
+
+    async def _restart_stalled(self, run_id: str) -> None:
+        """Restart the child of a stalled run, the corruption way.
+
+        The run is handed to the executor as a corrupted one would be: the
+        same checkpoint choice, backoff and attempts, the restart counted.
+        """
+        assert self._monitor is not None
+        self._monitor.stop_monitoring(run_id)
+        self._reason = "stalled"
+        try:
+            await self._monitor.executor.recover(
+                run_id, self._restarter, self.policy, rest=self.rest
+            )
+            await self._monitor.executor.wait_idle()
+        except (AlreadyPendingError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._reason = "corrupted"
 
     async def _forward_signals(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .._supervise import EXIT_EXHAUSTED, JobLockedError, supervise
+from ._notify import add_notify_options, build_notifiers
 from ._options import (
     add_config_options,
     add_policy_options,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._config import Config
+    from .._notify import Notifier
     from .._policy import Policy
     from .._supervise import SupervisorEvent
     from ._runtime import Output
@@ -52,6 +54,10 @@ class RunOptions:
     json: bool = False
     #: ``--base-url``, also given to the command as ``TINKER_BASE_URL``.
     base_url: str | None = None
+    #: Restart the command when its run stalls (needs ``--stall-timeout``).
+    restart_on_stall: bool = False
+    #: Who is told of the chosen events (``--notify``), not started yet.
+    notifiers: tuple[Notifier, ...] = ()
 
 
 def parser(prog: str) -> Parser:
@@ -104,10 +110,17 @@ def parser(prog: str) -> Parser:
         "$XDG_STATE_HOME/trio-tinkex-recovery/jobs/JOB.json)",
     )
     job.add_argument(
+        "--restart-on-stall",
+        action="store_true",
+        help="restart the command the corruption way when its run stalls "
+        "(needs --stall-timeout)",
+    )
+    job.add_argument(
         "--json", action="store_true", help="write our lines on stderr as JSON"
     )
     add_config_options(parser.add_argument_group("connection"))
     add_policy_options(parser.add_argument_group("recovery policy"))
+    add_notify_options(parser)
     return parser
 
 
@@ -140,9 +153,17 @@ def parse(argv: Sequence[str], prog: str = "run") -> RunOptions:
             given[dest] = number(getattr(args, dest), flag, int, low=0)
     if args.log_path is not None:
         given["log_path"] = args.log_path
+    policy = build_policy(args)
+    if args.restart_on_stall and policy.stall_timeout is None:
+        raise UsageError(
+            "argument --restart-on-stall: needs --stall-timeout S",
+            usage=parser(prog).format_usage(),
+        )
     return RunOptions(
         command=command,
-        policy=build_policy(args),
+        policy=policy,
+        restart_on_stall=args.restart_on_stall,
+        notifiers=build_notifiers(args),
         config=build_config(args),
         discover=args.discover,
         state=args.state,
@@ -188,6 +209,8 @@ def run(options: RunOptions, out: Output, err: Output) -> int:
                 restart_on_error=options.restart_on_error,
                 log_path=options.log_path,
                 discover=options.discover,
+                restart_on_stall=options.restart_on_stall,
+                notifiers=options.notifiers,
                 state=options.state,
                 on_event=report,
                 environ=environ,

@@ -16,7 +16,9 @@ failure of the service ends it with a non-zero status.
 ``TRAINER_BROKEN_RESUME=NAME`` makes a start resumed from checkpoint NAME
 fail (exit 1) before it announces a run; ``TRAINER_ANNOUNCE=0`` makes it
 announce nothing (the supervisor must find its run otherwise);
-``TRAINER_TIMES=1`` adds ``time.monotonic()`` to each step's line.
+``TRAINER_TIMES=1`` adds ``time.monotonic()`` to each step's line;
+``TRAINER_STALL_AFTER=N`` makes a first start hang after step N (its run
+stalls).  A resumed start writes ``resumed REASON PATH`` first.
 """
 
 from __future__ import annotations
@@ -64,7 +66,13 @@ async def main(base_model: str, steps: int, every: int, log: str | None = None) 
             first = (resume.step or 0) + 1
         if os.environ.get("TRAINER_ANNOUNCE") != "0":
             supervised.announce(client)
+        if resume is not None:
+            print(f"resumed {resume.reason} {resume.path}", flush=True)
+        # A first start that hangs after this step (for stall tests).
+        stall_after = os.environ.get("TRAINER_STALL_AFTER")
         for step in range(first, steps):
+            if resume is None and stall_after is not None and step > int(stall_after):
+                await trio.sleep_forever()
             await client.forward_backward([DATUM], "cross_entropy")
             await client.optim_step(learning_rate=1e-4)
             line = f"step {step} {client.model_id}"
