@@ -11,13 +11,15 @@ other candidate: by the strategy, expired skipped, older as fallback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .._errors import NotFoundError
 from .._protocols import ListingRestClientProtocol
 from .._types import Checkpoint
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .._protocols import RestClientProtocol
     from .._types import TrainingRun, TrainingRunPage
 
@@ -50,21 +52,15 @@ class Lineage:
 
 
 class ListingLineage(Lineage):
-    """`Lineage` over a REST client that can list runs."""
+    """`Lineage` over a REST client that can list runs (its pages, as they are)."""
 
     rest: ListingRestClientProtocol
 
-    async def list_training_runs(
-        self,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        access_scope: Literal["owned", "accessible"] = "owned",
-        project_id: str | None = None,
-    ) -> TrainingRunPage:
-        """One page of the runs the key can see."""
-        return await self.rest.list_training_runs(
-            limit=limit, offset=offset, access_scope=access_scope, project_id=project_id
+    def __init__(self, rest: ListingRestClientProtocol) -> None:
+        super().__init__(rest)
+        #: One page of the runs the key can see: the real client's.
+        self.list_training_runs: Callable[..., Awaitable[TrainingRunPage]] = (
+            rest.list_training_runs
         )
 
 
