@@ -169,6 +169,9 @@ async def test_demo_recovers_every_corrupted_run_exactly_once():
     assert "Traceback" not in plain.err.text + as_json.err.text
     verdict = await plain.out.wait_for(r"^(OK|FAILED|NOT FINISHED):")
     assert verdict.startswith("OK: every corrupted run recovered exactly once")
+    # Part 2: a training script under ``run``, resumed from its newest
+    # checkpoint with every later step run once on the new run.
+    assert plain.out.lines[-1].startswith("OK: resumed from tinker://"), plain.out.text
     rows = [line.split() for line in plain.out.lines if line.startswith("demo-")]
     recovered = {row[0] for row in rows if "recovered" in row}
     healthy = {row[0] for row in rows if "healthy" in row}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -333,6 +334,26 @@ async def test_save_state_saves_a_training_checkpoint(fake, autojump_clock):
         saved.tinker_path,
         later.tinker_path,
     ]
+
+
+async def test_save_state_keeps_metadata_and_a_ttl(fake, autojump_clock):
+    """user_metadata and ttl_seconds reach the checkpoint: its metadata, and an
+    expiry that many seconds after the save (the simulator's wall clock)."""
+    async with service_for(fake) as service:
+        client = await service.create_training_client_from_state(LAST)
+        before = dt.datetime.now(dt.UTC)
+        await client.save_state(
+            "ckpt-0003", user_metadata={"step": "3"}, ttl_seconds=60
+        )
+        after = dt.datetime.now(dt.UTC)
+        listed = await service.create_rest_client().list_checkpoints(client.model_id)
+        with pytest.raises(ValueError, match="ttl_seconds"):
+            await client.save_state("ckpt-0004", ttl_seconds=0)
+    (saved,) = [c for c in listed if c.tinker_path.endswith("/ckpt-0003")]
+    assert saved.user_metadata == {"step": "3"}
+    assert saved.expires_at is not None
+    ttl = dt.timedelta(seconds=60)
+    assert before + ttl <= saved.expires_at <= after + ttl
 
 
 async def test_save_state_refusal_raises_request_failed(fake, autojump_clock):

@@ -42,6 +42,9 @@ from ._errors import TinkerAPIError as TinkerAPIError
 from ._errors import TinkexRecoveryError as TinkexRecoveryError
 from ._errors import UnprocessableEntityError as UnprocessableEntityError
 from ._errors import UnsupportedStrategyError as UnsupportedStrategyError
+from ._notify import Notifier as Notifier
+from ._notify import NotifierStatistics as NotifierStatistics
+from ._notify import notify as notify
 from ._policy import Best as Best
 from ._policy import CheckpointStrategy as CheckpointStrategy
 from ._policy import Latest as Latest
@@ -56,6 +59,12 @@ from ._store import LeaseLostError as LeaseLostError
 from ._store import Store as Store
 from ._store import StoreError as StoreError
 from ._store import open_store as open_store
+from ._supervise import EXIT_EXHAUSTED as EXIT_EXHAUSTED
+from ._supervise import JobLockedError as JobLockedError
+from ._supervise import JobState as JobState
+from ._supervise import SuperviseResult as SuperviseResult
+from ._supervise import SupervisorEvent as SupervisorEvent
+from ._supervise import supervise as supervise
 from ._test_mode import is_testing as is_testing
 from ._test_mode import set_testing as set_testing
 from ._types import Checkpoint as Checkpoint
@@ -73,6 +82,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "EVENT_NAMES",
+    "EXIT_EXHAUSTED",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
@@ -88,12 +98,16 @@ __all__ = [
     "Executor",
     "ForwardBackwardOutput",
     "InternalServerError",
+    "JobLockedError",
+    "JobState",
     "Latest",
     "LeaseLostError",
     "ListingRestClientProtocol",
     "Monitor",
     "NoCheckpointError",
     "NotFoundError",
+    "Notifier",
+    "NotifierStatistics",
     "PermissionDeniedError",
     "Policy",
     "RateLimitError",
@@ -116,6 +130,8 @@ __all__ = [
     "Step",
     "Store",
     "StoreError",
+    "SuperviseResult",
+    "SupervisorEvent",
     "TelemetryEvent",
     "TinkerAPIError",
     "TinkexRecoveryError",
@@ -127,11 +143,13 @@ __all__ = [
     "UnsupportedStrategyError",
     "WeightsInfo",
     "is_testing",
+    "notify",
     "open_executor",
     "open_monitor",
     "open_service_client",
     "open_store",
     "set_testing",
+    "supervise",
 ]
 
 

@@ -301,6 +301,19 @@ def validate_run_id(run_id: object) -> str:
     return run_id
 
 
+def _expect(value: object, kind: type, what: str, endpoint: str, where: str) -> None:
+    """Raise `ResponseValidationError` unless ``value`` is a ``kind``.
+
+    The message names the endpoint, what was expected and where
+    (``where`` empty: the body itself).
+    """
+    if not isinstance(value, kind):
+        at = f" at {where}" if where else ""
+        raise ResponseValidationError(
+            f"{endpoint}: expected {what}{at}, got {type(value).__name__}"
+        )
+
+
 def _cursor_int(cursor: Mapping[str, Any], field: str, endpoint: str) -> int:
     value = cursor.get(field)
     if type(value) is not int or value < 0:
@@ -339,28 +352,16 @@ class TrainingRunPage:
                 objects, or the cursor lacks an ``offset``, ``limit`` or
                 ``total_count`` (ints >= 0).
         """
-        if not isinstance(obj, Mapping):
-            raise ResponseValidationError(
-                f"{endpoint}: expected a JSON object, got {type(obj).__name__}"
-            )
+        _expect(obj, Mapping, "a JSON object", endpoint, "")
+        assert isinstance(obj, Mapping)
         items = obj.get("training_runs")
-        if not isinstance(items, list):
-            raise ResponseValidationError(
-                f"{endpoint}: expected a list at $.training_runs, "
-                f"got {type(items).__name__}"
-            )
+        _expect(items, list, "a list", endpoint, "$.training_runs")
+        assert isinstance(items, list)
         for index, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                raise ResponseValidationError(
-                    f"{endpoint}: expected an object at $.training_runs[{index}], "
-                    f"got {type(item).__name__}"
-                )
+            _expect(item, Mapping, "an object", endpoint, f"$.training_runs[{index}]")
         cursor = obj.get("cursor")
-        if not isinstance(cursor, Mapping):
-            raise ResponseValidationError(
-                f"{endpoint}: expected an object at $.cursor, "
-                f"got {type(cursor).__name__}"
-            )
+        _expect(cursor, Mapping, "an object", endpoint, "$.cursor")
+        assert isinstance(cursor, Mapping)
         return cls(
             items=tuple(items),
             offset=_cursor_int(cursor, "offset", endpoint),

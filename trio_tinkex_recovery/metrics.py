@@ -55,13 +55,14 @@ from ._engine._telemetry import DEFAULT_BUFFER
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from prometheus_client.metrics_core import Metric
 
     from ._asgi import Receive, Scope, Send
     from ._engine._monitor import Monitor
     from ._engine._telemetry import Statistics, TelemetryEvent
+    from ._notify import Notifier
 
 __all__ = ["MonitorMetrics", "Probe", "attach_metrics", "serve_metrics"]
 
@@ -99,8 +100,14 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
 
     _factory_hint = "use nursery.start(attach_metrics, monitor)"
 
-    def __init__(self, monitor: Monitor, registry: CollectorRegistry | None) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        registry: CollectorRegistry | None,
+        notifiers: Sequence[Notifier] = (),
+    ) -> None:
         self._monitor = monitor
+        self._notifiers = tuple(notifiers)
         self._registry = CollectorRegistry() if registry is None else registry
         # Attaching counts as a fresh start for /healthz.
         self._last_poll = trio.current_time()
@@ -222,6 +229,15 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
         dropped = counter(
             "dropped_events_total", "Telemetry events slow subscribers lost."
         )
+        notifications = counter(
+            "notifications_total",
+            "Notifications (--notify) that ended, by outcome: sent, failed "
+            "(given up on) or dropped (the queue was full).",
+            "outcome",
+        )
+        notification_retries = counter(
+            "notification_retries_total", "Notification requests sent again."
+        )
         stalled = gauge("stalled_runs", "Watched runs stalled now.")
         stalls = counter("stalls_total", "Stalls of watched runs reported.")
         if stats is not None:
@@ -238,10 +254,16 @@ class MonitorMetrics(metaclass=NoPublicConstructor):
             watched.add_metric([], stats.monitored)
             in_progress.add_metric([], stats.in_progress)
             dropped.add_metric([], stats.dropped_events)
+            told = [notifier.statistics() for notifier in self._notifiers]
+            for outcome in ("sent", "failed", "dropped"):
+                total = sum(getattr(one, outcome) for one in told)
+                notifications.add_metric([outcome], total)
+            notification_retries.add_metric([], sum(one.retries for one in told))
             stalled.add_metric([], stats.stalled)
             stalls.add_metric([], stats.stalls)
         yield from (polls, requests, lies, detected, attempts, recoveries)
         yield from (watched, in_progress, dropped, stalled, stalls)
+        yield from (notifications, notification_retries)
         for histogram in (self._poll_duration, self._recovery_duration):
             yield from histogram.describe() if stats is None else histogram.collect()
 
@@ -263,6 +285,7 @@ async def attach_metrics(
     monitor: Monitor,
     registry: CollectorRegistry | None = None,
     *,
+    notifiers: Sequence[Notifier] = (),
     task_status: trio.TaskStatus[MonitorMetrics] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep ``monitor``'s metrics on ``registry`` until cancelled.
@@ -282,13 +305,16 @@ async def attach_metrics(
         monitor: The monitor to measure.
         registry: Where the metrics go; by default a new
             ``prometheus_client.CollectorRegistry`` (`MonitorMetrics.registry`).
+        notifiers: The monitor's notifiers (`~trio_tinkex_recovery.notify`),
+            counted in ``notifications_total`` and
+            ``notification_retries_total``.
         task_status: Reports the `MonitorMetrics`.
 
     Raises:
         ValueError: ``registry`` already has metrics of these names, e.g.
             another monitor's (a registry holds one monitor's metrics).
     """
-    metrics = MonitorMetrics._create(monitor, registry)
+    metrics = MonitorMetrics._create(monitor, registry, notifiers)
     await metrics._follow(task_status=task_status)
 
 
@@ -298,6 +324,7 @@ async def serve_metrics(
     host: str = "127.0.0.1",
     port: int,
     registry: CollectorRegistry | None = None,
+    notifiers: Sequence[Notifier] = (),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``monitor``'s metrics and probes over HTTP until cancelled.
@@ -319,6 +346,8 @@ async def serve_metrics(
         port: The port to bind; 0 for any free port.
         registry: Where the metrics go (with whatever else it holds, all
             served on ``/metrics``); by default a registry of their own.
+        notifiers: The monitor's notifiers (`~trio_tinkex_recovery.notify`),
+            counted too.
         task_status: Reports the base URL, e.g. ``"http://127.0.0.1:9464"``.
 
     Raises:
@@ -327,7 +356,7 @@ async def serve_metrics(
     """
     # Bound and registered before any task starts: errors are plain.
     with await bind_socket(host, port) as sock:
-        metrics = MonitorMetrics._create(monitor, registry)
+        metrics = MonitorMetrics._create(monitor, registry, notifiers)
         async with trio.open_nursery() as nursery:
             await nursery.start(metrics._follow)
             url: str = await nursery.start(

@@ -197,11 +197,11 @@ def check(outcome: Outcome, *, poll_retries: int, timeouts: bool) -> None:
         assert outcome.stats.poll_errors == expected
     else:
         # On the real clock a busy machine can make an unfaulted answer
-        # late: the client times it out, as it should, and that timeout
-        # spends a retry the replay cannot see.  Every injected fault still
-        # failed its poll; the extra errors are the machine's, and they
-        # never lead to a restore (checked above and below).
-        assert outcome.stats.poll_errors >= expected
+        # late: the client times it out, as it should, and the retry that
+        # timeout spends moves the later faults to other attempts, so the
+        # replay cannot count the errors either way.  The faults did fail
+        # polls, and no failed poll ever led to a restore (checked above).
+        assert outcome.stats.poll_errors > 0
     # Poll errors belong to runs that were polled, and never led to recovery.
     polled = {poll_run_id(r) for r in outcome.requests if is_poll(r)}
     assert {

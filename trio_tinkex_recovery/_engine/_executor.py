@@ -39,7 +39,7 @@ from .._types import Checkpoint, validate_run_id
 from .._util import NoPublicConstructor
 from ._recovery import RecoveryOutcome, Request, call_back, describe_error
 from ._selection import candidates
-from ._telemetry import Statistics, Telemetry, TelemetryEvent
+from ._telemetry import EventName, Statistics, Telemetry, TelemetryEvent
 
 if TYPE_CHECKING:
     import random
@@ -610,15 +610,8 @@ class Executor(metaclass=NoPublicConstructor):
                     )
                     last_error = exc
                     continue
-                self._telemetry.emit(
-                    "client_created",
-                    run_id,
-                    request.event_metadata(
-                        attempt=attempt,
-                        checkpoint=checkpoint.tinker_path,
-                        client=client,
-                    ),
-                    attempt=attempt,
+                self._emit_restored(
+                    "client_created", request, attempt, checkpoint, client
                 )
                 return client, checkpoint
         if last_error is not None:
@@ -671,16 +664,8 @@ class Executor(metaclass=NoPublicConstructor):
                     await request.ledger.settle()
                 except StoreError as exc:
                     logger.error("recovery of run %s: %s", run_id, exc)
-        self._telemetry.emit(
-            "completed",
-            run_id,
-            request.event_metadata(
-                attempt=attempt,
-                checkpoint=checkpoint.tinker_path,
-                client=client,
-                new_run_id=new_run_id,
-            ),
-            attempt=attempt,
+        self._emit_restored(
+            "completed", request, attempt, checkpoint, client, new_run_id=new_run_id
         )
         self._publish(RecoveryOutcome(state, client=client, checkpoint=checkpoint))
         if policy.on_recovery is not None:
@@ -690,6 +675,21 @@ class Executor(metaclass=NoPublicConstructor):
             self._call_back_soon(
                 nursery, "on_recovery", policy.on_recovery, old, client, checkpoint
             )
+
+    def _emit_restored(
+        self,
+        name: EventName,
+        request: Request,
+        attempt: int,
+        checkpoint: Checkpoint,
+        client: Any,
+        **extra: Any,
+    ) -> None:
+        """``client_created`` or ``completed``: the checkpoint and its client."""
+        metadata = request.event_metadata(
+            attempt=attempt, checkpoint=checkpoint.tinker_path, client=client, **extra
+        )
+        self._telemetry.emit(name, request.run_id, metadata, attempt=attempt)
 
     def _jittered(self, delay: float, jitter: float) -> float:
         if jitter == 0 or delay == 0:

@@ -42,7 +42,8 @@ EventName: TypeAlias = Literal[
     "stalled",
     "resumed",
 ]
-#: Every event name, in the order a recovery emits them.
+#: Every event name, in the order a recovery emits them; then a stall's
+#: (``stalled`` when a live run stops moving, ``resumed`` when it moves again).
 EVENT_NAMES: tuple[EventName, ...] = get_args(EventName)
 
 _LEVELS: dict[str, int] = {

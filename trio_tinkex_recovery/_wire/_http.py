@@ -42,7 +42,7 @@ import math
 import random
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypedDict, Unpack
 
 import attrs
 import httpx
@@ -228,6 +228,16 @@ def expect_object(value: object, endpoint: str) -> dict[str, Any]:
             f"{endpoint}: expected a JSON object, got {type(value).__name__}"
         )
     return value
+
+
+class RequestOptions(TypedDict, total=False):
+    """The options of `HTTPClient.request` that `request_object` passes on."""
+
+    json: object
+    params: Mapping[str, str] | None
+    idempotency_key: str | None
+    headers: Mapping[str, str] | None
+    max_retries: int | None
 
 
 class HTTPClient:
@@ -516,29 +526,14 @@ class HTTPClient:
         return error_for_status(status, message, retryable=_should_retry(response))
 
     async def request_object(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: object = None,
-        params: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_retries: int | None = None,
+        self, method: str, path: str, **options: Unpack[RequestOptions]
     ) -> dict[str, Any]:
-        """`request`, for an endpoint that answers a JSON object.
+        """`request` (with the same options), for an endpoint that answers a
+        JSON object.
 
         Raises:
             ResponseValidationError: The answer is not a JSON object.
             TinkerAPIError: As `request`.
         """
-        body = await self.request(
-            method,
-            path,
-            json=json,
-            params=params,
-            idempotency_key=idempotency_key,
-            headers=headers,
-            max_retries=max_retries,
-        )
+        body = await self.request(method, path, **options)
         return expect_object(body, f"{method} {path}")

@@ -23,7 +23,7 @@ answers it with the model it already made.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -44,7 +44,7 @@ from ._session import Session
 from ._training_client import TrainingClient
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from .._store import Ledger
     from ._http import HTTPClient
@@ -99,6 +99,41 @@ class Restorer:
             lora_rank=info.lora_rank,
             checkpoint=Checkpoint.from_path(path),
             optimizer_restored=optimizer,
+            http=self._http,
+        )
+
+    async def create_lora(
+        self,
+        base_model: str,
+        *,
+        rank: int,
+        user_metadata: Mapping[str, Any] | None,
+    ) -> TrainingClient:
+        """A new LoRA model (see `ServiceClient.create_lora_training_client`)."""
+        self._sessions.check_open()
+        session = await self._sessions.ensure()
+        operation = Operation(seq_id=session.take_model_seq_id())
+        request: dict[str, Any] = {
+            "session_id": session.session_id,
+            "model_seq_id": operation.seq_id,
+            "base_model": base_model,
+            "lora_config": {"rank": rank},
+            "type": "create_model",
+        }
+        if user_metadata is not None:
+            request["user_metadata"] = dict(user_metadata)
+        body = await self._http.request_object(
+            "POST", "/api/v1/create_model", json=request, idempotency_key=operation.key
+        )
+        request_id = required_str(body, "request_id", "POST /api/v1/create_model")
+        await retrieve_future(self._http, request_id, request_type="CreateModel")
+        return TrainingClient._create(
+            model_id=f"{session.session_id}:train:{operation.seq_id}",
+            session_id=session.session_id,
+            base_model=base_model,
+            lora_rank=rank,
+            checkpoint=None,
+            optimizer_restored=False,
             http=self._http,
         )
 

@@ -24,7 +24,8 @@ from ._restore import Restorer
 from ._session import FINISH_TIMEOUT, FinishReason, SessionKeeper
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
+    from typing import Any
 
     import httpx
 
@@ -69,6 +70,35 @@ class ServiceClient(metaclass=NoPublicConstructor):
         """
         self._sessions.check_open()
         return self._rest
+
+    async def create_lora_training_client(
+        self,
+        base_model: str,
+        rank: int = 32,
+        *,
+        user_metadata: Mapping[str, Any] | None = None,
+    ) -> TrainingClient:
+        """A new LoRA model of ``base_model`` to train, in this client's session.
+
+        ``POST /api/v1/create_model {"session_id", "model_seq_id",
+        "base_model", "lora_config": {"rank"}, "user_metadata"?}``, then the
+        result from ``retrieve_future`` (as the SDK's
+        ``create_lora_training_client``).  The model has no checkpoint until
+        it saves one (`TrainingClient.save_state`).
+
+        Args:
+            base_model: The base model, e.g. ``"Qwen/Qwen3-8B"``.
+            rank: The LoRA rank.
+            user_metadata: Stored with the training run.
+
+        Raises:
+            RequestFailedError: The service failed the creation.
+            TinkerAPIError: A request failed (after retries if transient).
+            trio.ClosedResourceError: The service client is closed.
+        """
+        return await self._restorer.create_lora(
+            base_model, rank=rank, user_metadata=user_metadata
+        )
 
     async def create_training_client_from_state(self, path: str) -> TrainingClient:
         """A new model restored from the checkpoint at ``path``, weights only.

@@ -20,6 +20,7 @@ import trio
 from .._errors import ResponseValidationError, TinkerAPIError
 from .._types import Checkpoint, ForwardBackwardOutput, parse_tinker_path
 from .._util import NoPublicConstructor
+from .._validators import check_number
 from ._futures import retrieve_future
 from ._operations import Operation, is_definitive, required_str
 
@@ -80,20 +81,25 @@ class TrainingClient(metaclass=NoPublicConstructor):
     base_model: str
     #: The LoRA rank, for LoRA weights.
     lora_rank: int | None
-    #: The checkpoint restored from.
-    checkpoint: Checkpoint
+    #: The checkpoint restored from (``None`` for a new LoRA model).
+    checkpoint: Checkpoint | None
     #: Whether the optimizer state was restored too.
     optimizer_restored: bool
     _http: HTTPClient = attrs.field(repr=False, alias="http")
     _saves: _SaveState = attrs.field(factory=_SaveState, repr=False, init=False)
 
     async def save_state(
-        self, name: str, *, user_metadata: Mapping[str, str] | None = None
+        self,
+        name: str,
+        *,
+        user_metadata: Mapping[str, str] | None = None,
+        ttl_seconds: int | None = None,
     ) -> Checkpoint:
         """Save the model's weights and optimizer state as a training checkpoint.
 
         ``POST /api/v1/save_weights {"model_id", "path": name, "seq_id",
-        "overwrite": false, "user_metadata"?, "type": "save_weights"}``, then
+        "overwrite": false, "user_metadata"?, "ttl_seconds"?, "type":
+        "save_weights"}``, then
         the result from ``retrieve_future`` (as ``TrainingClient.save_state``
         in the SDK's ``training_client.py``).  Requests of one client (saves
         and training steps) run one at a time, in order.  A save that failed
@@ -104,15 +110,18 @@ class TrainingClient(metaclass=NoPublicConstructor):
             name: The checkpoint's name, e.g. ``"ckpt-0003"``.
             user_metadata: Stored with the checkpoint (strings to strings, as
                 the SDK's), e.g. ``{"step": "12"}``; sent only when given.
+            ttl_seconds: Seconds the service keeps the checkpoint before it
+                expires (``None``: as long as the service keeps checkpoints).
 
         Returns:
             The checkpoint, ``tinker://{model_id}/weights/{name}``; its
             ``time`` is ``None`` (the service reports only the path).
 
         Raises:
-            TypeError: ``name`` is not a str, or ``user_metadata`` is not a
-                mapping of strings to strings.
-            ValueError: ``name`` cannot be a checkpoint name.
+            TypeError: ``name`` is not a str, ``user_metadata`` is not a
+                mapping of strings to strings, or ``ttl_seconds`` not an int.
+            ValueError: ``name`` cannot be a checkpoint name, or
+                ``ttl_seconds`` is not > 0.
             RequestFailedError: The service failed the save.
             TinkerAPIError: A request failed (after retries if transient).
             ResponseValidationError: An answer is malformed.
@@ -126,6 +135,9 @@ class TrainingClient(metaclass=NoPublicConstructor):
         }
         if user_metadata is not None:
             request["user_metadata"] = _check_user_metadata(user_metadata)
+        if ttl_seconds is not None:
+            check_number("ttl_seconds", ttl_seconds, minimum=1, integer=True)
+            request["ttl_seconds"] = ttl_seconds
         result = await self._in_order(
             "/api/v1/save_weights", request, request_type="SaveWeights"
         )

@@ -1,7 +1,9 @@
-"""The command line: ``watch``, ``status``, ``unwatch``, ``demo`` and ``simulate``.
+"""The command line: ``run``, ``watch``, ``status``, ``unwatch``, ``demo``, …
 
 ::
 
+    trio-tinkex-recovery run [options] -- COMMAND   run a training command, restart it
+                                                    from a checkpoint when corrupted
     trio-tinkex-recovery watch [RUN_ID...] [options]  watch runs on Tinker, recover them
     trio-tinkex-recovery status [--json]            what the state file holds
     trio-tinkex-recovery unwatch RUN_ID...          remove runs from the state file
@@ -35,7 +37,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _demo, _simulate, _status, _unwatch, _watch
+from . import _demo, _run, _simulate, _status, _unwatch, _watch
 from ._runtime import EXIT_INTERRUPTED, EXIT_USAGE, Parser, UsageError, prog
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ __all__ = ["main"]
 _COMMANDS: Final[dict[str, Command[Any]]] = {
     command.name: command
     for command in (
+        _run.COMMAND,
         _watch.COMMAND,
         _status.COMMAND,
         _unwatch.COMMAND,

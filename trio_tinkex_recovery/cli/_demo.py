@@ -64,6 +64,9 @@ class DemoOptions:
     output: OutputOptions = attrs.field(factory=OutputOptions)
     #: Where metrics and probes are served (``None``: nowhere).
     metrics: MetricsOptions | None = None
+    #: Then run part 2: a training script kept going by ``run`` (not with
+    #: ``--json``, whose stdout carries events only).
+    supervise: bool = True
 
 
 def parser(prog: str) -> Parser:
@@ -72,8 +75,10 @@ def parser(prog: str) -> Parser:
         prog=prog,
         description="Start the Tinker simulator on loopback, run training runs "
         "that save checkpoints, corrupt some at seeded random times, and "
-        "recover them with the monitor through the real HTTP client. Exits 0 "
-        "only if every corrupted run was recovered exactly once.",
+        "recover them with the monitor through the real HTTP client; then run a "
+        "training script under 'run', corrupt its run, and resume it from its "
+        "newest checkpoint. Exits 0 only if every corrupted run was recovered "
+        "exactly once and the script resumed with every step run once.",
     )
     for flag, metavar, text in (
         ("--runs", "N", "training runs, 1-100; about half are corrupted"),
@@ -86,6 +91,12 @@ def parser(prog: str) -> Parser:
         parser.add_argument(
             flag, metavar=metavar, help=f"{text} {default_help(DemoOptions, name)}"
         )
+    parser.add_argument(
+        "--no-supervise",
+        dest="supervise",
+        action="store_false",
+        help="skip part 2, a training script kept going by 'run'",
+    )
     add_view_options(parser, metrics_host=False)
     return parser
 
@@ -111,7 +122,21 @@ def parse(argv: Sequence[str], prog: str = "demo") -> DemoOptions:
             flag = "--" + name.replace("_", "-")
             given[name] = number(text, flag, kind, **bounds)
     output, metrics = build_view(args)
-    return DemoOptions(**given, output=output, metrics=metrics)
+    return DemoOptions(
+        **given,
+        output=output,
+        metrics=metrics,
+        supervise=args.supervise and not output.json,
+    )
+
+
+async def _supervise_part(fake: FakeTinker, url: str, out: Output) -> bool:
+    """Part 2 (`_demo_run`): a training script kept going by ``run``."""
+    from ._demo_run import supervise_part
+
+    policy = Policy(enabled=True, poll_interval=0.2, backoff=0.2, jitter=0.0)
+    config = Config(api_key=DEMO_API_KEY, base_url=url)
+    return await supervise_part(fake, config=config, policy=policy, out=out)
 
 
 def run(options: DemoOptions, out: Output, err: Output) -> int:
@@ -155,6 +180,10 @@ def run(options: DemoOptions, out: Output, err: Output) -> int:
             finally:
                 ok, table = scenario.verdict(board, stop.reason or "error")
                 view.close(table)
+            try:
+                if options.supervise and stop.reason == "the demo is over":
+                    ok = await _supervise_part(scenario.fake, url, out) and ok
+            finally:
                 server.cancel_scope.cancel()
         return EXIT_OK if ok else EXIT_FAILED
 

@@ -199,6 +199,8 @@ def parse(argv: Sequence[str], prog: str = "simulate") -> SimulateOptions:
             list_page_max=number(args.list_page_max, "--list-page-max", int, low=1),
             # A simulator left running keeps memory bounded (≈ 17 MB of log).
             request_log_limit=REQUEST_LOG_LIMIT,
+            # Runs active now, as far as `watch --all` can tell.
+            wall_clock=True,
         )
     except (TypeError, ValueError) as exc:
         raise UsageError(f"argument --latency: {exc}") from None

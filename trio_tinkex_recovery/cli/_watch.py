@@ -27,6 +27,8 @@ from .._store import (
 )
 from .._types import validate_run_id
 from ._board import Board
+from ._notify import add_notify_options, build_notifiers
+from ._notify import summary as notify_summary
 from ._options import (
     MetricsOptions,
     OutputOptions,
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
     from .._config import Config
     from .._engine._monitor import Monitor
+    from .._notify import Notifier
     from .._policy import Policy
     from .._protocols import ServiceProtocol
     from .._store import Store
@@ -88,6 +91,8 @@ class WatchOptions:
     polling: PollingMode = "auto"
     #: Watch every active run too (``--all``), and new ones as they appear.
     all_runs: AllRuns | None = None
+    #: Who is told of the chosen events (``--notify``), not started yet.
+    notifiers: tuple[Notifier, ...] = ()
 
 
 @attrs.frozen
@@ -109,7 +114,10 @@ def parser(prog: str) -> Parser:
     parser = Parser(
         prog=prog,
         description="Watch training runs on Tinker; restart each corrupted run "
-        "from a checkpoint. Needs TINKER_API_KEY. Runs until Ctrl-C, SIGTERM, "
+        "from a checkpoint. The restored model belongs to this watcher's own "
+        "session, not to your training script: watch is for programs that "
+        "follow on_recovery; to keep a training script going, use 'run -- "
+        "COMMAND'. Needs TINKER_API_KEY. Runs until Ctrl-C, SIGTERM, "
         "--duration, or until nothing is left to watch. The runs and their "
         "recoveries are kept in a state file, so a watcher started again (after "
         "a crash too) watches them again and never restores a run twice. Exit "
@@ -187,6 +195,7 @@ def parser(prog: str) -> Parser:
         "--duration", metavar="S", help="stop after S seconds (default: until Ctrl-C)"
     )
     add_view_options(parser)
+    add_notify_options(parser)
     return parser
 
 
@@ -238,6 +247,7 @@ def parse(argv: Sequence[str], prog: str = "watch") -> WatchOptions:
         output=output,
         state=state,
         metrics=metrics,
+        notifiers=build_notifiers(args),
         **given,
     )
 
@@ -332,6 +342,7 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
             metrics=options.metrics,
             polling=options.polling,
             all_runs=options.all_runs,
+            notifiers=options.notifiers,
         )
         try:
             await stop.until(body)
@@ -342,6 +353,7 @@ def run(options: WatchOptions, out: Output, err: Output) -> int:
                     title="summary",
                     footer=[
                         board.totals(),
+                        *notify_summary(options.notifiers),
                         f"stopped after {elapsed:.1f} s: {stop.reason or 'error'}",
                     ],
                 )
@@ -396,6 +408,7 @@ async def monitor_runs(
     metrics: MetricsOptions | None = None,
     polling: PollingMode = "auto",
     all_runs: AllRuns | None = None,
+    notifiers: Sequence[Notifier] = (),
 ) -> None:
     """Watch ``run_ids`` until ``until`` gives a reason to stop, or ``duration``.
 
@@ -421,6 +434,7 @@ async def monitor_runs(
             start, before any run is watched (the headline gives the URL).
         polling: How the monitor polls runs.
         all_runs: Watch every active run too (`Monitor.monitor_all`).
+        notifiers: Started next to the monitor, before any run is watched.
 
     Raises:
         UsageError: The metrics address cannot be bound, or ``all_runs``
@@ -440,8 +454,10 @@ async def monitor_runs(
             trio.open_nursery() as nursery,
         ):
             await nursery.start(_feed, monitor, board)
+            for notifier in notifiers:
+                await nursery.start(notifier.run, monitor)
             if metrics is not None:
-                url = await _serve_metrics(nursery, monitor, metrics)
+                url = await _serve_metrics(nursery, monitor, metrics, notifiers)
                 headline = f"{headline} Metrics on {url}/metrics."
             board.start = trio.current_time()
             board.view.open(headline)
@@ -487,14 +503,23 @@ async def _monitor_all(monitor: Monitor, board: Board, all_runs: AllRuns) -> Non
 
 
 async def _serve_metrics(
-    nursery: trio.Nursery, monitor: Monitor, metrics: MetricsOptions
+    nursery: trio.Nursery,
+    monitor: Monitor,
+    metrics: MetricsOptions,
+    notifiers: Sequence[Notifier] = (),
 ) -> str:
     """Serve ``monitor``'s metrics and probes in ``nursery``; the base URL."""
     from ..metrics import serve_metrics
 
     try:
         url: str = await nursery.start(
-            partial(serve_metrics, monitor, host=metrics.host, port=metrics.port)
+            partial(
+                serve_metrics,
+                monitor,
+                host=metrics.host,
+                port=metrics.port,
+                notifiers=notifiers,
+            )
         )
     except OSError as exc:
         raise UsageError(

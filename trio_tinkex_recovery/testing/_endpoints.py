@@ -188,6 +188,13 @@ class Endpoints:
         self._state.finish_session(session_id, None if kind is None else str(kind))
         return {}
 
+    @_route("GET", r"/api/v1/sessions/(?P<session_id>[^/]+)")
+    async def _get_session(self, request: WireRequest, session_id: str) -> Any:
+        info = self._state.sessions.get(session_id)
+        if info is None:
+            raise WireError(404, f"session {session_id!r} not found")
+        return {"training_run_ids": list(info.model_ids), "sampler_ids": []}
+
     @_route("POST", r"/api/v1/telemetry")
     async def _telemetry(self, request: WireRequest) -> Any:
         body_of(request)
@@ -210,6 +217,22 @@ class Endpoints:
             field(body, "model_seq_id", int),
             field(body, "path", str),
             optimizer=field(body, "optimizer", bool),
+            user_metadata=field(body, "user_metadata", dict, required=False),
+        )
+        return {"request_id": request_id, "model_id": model_id}
+
+    @_route("POST", r"/api/v1/create_model")
+    async def _create_model(self, request: WireRequest) -> Any:
+        body = body_of(request)
+        lora = field(body, "lora_config", dict, required=False)
+        rank = None
+        if lora is not None:
+            rank = field(lora, "rank", int, required=False) or 32
+        request_id, model_id = self._state.create_model(
+            field(body, "session_id", str),
+            field(body, "model_seq_id", int),
+            base_model=field(body, "base_model", str),
+            lora_rank=rank,
             user_metadata=field(body, "user_metadata", dict, required=False),
         )
         return {"request_id": request_id, "model_id": model_id}

@@ -54,6 +54,14 @@ class FakeTinker(TinkerState):
             on every request).
         list_page_max: The largest page it answers: a larger ``limit`` is
             clamped, and the cursor's ``limit`` says so.
+        corrupted_requests: What training requests and saves sent to a
+            corrupted model get: ``"fail"`` (a failed future, category
+            ``server``, as the service does), ``"hang"`` (a future never
+            ready) or ``"succeed"``.
+        wall_clock: Stamp ``last_request_time`` and new checkpoints with the
+            wall clock instead of the logical clock from ``epoch`` (what a
+            simulator served for ``watch --all`` wants: its runs are active
+            now).
 
     Attributes:
         faults: The scripted faults and fault rates (see `script` and

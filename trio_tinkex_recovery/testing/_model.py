@@ -43,6 +43,12 @@ DEFAULT_EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 ListOrder = Literal["recent", "id", "shuffled"]
 LIST_ORDERS: tuple[ListOrder, ...] = ("recent", "id", "shuffled")
 
+#: What a training request (or save) to a corrupted model gets: a failed
+#: future (what the service does), a future that is never ready, or an
+#: answer as if the model were healthy.
+CorruptedRequests = Literal["fail", "hang", "succeed"]
+CORRUPTED_REQUESTS: tuple[CorruptedRequests, ...] = ("fail", "hang", "succeed")
+
 
 class Refused(Exception):
     """The service refuses an operation (the endpoints answer an HTTP error).

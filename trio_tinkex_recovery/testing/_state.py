@@ -28,11 +28,13 @@ import attrs
 import trio
 
 from .._types import Checkpoint, TrainingRun, WeightsInfo, parse_tinker_path
-from ._index import RunIndex
+from ._creation import Clock, check_corrupted_requests, new_model
+from ._index import Listing, RunIndex
 from ._model import (
     DEFAULT_EPOCH,
     KIND_SEGMENT,
     LIST_ORDERS,
+    CorruptedRequests,
     ListOrder,
     PendingFuture,
     Refused,
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["TinkerState"]
 
 
-class TinkerState(Traffic):
+class TinkerState(Traffic, Listing):
     """An in-memory Tinker service's state; `FakeTinker` serves it over HTTP.
 
     The constructor's options are documented on `FakeTinker`.
@@ -74,6 +76,8 @@ class TinkerState(Traffic):
         request_log_limit: int | None = DEFAULT_REQUEST_LOG_LIMIT,
         list_order: ListOrder = "recent",
         list_page_max: int = 100,
+        corrupted_requests: CorruptedRequests = "fail",
+        wall_clock: bool = False,
     ) -> None:
         if future_try_again < 0:
             raise ValueError(f"future_try_again must be >= 0, got {future_try_again}")
@@ -105,6 +109,8 @@ class TinkerState(Traffic):
         self.dynamic_config: dict[str, Any] | None = (
             None if dynamic_config is None else dict(dynamic_config)
         )
+        self.corrupted_requests = check_corrupted_requests(corrupted_requests)
+        self.wall_clock = wall_clock
         self.list_order: ListOrder = list_order
         self.list_page_max = list_page_max
         super().__init__(seed=seed, request_log_limit=request_log_limit)
@@ -112,7 +118,7 @@ class TinkerState(Traffic):
         self.list_requests = 0
         self._list_rng = random.Random(f"list:{seed}")
         self._epoch = epoch
-        self._ticks = 0
+        self._clock = Clock(epoch)
         self._runs: dict[str, StoredRun] = {}
         self._index = RunIndex()
         self._ids = Ids()
@@ -238,7 +244,7 @@ class TinkerState(Traffic):
         )
         run.checkpoints.pop(key, None)
         run.checkpoints[key] = ckpt
-        self._touch(run, ckpt.time)
+        self._index.touch(run, ckpt.time)
         return Checkpoint.from_json(run.checkpoint_json(ckpt))
 
     def corrupt(self, run_id: str, corrupted: bool = True) -> None:
@@ -353,55 +359,6 @@ class TinkerState(Traffic):
     def find_run(self, run_id: str) -> StoredRun | None:
         """A run or restored model by id, or ``None``."""
         return self._runs.get(run_id)
-
-    def listed_runs(
-        self, *, owned_only: bool, project_id: str | None = None
-    ) -> list[StoredRun]:
-        """The runs a list request shows, in `list_order`, restored models included.
-
-        Args:
-            owned_only: Only the runs whose owner is `model_owner` (the
-                caller: ``access_scope=owned``), else every run
-                (``access_scope=accessible``).
-            project_id: Only the runs of this project, if given.
-        """
-        every = len(self._runs)
-        return self.list_page(
-            owned_only=owned_only, project_id=project_id, offset=0, limit=every
-        )[0]
-
-    def list_page(
-        self,
-        *,
-        owned_only: bool,
-        project_id: str | None = None,
-        offset: int,
-        limit: int,
-    ) -> tuple[list[StoredRun], int]:
-        """One page of `listed_runs`, and how many runs the list holds.
-
-        ``"recent"`` and ``"id"`` pages come from an index kept in order as
-        runs are added and change (O(log n + limit) a page, whatever the
-        fleet); ``"shuffled"`` draws a new order of every run per request.
-        """
-        owner = self.model_owner if owned_only else None
-        if self.list_order == "shuffled":
-            runs = [
-                run
-                for run in self._runs.values()
-                if (owner is None or run.model_owner == owner)
-                and (project_id is None or run.project_id == project_id)
-            ]
-            self._list_rng.shuffle(runs)
-            return runs[offset : offset + limit], len(runs)
-        return self._index.page(
-            self._runs.values(),
-            order=self.list_order,
-            owner=owner,
-            project=project_id,
-            offset=offset,
-            limit=limit,
-        )
 
     def find_future(self, request_id: str) -> PendingFuture | None:
         """A future by its request id, or ``None``."""
@@ -529,6 +486,34 @@ class TinkerState(Traffic):
         )
         return request_id, model_id
 
+    def create_model(
+        self,
+        session_id: str,
+        seq: int,
+        *,
+        base_model: str,
+        lora_rank: int | None,
+        user_metadata: dict[str, Any] | None = None,
+    ) -> tuple[str, str]:
+        """Create model ``{session_id}:train:{seq}``; see `new_model`."""
+        created = new_model(
+            self._runs,
+            self.live_session(session_id),
+            seq,
+            StoredRun(
+                run_id=f"{session_id}:train:{seq}",
+                base_model=base_model,
+                lora_rank=lora_rank,
+                model_owner=self.model_owner,
+                user_metadata=user_metadata,
+                last_request_time=self._stamp(),
+                session_id=session_id,
+            ),
+            self._new_future,
+        )
+        self._index.add(self._runs[created[1]])
+        return created
+
     def save(
         self,
         model_id: str,
@@ -648,11 +633,13 @@ class TinkerState(Traffic):
         earlier = self._model_log.earlier(model_id, step.seq_id, identity)
         if earlier is not None:
             return earlier
-        if run.corrupted:
+        mode = self.corrupted_requests if run.corrupted else "succeed"
+        if mode == "fail":
             result = {"error": f"model {model_id!r} is corrupted", "category": "server"}
         else:
             result = act(run)
-        request_id = self._new_future(result)
+        hang = float("inf") if mode == "hang" else None  # polls answer try_again
+        request_id = self._new_future(result, delay=hang)
         session = self._sessions.get(run.session_id or "")
         self._model_log.add(
             attrs.evolve(
@@ -664,20 +651,14 @@ class TinkerState(Traffic):
             ),
             identity,
         )
-        self._touch(run, self._stamp())
+        self._index.touch(run, self._stamp())
         return request_id
 
     # ------------------------------------------------------------------
     # Internals
 
     def _stamp(self) -> dt.datetime:
-        self._ticks += 1
-        return self._epoch + dt.timedelta(minutes=self._ticks)
-
-    def _touch(self, run: StoredRun, time: dt.datetime) -> None:
-        """Set ``run.last_request_time``, keeping the list index in order."""
-        before, run.last_request_time = run.last_request_time, time
-        self._index.moved(run, before)
+        return self._clock.stamp(wall=self.wall_clock)
 
     def _run(self, run_id: str) -> StoredRun:
         try:
@@ -694,7 +675,6 @@ class TinkerState(Traffic):
             raise KeyError(f"no checkpoint {path!r}")
         return run, ckpt
 
-    def _new_future(self, result: dict[str, Any]) -> str:
-        return self._futures.new(
-            result, try_again=self.future_try_again, delay=self.future_delay
-        )
+    def _new_future(self, result: dict[str, Any], *, delay: float | None = None) -> str:
+        delay = self.future_delay if delay is None else delay
+        return self._futures.new(result, try_again=self.future_try_again, delay=delay)
