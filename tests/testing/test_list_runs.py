@@ -255,3 +255,27 @@ async def test_pages_stay_in_order_as_runs_change(order, autojump_clock):
                     order=order,
                 )
                 assert flags == [fake.run(run_id).corrupted for run_id in ids]
+
+
+async def test_created_models_are_listed_first(autojump_clock):
+    """A model made with create_model joins the list at once, newest first,
+    and asking again with the same model_seq_id lists it once."""
+    fake = FakeTinker()
+    fake.add_run("run-a")
+    async with client_of(fake) as client:
+        assert (await page(client, access_scope="owned"))[0] == ["run-a"]
+        created = await client.post(
+            "/api/v1/create_session", json={"tags": [], "user_metadata": {}}
+        )
+        body = {
+            "session_id": created.json()["session_id"],
+            "model_seq_id": 0,
+            "base_model": "Qwen/Qwen3-8B",
+        }
+        for _ in range(2):
+            answer = await client.post("/api/v1/create_model", json=body)
+            assert answer.status_code == 200, answer.text
+        model_id = answer.json()["model_id"]
+        ids, cursor = await page(client, access_scope="owned")
+    assert ids == [model_id, "run-a"]
+    assert cursor["total_count"] == 2
