@@ -466,7 +466,12 @@ class Supervisor:
 
     async def _stop_child(self) -> None:
         child = self._child
-        if child is None or child.returncode is not None:
+        if child is None:
+            return
+        # Replaced from now on, even if it has just exited by itself: its
+        # exit (still to be read by the loop) is not the job's.
+        child.stopping = True
+        if child.returncode is not None:
             return
         self.emit(
             "stopping",
