@@ -299,3 +299,28 @@ async def test_a_discovered_run_the_service_forgot_is_no_longer_watched(
         await trio.sleep(3 * INTERVAL)
         assert monitor.monitored_runs == {"run-000", "run-002"}
     assert len(rest.poll_times("run-001")) == 1
+
+
+class FailingRecoveredWrites(MemoryStore):
+    """A journal that cannot mark a run restored (a blip, a lease just lost)."""
+
+    async def put_run(self, run: StoredRun) -> None:
+        if run.recovered:
+            raise StoreError("cannot write state file /x: database is locked")
+        await super().put_run(run)
+
+
+async def test_a_restored_runs_successor_is_watched_when_the_journal_fails(
+    autojump_clock, caplog
+):
+    """The model a restore created is watched even if marking the old run
+    restored fails: nobody else would ever poll it."""
+    service = FakeService(fleet(active=1))
+    service.rest.corrupt("run-000")
+    async with open_monitor(
+        policy=ENABLED, service=service, store=FailingRecoveredWrites()
+    ) as monitor:
+        await monitor.monitor_run("run-000")
+        await trio.sleep(1)
+        assert monitor.monitored_runs == {SUCCESSOR}
+    assert any("database is locked" in r.getMessage() for r in caplog.records)

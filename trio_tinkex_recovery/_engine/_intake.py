@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._errors import RecoveryDisabledError
-from .._store._base import StoredRun, json_safe
+from .._store._base import StoredRun, StoreError, json_safe
 from .._text import printable
 from .._types import validate_run_id
 from ._watch import Watch
@@ -165,14 +165,19 @@ class Intake:
         """Record that ``old`` was restored, and watch its successor."""
         try:
             if self._store is not None:
-                await self._store.put_run(
-                    StoredRun(
-                        old.run_id,
-                        json_safe(old.metadata),
-                        recovered=True,
-                        successor=successor,
+                try:
+                    await self._store.put_run(
+                        StoredRun(
+                            old.run_id,
+                            json_safe(old.metadata),
+                            recovered=True,
+                            successor=successor,
+                        )
                     )
-                )
+                except StoreError as exc:
+                    # The restored model exists whatever the journal says
+                    # (a blip, a lease just lost): it is watched all the same.
+                    logger.error("run %s: %s", printable(old.run_id), exc)
             if self._policy.follow_recovered and successor and old.followed:
                 metadata = {**old.metadata, "training_client": client}
                 metadata.pop("training_pid", None)
