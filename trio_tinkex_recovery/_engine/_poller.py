@@ -11,7 +11,6 @@ the run's polling ends.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,9 +22,10 @@ from .._errors import NotFoundError
 from .._failpoints import crash_point
 from .._types import TrainingRun
 from ._polling import FETCH, Batcher, Failed, PollCounts, read_listed
-from ._watch import Watch, coalesced
+from ._watch import Watch, coalesced, request_time
 
 if TYPE_CHECKING:
+    import datetime as dt
     import random
     from collections.abc import Awaitable, Callable
 
@@ -66,7 +66,7 @@ class Poller:
         if run is not None:
             seen: dt.datetime | None = run.last_request_time
         elif isinstance(answer, Mapping):
-            seen = _request_time(answer.get("last_request_time"))
+            seen = request_time(answer.get("last_request_time"))
         else:
             seen = None
         if seen is None:
@@ -277,15 +277,3 @@ class Poller:
         )
         crash_point("detected")
         return await self.hand_over(watch, run), due
-
-
-def _request_time(value: object) -> dt.datetime | None:
-    """A listed run's ``last_request_time``, parsed; ``None`` when it is not
-    an ISO 8601 time (no verdict on a stall from a value that says nothing)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .._protocols import RestClientProtocol, ServiceProtocol
     from ._polling import Batcher, Discovery
 
-__all__ = ["AllRuns", "Watch", "coalesced", "is_active"]
+__all__ = ["AllRuns", "Watch", "coalesced", "is_active", "request_time"]
 
 logger = logging.getLogger("trio_tinkex_recovery")
 
@@ -102,13 +102,17 @@ def is_active(item: Mapping[str, Any], active_within: float) -> bool:
         since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=active_within)
     except OverflowError:
         return True  # Before year 1: every run is recent enough.
-    value = item.get("last_request_time")
+    when = request_time(item.get("last_request_time"))
+    return when is not None and when >= since
+
+
+def request_time(value: object) -> dt.datetime | None:
+    """A listed run's ``last_request_time``, parsed (UTC when it names no
+    zone); ``None`` when it is not an ISO 8601 time."""
     if not isinstance(value, str):
-        return False
+        return None
     try:
         when = dt.datetime.fromisoformat(value)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return when >= since
-    except (ValueError, OverflowError):
-        return False
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
